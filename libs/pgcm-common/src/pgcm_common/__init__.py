@@ -1,0 +1,3 @@
+"""pgcm_common."""
+
+from __future__ import annotations

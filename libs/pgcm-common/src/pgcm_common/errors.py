@@ -1,0 +1,64 @@
+"""The root of every error pgcm raises on purpose.
+
+Each package adds subclasses in its own ``errors`` module (or next to the adapter that
+raises them) and never raises a bare ``Exception``::
+
+    PgcmError
+    ├── ConfigError            bad settings: exit code 2, message names the key
+    ├── PgcmFatalError         cannot continue: exit code 1, systemd restarts the unit
+    ├── EtcdError              etcd said no or could not be reached
+    │   └── EtcdUnavailable    no endpoint answered
+    ├── PgBouncerError         the admin console refused or could not be reached
+    ├── PacemakerError         crm_mon / crm_resource failed or printed nonsense
+    └── FailoverError          a switchover step failed (pgcm-failover)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EtcdError",
+    "EtcdUnavailable",
+    "FailoverError",
+    "PacemakerError",
+    "PgBouncerError",
+    "PgcmError",
+    "PgcmFatalError",
+]
+
+
+class PgcmError(Exception):
+    """Base class of every pgcm error."""
+
+
+class ConfigError(PgcmError):
+    """The settings are invalid; the message names the offending key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"invalid setting {key!r}: {problem}")
+
+
+class PgcmFatalError(PgcmError):
+    """The process cannot go on; it exits 1 so its supervisor restarts it and alerts."""
+
+
+class EtcdError(PgcmError):
+    """An etcd operation failed."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No etcd endpoint answered."""
+
+
+class PgBouncerError(PgcmError):
+    """A PgBouncer admin console command failed."""
+
+
+class PacemakerError(PgcmError):
+    """A Pacemaker tool failed or printed output we cannot trust."""
+
+
+class FailoverError(PgcmError):
+    """A switchover step failed."""

@@ -1,0 +1,3 @@
+"""pgcm_lab."""
+
+from __future__ import annotations

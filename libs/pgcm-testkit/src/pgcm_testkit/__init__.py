@@ -1,0 +1,3 @@
+"""pgcm_testkit."""
+
+from __future__ import annotations

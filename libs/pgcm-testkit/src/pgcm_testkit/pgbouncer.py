@@ -1,0 +1,3 @@
+"""Test kit: real pgbouncer fixtures (filled in by the pgbouncer work)."""
+
+from __future__ import annotations

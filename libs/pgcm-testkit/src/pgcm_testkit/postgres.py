@@ -1,0 +1,3 @@
+"""Test kit: real postgres fixtures (filled in by the postgres work)."""
+
+from __future__ import annotations

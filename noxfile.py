@@ -1,0 +1,125 @@
+"""Developer and CI sessions. Run ``uv run nox -l`` to list them.
+
+Sessions run inside the uv workspace venv (``uv sync --all-packages``) instead of
+building one venv each: the workspace is already locked, and CI time matters. The
+``build`` session is the exception: it proves each wheel installs alone in a fresh venv.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "typecheck", "protos", "unit", "integration", "lab", "build"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+MEMBERS = sorted(
+    [p.parent for p in ROOT.glob("libs/*/pyproject.toml")]
+    + [p.parent for p in ROOT.glob("services/*/pyproject.toml")]
+)
+SERVICES = ["pgcm-supervise", "pgcm-proxy", "pgcm-failover", "pgcm-lab"]
+PROTO_OUT = ROOT / "libs/pgcm-common/src/pgcm_common/proto"
+
+
+def _test_dirs(kind: str) -> list[str]:
+    return [str(d) for m in MEMBERS if (d := m / "tests" / kind).is_dir()]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint + format check, and the import-linter layering contracts."""
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over every member's src and tests, one member at a time.
+
+    One run per member because every member has a ``tests/unit`` tree: mypy would see
+    the same module name twice in one run.
+    """
+    for member in MEMBERS:
+        targets = [str(member / "src")]
+        targets += [str(d) for d in (member / "tests").glob("*") if d.is_dir()]
+        session.run("mypy", *targets)
+    if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
+        session.run("mypy", "tests")
+    session.run("mypy", "noxfile.py")
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Unit and contract tests: fakes and pure code (contract suites also hit real servers)."""
+    session.run("pytest", *_test_dirs("unit"), *_test_dirs("contract"), *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Integration tests against real etcd, PostgreSQL, PgBouncer and Pacemaker."""
+    session.run("pytest", *_test_dirs("integration"), *session.posargs)
+
+
+@nox.session
+def lab(session: nox.Session) -> None:
+    """Tests that bring up the 3-node lab (root and network namespaces needed)."""
+    dirs = [str(d) for m in MEMBERS if (d := m / "tests" / "lab").is_dir()]
+    if dirs:
+        session.run("pytest", *dirs, *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """End-to-end tests of the three services in the lab."""
+    if (ROOT / "tests/e2e").is_dir() and any((ROOT / "tests/e2e").glob("test_*.py")):
+        session.run("pytest", "tests/e2e", *session.posargs)
+
+
+@nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate the betterproto2 code from protos/ and fail when the committed copy is stale."""
+    session.run("python", "scripts/gen_protos.py")
+    session.run("git", "diff", "--exit-code", "--", str(PROTO_OUT), external=True)
+    untracked = session.run(
+        "git", "ls-files", "--others", "--exclude-standard", str(PROTO_OUT),
+        external=True, silent=True,
+    )
+    if untracked and str(untracked).strip():
+        session.error(f"generated files not committed:\n{untracked}")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build every wheel, then install each service alone in a fresh venv and run it."""
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("uv", "build", "--all-packages", "--no-sources", "--out-dir", str(dist), external=True)
+    for service in SERVICES:
+        module_wheel = service.replace("-", "_")
+        if not list(dist.glob(f"{module_wheel}-*.whl")):
+            session.error(f"no wheel built for {service}")
+        with tempfile.TemporaryDirectory(prefix=f"pgcm-build-{service}-") as tmp:
+            venv = Path(tmp) / "venv"
+            session.run("uv", "venv", "--quiet", str(venv), external=True)
+            env = {"VIRTUAL_ENV": str(venv)}
+            session.run(
+                "uv", "pip", "install", "--quiet", "--find-links", str(dist), service,
+                external=True, env=env,
+            )
+            session.run(str(venv / "bin" / service), "--help", external=True, silent=True)
+            if service != "pgcm-lab":
+                session.run(str(venv / "bin" / service), "show-config", external=True, silent=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: results go to benchmarks/results.{md,json} (never timed assertions)."""
+    env = {"PGCM_BENCH_OUT": os.environ.get("PGCM_BENCH_OUT", str(ROOT / "benchmarks"))}
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)

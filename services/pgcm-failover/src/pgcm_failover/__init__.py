@@ -1,0 +1,4 @@
+"""pgcm_failover."""
+
+from __future__ import annotations
+

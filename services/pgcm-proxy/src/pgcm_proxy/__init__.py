@@ -1,0 +1,4 @@
+"""pgcm_proxy."""
+
+from __future__ import annotations
+

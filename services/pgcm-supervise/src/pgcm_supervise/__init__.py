@@ -1,0 +1,4 @@
+"""pgcm_supervise."""
+
+from __future__ import annotations
+
