@@ -1,4 +1,3 @@
 """pgcm_failover."""
 
 from __future__ import annotations
-

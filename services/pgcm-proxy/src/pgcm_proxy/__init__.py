@@ -1,4 +1,3 @@
 """pgcm_proxy."""
 
 from __future__ import annotations
-

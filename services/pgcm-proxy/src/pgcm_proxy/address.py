@@ -1,0 +1,72 @@
+"""Validate the primary's address read from etcd before it goes anywhere near pgbouncer.ini.
+
+The etcd value is untrusted input: anyone who can write the key could otherwise inject
+PgBouncer configuration (the original wrote a newline-injected value straight into
+pgbouncer.ini). Only an IPv4 address, an IPv6 address or a DNS hostname passes; the
+value must already be exactly that, with no surrounding whitespace to trim.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Final, final
+
+from pgcm_proxy.errors import RejectedAddress
+
+__all__ = ["MAX_HOSTNAME_LENGTH", "PrimaryAddress", "parse_primary_address"]
+
+MAX_HOSTNAME_LENGTH: Final = 253  # RFC 1035, without the trailing dot
+_MAX_LABEL_LENGTH: Final = 63
+# RFC 1123 label: letters, digits and inner hyphens. Underscores are refused: they are not
+# valid in hostnames and PgBouncer passes the value to getaddrinfo() unchanged.
+_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PrimaryAddress:
+    """A validated host PgBouncer may connect to: an IP address or a DNS hostname."""
+
+    host: str
+
+    def __str__(self) -> str:
+        return self.host
+
+
+def parse_primary_address(raw: bytes | None) -> PrimaryAddress:
+    """Return the validated address held in an etcd value.
+
+    Raises:
+        RejectedAddress: the value is missing, empty, not ASCII, or neither an IP
+            address nor a DNS hostname. ``reason`` is a short, metric-friendly code.
+    """
+    if raw is None:
+        raise RejectedAddress("missing", raw)
+    if not raw:
+        raise RejectedAddress("empty", raw)
+    if len(raw) > MAX_HOSTNAME_LENGTH:
+        raise RejectedAddress("too_long", raw)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise RejectedAddress("not_ascii", raw) from exc
+    if not text.isprintable() or any(ch.isspace() for ch in text):
+        raise RejectedAddress("whitespace_or_control", raw)
+    try:
+        return PrimaryAddress(str(ipaddress.ip_address(text)))
+    except ValueError:
+        pass
+    if _is_hostname(text):
+        return PrimaryAddress(text.lower())
+    raise RejectedAddress("not_an_address", raw)
+
+
+def _is_hostname(text: str) -> bool:
+    labels = text.split(".")
+    if not all(len(label) <= _MAX_LABEL_LENGTH and _LABEL.fullmatch(label) for label in labels):
+        return False
+    # A name whose last label is numeric would be read as a (malformed) IPv4 address by
+    # getaddrinfo(), e.g. "10.0.0.256": refuse it instead of letting PgBouncer guess.
+    return not labels[-1].isdigit()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pgcm_proxy.writer import write_if_changed
+
+
+async def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
+    target = tmp_path / "pgbouncer.ini"
+    target.write_text("same\n")
+    inode_before = target.stat().st_ino
+    assert await write_if_changed(target, "same\n") is False
+    assert target.stat().st_ino == inode_before
+
+
+async def test_new_content_replaces_the_file_and_keeps_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "pgbouncer.ini"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    assert await write_if_changed(target, "new\n") is True
+    assert target.read_text() == "new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["pgbouncer.ini"]
+
+
+async def test_a_missing_file_is_created(tmp_path: Path) -> None:
+    target = tmp_path / "pgbouncer.ini"
+    assert await write_if_changed(target, "fresh\n") is True
+    assert target.read_text() == "fresh\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+async def test_owner_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "pgbouncer.ini"
+    target.write_text("old\n")
+    os.chown(target, 1, 1)
+    await write_if_changed(target, "new\n")
+    assert (target.stat().st_uid, target.stat().st_gid) == (1, 1)
+
+
+async def test_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    target = directory / "pgbouncer.ini"
+    target.write_text("old\n")
+    # A directory where the temporary file should go makes the open fail like a full disk.
+    (directory / f".pgbouncer.ini.pgcm-{os.getpid()}.tmp").mkdir()
+    with pytest.raises(OSError, match="Is a directory"):
+        await write_if_changed(target, "new\n")
+    assert target.read_text() == "old\n"
