@@ -98,7 +98,10 @@ def run_checked(argv: Sequence[str], *, user: str | None = None, timeout_s: floa
     """Run a short command to completion and return its stdout; raise with its output on failure."""
     result = subprocess.run(
         list(argv),
+        # user= alone keeps gid 0 and root's groups: the server could not reach its dirs.
         user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -151,6 +154,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user is not None else None,
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,

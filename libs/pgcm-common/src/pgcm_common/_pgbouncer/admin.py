@@ -1,0 +1,394 @@
+"""The PgBouncer admin console client: PAUSE, RESUME, RELOAD, DISABLE/ENABLE and SHOW.
+
+Commands go through asyncpg's ``execute()``, which uses the simple query protocol the
+console requires. SHOW rows come through :mod:`._pgbouncer.wire` because no asyncpg
+call that returns rows uses the simple protocol (ADR 0003). Each operation opens its own
+short connection: admin commands are rare, and a fresh connection cannot inherit a
+half-finished conversation from an earlier cancelled call.
+
+WAIT_CLOSE is never sent: on PgBouncer 1.18 it leaves the pooler in a state where every
+later PAUSE returns at once without waiting for transactions, which would make a
+switchover unsafe.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol, final
+
+import anyio
+import asyncpg
+import structlog
+
+from pgcm_common._pgbouncer.errors import (
+    PgBouncerAuthError,
+    PgBouncerCommandRefused,
+    PgBouncerUnreachable,
+)
+from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
+from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
+from pgcm_common._pgbouncer.wire import SimpleQueryConnection, open_simple_query
+from pgcm_common.errors import PgBouncerError
+
+__all__ = ["PgBouncerAdmin", "PgBouncerAdminProtocol", "admins_for"]
+
+# PgBouncer 1.18 answers a second PAUSE with "already suspended/paused" and a RESUME of
+# a running pooler with "pooler is not paused/suspended" (SQLSTATE 08P01). Both mean
+# the state we asked for already holds; other versions word it differently, hence the
+# loose, case-insensitive match.
+_ALREADY_PAUSED = re.compile(r"already\s+(suspended|paused)", re.IGNORECASE)
+_NOT_PAUSED = re.compile(r"not\s+(paused|suspended)", re.IGNORECASE)
+_UNKNOWN_COMMAND = re.compile(r"invalid command", re.IGNORECASE)
+# A database name goes into the command text (the console has no parameters): allow
+# only what PgBouncer itself accepts unquoted, so nothing can be injected.
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,63}")
+
+_log = structlog.get_logger()
+
+
+class PgBouncerAdminProtocol(Protocol):
+    """What services need from one PgBouncer's admin console (a seam, STYLE M4)."""
+
+    @property
+    def endpoint(self) -> PgBouncerEndpoint:
+        """Return the admin endpoint this client talks to."""
+        ...
+
+    async def pause(self) -> None:
+        """PAUSE, undone before returning if the caller's deadline cuts it short."""
+        ...
+
+    async def resume(self) -> None:
+        """RESUME; succeeds when PgBouncer was not paused."""
+        ...
+
+    async def reload(self) -> None:
+        """RELOAD the configuration file."""
+        ...
+
+    async def disable(self, database: str) -> None:
+        """Refuse new client connections to ``database``."""
+        ...
+
+    async def enable(self, database: str) -> None:
+        """Accept new client connections to ``database`` again."""
+        ...
+
+    async def show_databases(self) -> tuple[DatabaseRow, ...]:
+        """Return the rows of SHOW DATABASES."""
+        ...
+
+    async def show_pools(self) -> tuple[PoolRow, ...]:
+        """Return the rows of SHOW POOLS."""
+        ...
+
+    async def show_state(self) -> PgBouncerState:
+        """Return what PgBouncer tells about being paused."""
+        ...
+
+    async def show_version(self) -> PgBouncerVersion:
+        """Return the running version."""
+        ...
+
+
+def admins_for(settings: PgBouncerSettings) -> tuple[PgBouncerAdmin, ...]:
+    """Return one admin client per configured endpoint (``so_reuseport`` siblings)."""
+    return tuple(PgBouncerAdmin(settings, endpoint) for endpoint in settings.endpoints)
+
+
+def _check_database_name(database: str) -> str:
+    if _DATABASE_NAME.fullmatch(database) is None:
+        raise PgBouncerError(f"refusing to send database name {database!r} to PgBouncer")
+    return database
+
+
+@final
+class PgBouncerAdmin:
+    """Client of one PgBouncer admin console (unix socket or TCP)."""
+
+    def __init__(
+        self, settings: PgBouncerSettings, endpoint: PgBouncerEndpoint | None = None
+    ) -> None:
+        """Talk to ``endpoint`` (default: the first of ``settings.endpoints``)."""
+        self._settings = settings
+        self._endpoint = endpoint or settings.endpoints[0]
+        self._log = _log.bind(component="pgbouncer", endpoint=str(self._endpoint))
+
+    @property
+    def endpoint(self) -> PgBouncerEndpoint:
+        """Return the admin endpoint this client talks to."""
+        return self._endpoint
+
+    def _password(self) -> str | None:
+        password = self._settings.password
+        return None if password is None else password.get_secret_value()
+
+    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        endpoint = self._endpoint
+        try:
+            return await asyncpg.connect(
+                host=endpoint.host,
+                port=endpoint.port,
+                user=self._settings.user,
+                # Never None: asyncpg would then read ~/.pgpass (a blocking file read
+                # and a credential source outside our settings, STYLE K3).
+                password=self._password() or "",
+                database=self._settings.database,
+                timeout=self._settings.connect_timeout.total_seconds(),
+                # The console has no prepared statements to cache, and TLS is not used
+                # towards it (ADR 0003): the wire reader must reach the same listener.
+                statement_cache_size=0,
+                ssl=False,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc!r}") from exc
+        except asyncpg.PostgresError as exc:
+            raise PgBouncerAuthError(f"{endpoint} refused login: {exc}") from exc
+        except asyncpg.InterfaceError as exc:
+            raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _command_connection(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+        connection = await self._connect()
+        try:
+            yield connection
+        except BaseException:
+            # Dropping the socket is synchronous and ends our side of any pending
+            # command at once; a polite close could wait on the very PAUSE we abandon.
+            connection.terminate()
+            raise
+        with anyio.move_on_after(self._settings.cleanup_timeout.total_seconds(), shield=True):
+            await connection.close()
+        if not connection.is_closed():
+            connection.terminate()
+
+    async def _execute(
+        self,
+        connection: asyncpg.Connection[asyncpg.Record],
+        command: str,
+        tolerated: re.Pattern[str] | None = None,
+    ) -> bool:
+        """Run ``command``; return False when PgBouncer said the state already holds."""
+        try:
+            await connection.execute(command)
+        except asyncpg.PostgresError as exc:
+            message = str(exc)
+            if tolerated is not None and tolerated.search(message):
+                return False
+            raise PgBouncerCommandRefused(command, exc.sqlstate or "", message) from exc
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise PgBouncerUnreachable(f"lost {self._endpoint} during {command}: {exc}") from exc
+        return True
+
+    async def _run(self, command: str, tolerated: re.Pattern[str] | None = None) -> bool:
+        async with self._command_connection() as connection:
+            return await self._execute(connection, command, tolerated)
+
+    @asynccontextmanager
+    async def _show_connection(self) -> AsyncIterator[SimpleQueryConnection]:
+        async with open_simple_query(
+            self._endpoint,
+            user=self._settings.user,
+            password=self._password(),
+            database=self._settings.database,
+            connect_timeout=self._settings.connect_timeout,
+        ) as connection:
+            yield connection
+
+    async def pause(self) -> None:
+        """Send PAUSE and wait until every server connection is released.
+
+        PAUSE waits for running transactions, so it can take arbitrarily long: the
+        caller bounds it (``with anyio.fail_after(...)``, STYLE C4). If the call ends
+        without success — the deadline fired, the caller was cancelled or the
+        connection broke — the PAUSE already registered inside PgBouncer is undone:
+        the admin connection is dropped, RESUME is sent on a fresh one (shielded,
+        bounded by ``cleanup_timeout``) and the state is checked, then the original
+        exception propagates.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerCommandRefused: PgBouncer refused PAUSE (then nothing is undone).
+
+        Cancellation:
+            Safe: PgBouncer is resumed before the cancellation propagates.
+        """
+        started = time.monotonic()
+        connection = await self._connect()
+        try:
+            first = await self._execute(connection, "PAUSE", _ALREADY_PAUSED)
+        except BaseException as exc:
+            connection.terminate()
+            if not isinstance(exc, PgBouncerCommandRefused):
+                self._log.warning(
+                    "clients.pgbouncer.pause",
+                    msg="PAUSE did not complete; resuming PgBouncer",
+                    outcome="abandoned",
+                    error=repr(exc),
+                    elapsed=time.monotonic() - started,
+                )
+                with anyio.move_on_after(
+                    self._settings.cleanup_timeout.total_seconds(), shield=True
+                ) as cleanup:
+                    await self._undo_pause()
+                if cleanup.cancelled_caught:
+                    self._log.error(
+                        "clients.pgbouncer.resume",
+                        msg="RESUME after an abandoned PAUSE timed out: PgBouncer may be paused",
+                        reason="pause_abandoned",
+                        outcome="timeout",
+                    )
+            raise
+        with anyio.move_on_after(self._settings.cleanup_timeout.total_seconds(), shield=True):
+            await connection.close()
+        if not connection.is_closed():
+            connection.terminate()
+        self._log.info(
+            "clients.pgbouncer.pause",
+            msg="PgBouncer paused" if first else "PgBouncer was already paused",
+            outcome="paused" if first else "already_paused",
+            elapsed=time.monotonic() - started,
+        )
+
+    async def _undo_pause(self) -> None:
+        try:
+            await self._resume(reason="pause_abandoned")
+            state = await self.show_state()
+        except PgBouncerError as exc:
+            # The caller's own exception is the one that must propagate; this failure is
+            # logged loudly because PgBouncer may now hold every client.
+            self._log.error(
+                "clients.pgbouncer.resume",
+                msg="RESUME after an abandoned PAUSE failed: PgBouncer may be paused",
+                reason="pause_abandoned",
+                outcome="failed",
+                error=repr(exc),
+            )
+            return
+        # PgBouncer 1.18 cannot report a global pause (state.paused is None): there the
+        # successful RESUME reply is the proof.
+        if state.paused:
+            self._log.error(
+                "clients.pgbouncer.resume",
+                msg="PgBouncer still reports paused after RESUME",
+                reason="pause_abandoned",
+                outcome="still_paused",
+            )
+
+    async def resume(self) -> None:
+        """Send RESUME; a PgBouncer that is not paused counts as success.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerCommandRefused: PgBouncer refused RESUME.
+        """
+        await self._resume(reason="requested")
+
+    async def _resume(self, *, reason: str) -> None:
+        started = time.monotonic()
+        resumed = await self._run("RESUME", _NOT_PAUSED)
+        self._log.info(
+            "clients.pgbouncer.resume",
+            msg="PgBouncer resumed" if resumed else "PgBouncer was not paused",
+            outcome="resumed" if resumed else "not_paused",
+            reason=reason,
+            elapsed=time.monotonic() - started,
+        )
+
+    async def reload(self) -> None:
+        """Send RELOAD: PgBouncer re-reads its ini file; new routes apply to new server links.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerCommandRefused: PgBouncer refused RELOAD.
+        """
+        started = time.monotonic()
+        await self._run("RELOAD")
+        self._log.info(
+            "pgbouncer.reload_configuration",
+            msg="PgBouncer reloaded its configuration",
+            elapsed=time.monotonic() - started,
+        )
+
+    async def disable(self, database: str) -> None:
+        """Send ``DISABLE <database>``: new clients of it are refused (idempotent).
+
+        Raises:
+            PgBouncerError: ``database`` is not a plain name.
+            PgBouncerCommandRefused: Unknown database or refused.
+            PgBouncerUnreachable: No admin connection.
+        """
+        await self._run(f"DISABLE {_check_database_name(database)}")
+        self._log.info("clients.pgbouncer.disable", database=database)
+
+    async def enable(self, database: str) -> None:
+        """Send ``ENABLE <database>`` (idempotent).
+
+        Raises:
+            PgBouncerError: ``database`` is not a plain name.
+            PgBouncerCommandRefused: Unknown database or refused.
+            PgBouncerUnreachable: No admin connection.
+        """
+        await self._run(f"ENABLE {_check_database_name(database)}")
+        self._log.info("clients.pgbouncer.enable", database=database)
+
+    async def show_databases(self) -> tuple[DatabaseRow, ...]:
+        """Return SHOW DATABASES as typed rows.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerProtocolError: Unparseable output.
+        """
+        async with self._show_connection() as connection:
+            result = await connection.query("SHOW DATABASES")
+        return tuple(DatabaseRow.from_record(record) for record in result.records())
+
+    async def show_pools(self) -> tuple[PoolRow, ...]:
+        """Return SHOW POOLS as typed rows.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerProtocolError: Unparseable output.
+        """
+        async with self._show_connection() as connection:
+            result = await connection.query("SHOW POOLS")
+        return tuple(PoolRow.from_record(record) for record in result.records())
+
+    async def show_state(self) -> PgBouncerState:
+        """Return the pause state: SHOW STATE where supported (1.21+), plus SHOW DATABASES.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerProtocolError: Unparseable output.
+        """
+        async with self._show_connection() as connection:
+            try:
+                state = await connection.query("SHOW STATE")
+            except PgBouncerCommandRefused as exc:
+                if not _UNKNOWN_COMMAND.search(exc.server_message):
+                    raise
+                state_records = None
+            else:
+                state_records = state.records()
+            databases = await connection.query("SHOW DATABASES")
+        rows = tuple(DatabaseRow.from_record(record) for record in databases.records())
+        return PgBouncerState.from_show(state_records, rows)
+
+    async def show_version(self) -> PgBouncerVersion:
+        """Return the version PgBouncer reports.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerProtocolError: Unparseable output.
+        """
+        async with self._show_connection() as connection:
+            result = await connection.query("SHOW VERSION")
+        # Before 1.12 the version came as a NOTICE rather than a row.
+        texts = [value for row in result.rows for value in row if value] + list(result.notices)
+        return PgBouncerVersion.parse(texts[0] if texts else "")

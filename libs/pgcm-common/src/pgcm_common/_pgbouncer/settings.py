@@ -1,0 +1,79 @@
+"""Settings for reaching one or more PgBouncer admin consoles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, final
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = ["PgBouncerEndpoint", "PgBouncerSettings"]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+# PgBouncer's admin console is deliberately reached over its unix socket by default (as
+# the original did): it needs no password for the ``pgbouncer`` user from the same UID.
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
+DEFAULT_PORT = 6432
+
+
+@final
+class PgBouncerEndpoint(BaseModel):
+    """Where one PgBouncer process listens.
+
+    ``host`` starting with ``/`` is a unix socket directory (the socket is
+    ``<host>/.s.PGSQL.<port>``); anything else is a TCP host name or address.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default=DEFAULT_SOCKET_DIR, min_length=1)
+    port: Port = DEFAULT_PORT
+
+    @property
+    def is_unix_socket(self) -> bool:
+        """Return whether this endpoint is a unix socket directory."""
+        return self.host.startswith("/")
+
+    @property
+    def unix_socket_path(self) -> str:
+        """Return the socket file PostgreSQL clients derive from directory and port."""
+        return f"{self.host}/.s.PGSQL.{self.port}"
+
+    def __str__(self) -> str:
+        return self.unix_socket_path if self.is_unix_socket else f"{self.host}:{self.port}"
+
+
+@final
+class PgBouncerSettings(BaseModel):
+    """How to log in to the admin console of the local PgBouncer(s).
+
+    ``host``/``port`` are the original's ``pgbouncer-socket-dir``/``pgbouncer-port``.
+    Several PgBouncer processes sharing a TCP port with ``so_reuseport`` cannot be told
+    apart over TCP, so each one is listed by its own unix socket directory in
+    ``extra_endpoints``; every admin operation is then run against all of ``endpoints``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default=DEFAULT_SOCKET_DIR, min_length=1)
+    port: Port = DEFAULT_PORT
+    extra_endpoints: tuple[PgBouncerEndpoint, ...] = ()
+    user: str = Field(default="pgbouncer", min_length=1)
+    password: SecretStr | None = None
+    database: str = Field(default="pgbouncer", min_length=1)
+    connect_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    # Bounds the shielded RESUME sent after an abandoned PAUSE (STYLE C5): it starts when
+    # the cleanup starts, independent of the caller's deadline that just expired.
+    cleanup_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+
+    @model_validator(mode="after")
+    def _endpoints_are_unique(self) -> PgBouncerSettings:
+        seen = [str(endpoint) for endpoint in self.endpoints]
+        if len(seen) != len(set(seen)):
+            raise ValueError(f"PgBouncer endpoints listed twice: {seen}")
+        return self
+
+    @property
+    def endpoints(self) -> tuple[PgBouncerEndpoint, ...]:
+        """Return every admin endpoint: the primary one first."""
+        return (PgBouncerEndpoint(host=self.host, port=self.port), *self.extra_endpoints)

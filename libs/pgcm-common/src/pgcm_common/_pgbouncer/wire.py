@@ -1,0 +1,319 @@
+"""A minimal PostgreSQL simple-query client, just enough to read the admin console's SHOW rows.
+
+Why this exists (ADR 0003): PgBouncer's admin console speaks only the simple query
+protocol. asyncpg's ``execute()`` uses it but returns only the command tag; every
+asyncpg call that returns rows (``fetch``, ``fetchrow``, cursors, ``copy``) uses the
+extended protocol, which the console refuses with "extended query protocol not supported
+by admin console". So the rows of ``SHOW DATABASES`` and friends are read here: the
+startup message, trust / cleartext / md5 / SCRAM-SHA-256 authentication, and one
+``Query`` message at a time whose text-format rows are returned as strings.
+
+Nothing else of the protocol is implemented: no TLS, no extended protocol, no COPY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import final
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from pgcm_common._pgbouncer.errors import (
+    PgBouncerAuthError,
+    PgBouncerCommandRefused,
+    PgBouncerProtocolError,
+    PgBouncerUnreachable,
+)
+from pgcm_common._pgbouncer.scram import MECHANISM, ScramClient
+from pgcm_common._pgbouncer.settings import PgBouncerEndpoint
+
+__all__ = ["SimpleQueryConnection", "SimpleQueryResult", "open_simple_query"]
+
+_PROTOCOL_VERSION_3 = 196608
+_HEADER = struct.Struct("!cI")
+_INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
+# A row of SHOW output is small; this only stops a corrupt length from allocating GBs.
+_MAX_MESSAGE = 16 * 1024 * 1024
+_NULL_LENGTH = -1
+
+_AUTH_OK = 0
+_AUTH_CLEARTEXT = 3
+_AUTH_MD5 = 5
+_AUTH_SASL = 10
+_AUTH_SASL_CONTINUE = 11
+_AUTH_SASL_FINAL = 12
+
+_ERRORS_DURING_IO = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SimpleQueryResult:
+    """What one simple query returned: the tag, column names and text rows."""
+
+    command_tag: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | None, ...], ...]
+    notices: tuple[str, ...] = ()
+
+    def records(self) -> tuple[dict[str, str | None], ...]:
+        """Return every row as a column-name -> text mapping."""
+        return tuple(dict(zip(self.columns, row, strict=True)) for row in self.rows)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _ServerNotice:
+    severity: str
+    sqlstate: str
+    message: str
+    detail: str
+
+    @classmethod
+    def parse(cls, payload: bytes) -> _ServerNotice:
+        fields: dict[str, str] = {}
+        for item in payload.split(b"\0"):
+            if item:
+                fields[chr(item[0])] = item[1:].decode(errors="replace")
+        return cls(
+            severity=fields.get("S", "ERROR"),
+            sqlstate=fields.get("C", ""),
+            message=fields.get("M", ""),
+            detail=fields.get("D", ""),
+        )
+
+
+def _cstring(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def _message(kind: bytes, payload: bytes) -> bytes:
+    return kind + _INT32.pack(len(payload) + 4) + payload
+
+
+def md5_password(user: str, password: str, salt: bytes) -> str:
+    """Return PostgreSQL's md5 response: ``md5`` + md5(md5(password + user) + salt)."""
+    inner = hashlib.md5((password + user).encode(), usedforsecurity=False).hexdigest()
+    outer = hashlib.md5(inner.encode() + salt, usedforsecurity=False).hexdigest()
+    return "md5" + outer
+
+
+def parse_row_description(payload: bytes) -> tuple[str, ...]:
+    """Return the column names of a RowDescription payload."""
+    (count,) = _INT16.unpack_from(payload, 0)
+    offset = 2
+    names: list[str] = []
+    for _ in range(count):
+        end = payload.index(b"\0", offset)
+        names.append(payload[offset:end].decode(errors="replace"))
+        # Skip table oid, column number, type oid, type size, type modifier, format.
+        offset = end + 1 + 18
+    return tuple(names)
+
+
+def parse_data_row(payload: bytes) -> tuple[str | None, ...]:
+    """Return the text values of a DataRow payload (``None`` for SQL NULL)."""
+    (count,) = _INT16.unpack_from(payload, 0)
+    offset = 2
+    values: list[str | None] = []
+    for _ in range(count):
+        (length,) = _INT32.unpack_from(payload, offset)
+        offset += 4
+        if length == _NULL_LENGTH:
+            values.append(None)
+            continue
+        values.append(payload[offset : offset + length].decode(errors="replace"))
+        offset += length
+    return tuple(values)
+
+
+@final
+class SimpleQueryConnection:
+    """One logged-in admin console connection; send simple queries one at a time."""
+
+    def __init__(self, stream: ByteStream, endpoint: PgBouncerEndpoint) -> None:
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._endpoint = endpoint
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self._stream.send(data)
+        except _ERRORS_DURING_IO as exc:
+            raise PgBouncerUnreachable(f"lost connection to {self._endpoint}: {exc!r}") from exc
+
+    async def _receive(self) -> tuple[bytes, bytes]:
+        try:
+            header = await self._reader.receive_exactly(_HEADER.size)
+            kind, length = _HEADER.unpack(header)
+            if not 4 <= length <= _MAX_MESSAGE:  # noqa: PLR2004 - the length counts itself
+                raise PgBouncerProtocolError(f"bad message length {length} from {self._endpoint}")
+            payload = await self._reader.receive_exactly(length - 4) if length > 4 else b""  # noqa: PLR2004
+        except _ERRORS_DURING_IO as exc:
+            raise PgBouncerUnreachable(f"lost connection to {self._endpoint}: {exc!r}") from exc
+        return kind, payload
+
+    async def login(self, *, user: str, password: str | None, database: str) -> None:
+        """Send the startup message and authenticate until ReadyForQuery.
+
+        Raises:
+            PgBouncerAuthError: Wrong credentials or an unsupported method.
+            PgBouncerUnreachable: The connection broke.
+        """
+        params = b"".join(
+            _cstring(key) + _cstring(value)
+            for key, value in (("user", user), ("database", database), ("application_name", "pgcm"))
+        )
+        body = _INT32.pack(_PROTOCOL_VERSION_3) + params + b"\0"
+        await self._send(_INT32.pack(len(body) + 4) + body)
+        scram: ScramClient | None = None
+        while True:
+            kind, payload = await self._receive()
+            if kind == b"R":
+                scram = await self._authenticate(payload, user, password, scram)
+            elif kind == b"E":
+                notice = _ServerNotice.parse(payload)
+                raise PgBouncerAuthError(
+                    f"{self._endpoint} refused login as {user!r}: {notice.message} "
+                    f"({notice.sqlstate})"
+                )
+            elif kind == b"Z":
+                return
+            # ParameterStatus, BackendKeyData and notices carry nothing we need.
+
+    async def _authenticate(
+        self, payload: bytes, user: str, password: str | None, scram: ScramClient | None
+    ) -> ScramClient | None:
+        (code,) = _INT32.unpack_from(payload, 0)
+        if code == _AUTH_OK:
+            return scram
+        if password is None:
+            raise PgBouncerAuthError(f"{self._endpoint} asks for a password and none is set")
+        if code == _AUTH_CLEARTEXT:
+            await self._send(_message(b"p", _cstring(password)))
+        elif code == _AUTH_MD5:
+            await self._send(_message(b"p", _cstring(md5_password(user, password, payload[4:8]))))
+        elif code == _AUTH_SASL:
+            mechanisms = [m.decode() for m in payload[4:].split(b"\0") if m]
+            if MECHANISM not in mechanisms:
+                raise PgBouncerAuthError(f"no supported SASL mechanism in {mechanisms}")
+            scram = ScramClient(password)
+            first = scram.client_first()
+            await self._send(_message(b"p", _cstring(MECHANISM) + _INT32.pack(len(first)) + first))
+        elif code == _AUTH_SASL_CONTINUE and scram is not None:
+            await self._send(_message(b"p", scram.client_final(payload[4:])))
+        elif code == _AUTH_SASL_FINAL and scram is not None:
+            scram.verify_server_final(payload[4:])
+        else:
+            raise PgBouncerAuthError(f"unsupported authentication request {code}")
+        return scram
+
+    async def query(self, sql: str) -> SimpleQueryResult:
+        """Run one statement with the simple query protocol and return its rows.
+
+        Raises:
+            PgBouncerCommandRefused: PgBouncer answered with an error.
+            PgBouncerUnreachable: The connection broke.
+            PgBouncerProtocolError: The answer made no sense.
+
+        Cancellation:
+            The connection is left mid-conversation; the caller must close it.
+        """
+        await self._send(_message(b"Q", _cstring(sql)))
+        columns: tuple[str, ...] = ()
+        rows: list[tuple[str | None, ...]] = []
+        notices: list[str] = []
+        tag = ""
+        error: _ServerNotice | None = None
+        while True:
+            kind, payload = await self._receive()
+            if kind == b"T":
+                columns = parse_row_description(payload)
+            elif kind == b"D":
+                row = parse_data_row(payload)
+                if len(row) != len(columns):
+                    raise PgBouncerProtocolError(f"row of {len(row)} values for {columns}")
+                rows.append(row)
+            elif kind == b"C":
+                tag = payload.rstrip(b"\0").decode(errors="replace")
+            elif kind == b"N":
+                notice = _ServerNotice.parse(payload)
+                notices.append(f"{notice.message}\n{notice.detail}".strip())
+            elif kind == b"E":
+                error = _ServerNotice.parse(payload)
+            elif kind == b"Z":
+                break
+        if error is not None:
+            raise PgBouncerCommandRefused(sql, error.sqlstate, error.message)
+        return SimpleQueryResult(tag, columns, tuple(rows), tuple(notices))
+
+    async def aclose(self) -> None:
+        """Say goodbye (Terminate) and close the socket; never raises for a dead peer."""
+        # A dead peer needs no goodbye: closing is all that is left to do.
+        with contextlib.suppress(*_ERRORS_DURING_IO):
+            await self._stream.send(_message(b"X", b""))
+        await self._stream.aclose()
+
+
+async def _connect(endpoint: PgBouncerEndpoint) -> ByteStream:
+    if endpoint.is_unix_socket:
+        return await anyio.connect_unix(endpoint.unix_socket_path)
+    return await anyio.connect_tcp(endpoint.host, endpoint.port)
+
+
+@asynccontextmanager
+async def open_simple_query(
+    endpoint: PgBouncerEndpoint,
+    *,
+    user: str,
+    password: str | None,
+    database: str,
+    connect_timeout: timedelta,
+) -> AsyncIterator[SimpleQueryConnection]:
+    """Connect and log in to ``endpoint``; yield the connection and always close it.
+
+    ``connect_timeout`` bounds connecting and logging in only; the caller bounds the
+    queries (STYLE C4).
+
+    Raises:
+        PgBouncerUnreachable: No connection within ``connect_timeout``.
+        PgBouncerAuthError: The login was refused.
+
+    Cancellation:
+        The socket is closed (abruptly if need be) before the cancellation propagates.
+    """
+    try:
+        with anyio.fail_after(connect_timeout.total_seconds()):
+            stream = await _connect(endpoint)
+    except TimeoutError as exc:
+        raise PgBouncerUnreachable(f"no connection to {endpoint} within {connect_timeout}") from exc
+    except OSError as exc:
+        raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc}") from exc
+    connection = SimpleQueryConnection(stream, endpoint)
+    try:
+        try:
+            with anyio.fail_after(connect_timeout.total_seconds()):
+                await connection.login(user=user, password=password, database=database)
+        except TimeoutError as exc:
+            raise PgBouncerUnreachable(f"no login to {endpoint} within {connect_timeout}") from exc
+        yield connection
+    finally:
+        # aclose of a socket stream does not block; the shield keeps a pending
+        # cancellation from skipping the Terminate message and leaking the fd.
+        with anyio.move_on_after(1, shield=True):
+            await connection.aclose()

@@ -1,0 +1,31 @@
+"""PgBouncer admin console: settings, client, its Protocol seam, typed SHOW rows and errors."""
+
+from __future__ import annotations
+
+from pgcm_common._pgbouncer.admin import PgBouncerAdmin, PgBouncerAdminProtocol, admins_for
+from pgcm_common._pgbouncer.errors import (
+    PgBouncerAuthError,
+    PgBouncerCommandRefused,
+    PgBouncerProtocolError,
+    PgBouncerUnreachable,
+)
+from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
+from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
+from pgcm_common.errors import PgBouncerError
+
+__all__ = [
+    "DatabaseRow",
+    "PgBouncerAdmin",
+    "PgBouncerAdminProtocol",
+    "PgBouncerAuthError",
+    "PgBouncerCommandRefused",
+    "PgBouncerEndpoint",
+    "PgBouncerError",
+    "PgBouncerProtocolError",
+    "PgBouncerSettings",
+    "PgBouncerState",
+    "PgBouncerUnreachable",
+    "PgBouncerVersion",
+    "PoolRow",
+    "admins_for",
+]

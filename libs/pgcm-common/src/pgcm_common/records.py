@@ -1,0 +1,180 @@
+"""pgcm's etcd data model: where each record lives and what it holds.
+
+Every key is under the cluster namespace ``<ns>`` (``[cluster] namespace``)::
+
+    <ns><master_key>           bare primary address, exactly as the original writes it
+    <ns><master_key>.json      PrimaryRecord: who published which primary, seen when
+    <ns>/supervise/<node>      NodeStatus of each supervise (leased: vanishes with it)
+    <ns>/proxies/<proxy id>    ProxyAck of each proxy (leased: vanishes with it)
+    <ns>/lock                  the failover lock (pgcm_common.etcd.EtcdLock)
+
+The JSON records are parsed at the edge with :meth:`from_json`, which raises
+:class:`RecordError` for anything malformed (they are untrusted input like any etcd
+value). Unknown fields are ignored so that a newer writer does not break an older
+reader during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Self, final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pgcm_common.errors import PgcmError
+
+__all__ = [
+    "KeyLayout",
+    "NodeRole",
+    "NodeStatus",
+    "PostgresStatus",
+    "PrimaryRecord",
+    "ProxyAck",
+    "RecordError",
+    "ReplicationPeer",
+    "now_utc",
+]
+
+
+def now_utc() -> datetime:
+    """Return the current time, timezone-aware in UTC (records never hold naive times)."""
+    return datetime.now(UTC)
+
+
+@final
+class RecordError(PgcmError):
+    """An etcd value that should hold a pgcm record does not."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"malformed record at {key!r}: {problem}")
+
+
+@final
+class KeyLayout:
+    """The etcd keys of one cluster, computed once from the namespace and master key."""
+
+    __slots__ = (
+        "lock",
+        "master",
+        "master_record",
+        "namespace",
+        "proxies_prefix",
+        "supervise_prefix",
+    )
+
+    def __init__(self, namespace: str = "", master_key: str = "/master") -> None:
+        self.namespace = namespace.rstrip("/")
+        self.master = f"{self.namespace}{master_key}".encode()
+        self.master_record = self.master + b".json"
+        self.proxies_prefix = f"{self.namespace}/proxies/".encode()
+        self.supervise_prefix = f"{self.namespace}/supervise/".encode()
+        self.lock = f"{self.namespace}/lock".encode()
+
+    def proxy_ack(self, proxy_id: str) -> bytes:
+        """Return the key of one proxy's acknowledgement."""
+        return self.proxies_prefix + _safe_segment(proxy_id)
+
+    def node_status(self, node: str) -> bytes:
+        """Return the key of one supervise's node status."""
+        return self.supervise_prefix + _safe_segment(node)
+
+
+def _safe_segment(name: str) -> bytes:
+    if not name or "/" in name or not name.isprintable() or name in {".", ".."}:
+        raise ValueError(f"not usable as one etcd key segment: {name!r}")
+    return name.encode()
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_json(cls, key: bytes | str, raw: bytes) -> Self:
+        """Parse one etcd value.
+
+        Raises:
+            RecordError: not JSON, or fields missing or of the wrong type.
+        """
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            shown = key.decode(errors="replace") if isinstance(key, bytes) else key
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "<value>"
+            raise RecordError(shown, f"{where}: {first['msg']}") from exc
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd (compact JSON, stable field order)."""
+        return self.model_dump_json().encode()
+
+
+@final
+class PrimaryRecord(_Record):
+    """The richer record published beside the bare primary address."""
+
+    node: str
+    address: str
+    with_quorum: bool
+    dc: str | None
+    writer: str = Field(description="node name of the supervise that wrote the record")
+    observed_at: datetime
+    pacemaker_last_change: str | None = None
+
+
+@final
+class ProxyAck(_Record):
+    """What one proxy applied: PgBouncer now routes to ``host`` (etcd revision ``revision``)."""
+
+    proxy_id: str
+    host: str
+    revision: int
+    applied_at: datetime
+    pgbouncers: tuple[str, ...] = ()
+
+
+@final
+class NodeRole(_Record):
+    """One node as Pacemaker sees it from the writer's side."""
+
+    name: str
+    online: bool
+    role: str
+    promotion_score: int | None = None
+
+
+@final
+class ReplicationPeer(_Record):
+    """One row of ``pg_stat_replication`` on the primary."""
+
+    application_name: str
+    state: str
+    sync_state: str
+    lag_bytes: int | None = None
+
+
+@final
+class PostgresStatus(_Record):
+    """The local PostgreSQL as supervise sees it (optional: needs a local connection)."""
+
+    in_recovery: bool
+    replication: tuple[ReplicationPeer, ...] = ()
+    oldest_transaction_age_s: float | None = None
+
+
+@final
+class NodeStatus(_Record):
+    """One supervise's view: Pacemaker, its PgBouncer and (optionally) its PostgreSQL."""
+
+    node: str
+    address: str | None
+    observed_at: datetime
+    with_quorum: bool
+    dc: str | None
+    primary: str | None
+    nodes: tuple[NodeRole, ...] = ()
+    move_constraints: tuple[str, ...] = ()
+    pgbouncer_paused: bool | None = None
+    postgres: PostgresStatus | None = None
+    problem: str | None = Field(default=None, description="why the view is incomplete")

@@ -1,0 +1,79 @@
+"""Settings of pgcm-proxy: tables [proxy], [cluster], [etcd] and [pgbouncer].
+
+See docs/configuration.md for every key, its environment variable and the original's
+name.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import ClassVar, final
+
+from pydantic import Field
+
+from pgcm_common.etcd import EtcdSettings
+from pgcm_common.pgbouncer import PgBouncerSettings
+from pgcm_common.settings import (
+    CLUSTER_ORIGINAL_KEYS,
+    ETCD_ORIGINAL_KEYS,
+    PGBOUNCER_ORIGINAL_KEYS,
+    ClusterSettings,
+    Duration,
+    PgcmSettings,
+)
+
+__all__ = ["ProxySettings"]
+
+
+@final
+class ProxySettings(PgcmSettings):
+    """Everything pgcm-proxy needs, parsed once in ``cli.py``."""
+
+    section: ClassVar[str] = "proxy"
+    original_keys: ClassVar[Mapping[str, str]] = {
+        **CLUSTER_ORIGINAL_KEYS,
+        **ETCD_ORIGINAL_KEYS,
+        **PGBOUNCER_ORIGINAL_KEYS,
+        "etcd-stream-poll-interval": "poll_interval",
+        # The original declared pgbouncer-retry-interval but read pgbouncer-retry-timeout
+        # (so the flag did nothing); both spellings now set the backoff cap.
+        "pgbouncer-retry-interval": "retry_max_interval",
+        "pgbouncer-retry-timeout": "retry_max_interval",
+    }
+
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    etcd: EtcdSettings = Field(default_factory=EtcdSettings)
+    pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
+
+    pgbouncer_config_file: Path = Field(
+        default=Path("/etc/pgbouncer/pgbouncer.ini"),
+        description="PgBouncer config file that the proxy writes (atomically).",
+    )
+    pgbouncer_config_template_file: Path = Field(
+        default=Path("/etc/pgbouncer/pgbouncer.ini.template"),
+        description="Template of that file; {{.Host}} is replaced by the primary's address.",
+    )
+    proxy_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="Name of this proxy in its acknowledgement key <namespace>/proxies/<id>.",
+    )
+    poll_interval: Duration = Field(
+        default=timedelta(minutes=1),
+        description="Re-read the primary's key this often as a safety net beside the watch.",
+    )
+    retry_interval: Duration = Field(
+        default=timedelta(milliseconds=100),
+        description="First delay before retrying a failed apply (doubles, with jitter).",
+    )
+    retry_max_interval: Duration = Field(
+        default=timedelta(seconds=5),
+        description="Longest delay between retries of a failed apply.",
+    )
+    metrics_address: str | None = Field(
+        default=None,
+        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+    )
