@@ -88,8 +88,13 @@ def protos(session: nox.Session) -> None:
     session.run("python", "scripts/gen_protos.py")
     session.run("git", "diff", "--exit-code", "--", str(PROTO_OUT), external=True)
     untracked = session.run(
-        "git", "ls-files", "--others", "--exclude-standard", str(PROTO_OUT),
-        external=True, silent=True,
+        "git",
+        "ls-files",
+        "--others",
+        "--exclude-standard",
+        str(PROTO_OUT),
+        external=True,
+        silent=True,
     )
     if untracked and str(untracked).strip():
         session.error(f"generated files not committed:\n{untracked}")
@@ -100,7 +105,9 @@ def build(session: nox.Session) -> None:
     """Build every wheel, then install each service alone in a fresh venv and run it."""
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
-    session.run("uv", "build", "--all-packages", "--no-sources", "--out-dir", str(dist), external=True)
+    session.run(
+        "uv", "build", "--all-packages", "--no-sources", "--out-dir", str(dist), external=True
+    )
     for service in SERVICES:
         module_wheel = service.replace("-", "_")
         if not list(dist.glob(f"{module_wheel}-*.whl")):
@@ -110,8 +117,15 @@ def build(session: nox.Session) -> None:
             session.run("uv", "venv", "--quiet", str(venv), external=True)
             env = {"VIRTUAL_ENV": str(venv)}
             session.run(
-                "uv", "pip", "install", "--quiet", "--find-links", str(dist), service,
-                external=True, env=env,
+                "uv",
+                "pip",
+                "install",
+                "--quiet",
+                "--find-links",
+                str(dist),
+                service,
+                external=True,
+                env=env,
             )
             session.run(str(venv / "bin" / service), "--help", external=True, silent=True)
             if service != "pgcm-lab":
