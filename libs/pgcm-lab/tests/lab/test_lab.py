@@ -1,0 +1,136 @@
+# ruff: noqa: ASYNC110  # polling the cluster's state: there is no event to await
+"""The lab, for real: roles, switchover, node crash, partition, rejoin, tear-down.
+
+The tests share one lab and run in file order: each leaves the cluster healthy (or
+restores it) for the next; tear-down comes last.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pgcm_lab.lab import BRIDGE_NS, Lab, Progress, lab_leftovers, node_pids
+from pgcm_lab.topology import PG_BINDIR, PGDATA
+
+pytestmark = pytest.mark.lab
+
+
+async def _roles(lab: Lab) -> dict[str, str]:
+    status = await lab.status()
+    nodes = status["nodes"]
+    assert isinstance(nodes, list)
+    return {n["name"]: n["role"] for n in nodes if "role" in n}
+
+
+async def _timeline(lab: Lab, node: str) -> int:
+    out = await lab.exec(node, [f"{PG_BINDIR}/pg_controldata", PGDATA], user="postgres")
+    match = re.search(r"Latest checkpoint's TimeLineID:\s+(\d+)", out.stdout)
+    assert match, out.stdout
+    return int(match.group(1))
+
+
+async def test_lab_comes_up_with_one_primary_one_sync_one_potential(lab: Lab) -> None:
+    with anyio.fail_after(30):
+        assert await lab.wait_healthy() == "n1"
+        roles = await _roles(lab)
+    assert sorted(roles.values()) == ["potential", "primary", "sync"]
+    status = await lab.status()
+    nodes = status["nodes"]
+    assert isinstance(nodes, list)
+    assert all(n["pgbouncer"] for n in nodes)
+    assert all(n["etcd"] for n in nodes if n["name"] != "app")
+
+
+async def test_load_through_the_app_pgbouncer_commits_transactions(lab: Lab) -> None:
+    with anyio.fail_after(60):
+        report = await lab.load(seconds=2, clients=2)
+    assert report.transactions > 0
+    assert report.clean, report.errors
+    assert report.latency_max_ms is not None
+
+
+async def test_switchover_moves_the_primary_and_both_standbys_follow(lab: Lab) -> None:
+    with anyio.fail_after(90):
+        before = await _roles(lab)
+        target = next(n for n, r in before.items() if r == "sync")
+        result = await lab.switchover(target)
+        roles = await _roles(lab)
+    assert result.source == "n1"
+    assert roles[target] == "primary"
+    assert sorted(r for n, r in roles.items() if n != target) == ["potential", "sync"]
+    rows = await lab.psql(
+        target, "select count(*) from pg_stat_replication where state='streaming'"
+    )
+    assert rows == "2"
+
+
+async def test_killing_the_primarys_node_promotes_another_node(lab: Lab) -> None:
+    with anyio.fail_after(30):
+        old = await lab.wait_healthy()
+    survivors = [n.name for n in lab.topology.others(old)]
+    await lab.kill_node(old)
+    with anyio.fail_after(60):
+        while (new := (await lab.view(survivors[0])).primary) in {None, old}:
+            await anyio.sleep(0.2)
+        while await lab.psql(new, "select pg_is_in_recovery()", check=False) != "f":
+            await anyio.sleep(0.2)
+    assert new in survivors
+    with anyio.fail_after(110):
+        await lab.rejoin(old)
+        assert await lab.wait_healthy() == new
+
+
+async def test_partitioned_primary_loses_quorum_the_majority_promotes_and_it_rejoins(
+    lab: Lab,
+) -> None:
+    with anyio.fail_after(30):
+        old = await lab.wait_healthy()
+    majority = [n.name for n in lab.topology.others(old)]
+    await lab.partition(old)
+    with anyio.fail_after(90):
+        while (await lab.view(old)).quorum:
+            await anyio.sleep(0.2)
+        while (new := (await lab.view(majority[0])).primary) in {None, old}:
+            await anyio.sleep(0.2)
+        while await lab.psql(new, "select pg_is_in_recovery()", check=False) != "f":
+            await anyio.sleep(0.2)
+        # The ex-primary was stopped on its old timeline: it diverged from the new one.
+        while lab.host_path(old, f"{PGDATA}/postmaster.pid").exists():
+            await anyio.sleep(0.2)
+    assert new in majority
+    walfile = await lab.psql(new, "select pg_walfile_name(pg_current_wal_lsn())")
+    assert await _timeline(lab, old) < int(walfile[:8], 16)
+    with anyio.fail_after(110):
+        method = await lab.rejoin(old)
+        assert await lab.wait_healthy() == new
+    assert method in {"pg_rewind", "pg_basebackup"}
+    repl = await lab.replication(new)
+    assert repl[old][0] == "streaming"
+
+
+async def test_down_leaves_nothing_behind(lab: Lab) -> None:
+    pids = node_pids(lab)
+    assert pids
+    with anyio.fail_after(10):
+        seconds = await lab.down()
+    assert seconds < 10
+    assert lab_leftovers(lab, pids) == []
+    assert not lab.state_dir.exists()
+
+
+async def test_down_removes_a_half_built_lab(lab: Lab) -> None:
+    half = Lab(lab.state_dir, progress=Progress(None))
+    await anyio.to_thread.run_sync(half._prepare_dirs)
+    await half._net_up()
+    await half._start_init("n1")
+    pids = node_pids(half)
+    assert pids
+    await half.down()
+    assert lab_leftovers(half, pids) == []
+    assert not any(
+        BRIDGE_NS in line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
