@@ -31,6 +31,7 @@ def test_server_base_registers_the_original_snake_case_paths() -> None:
     assert sorted(_Server().__mapping__()) == [
         "/failover.Failover/health_check",
         "/failover.Failover/migrate",
+        "/failover.Failover/migrate_to",  # pgcm extension (a new rpc, ADR 0004)
         "/failover.Failover/pause",
         "/failover.Failover/resume",
         "/failover.Failover/unmigrate",

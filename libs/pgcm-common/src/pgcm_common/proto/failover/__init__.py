@@ -9,6 +9,7 @@ __all__ = (
     "FailoverStub",
     "HealthCheckResponse",
     "HealthCheckResponseStatus",
+    "MigrateRequest",
     "MigrateResponse",
     "PauseRequest",
     "PauseResponse",
@@ -61,8 +62,28 @@ class HealthCheckResponse(betterproto2.Message):
         1, betterproto2.TYPE_ENUM, default_factory=lambda: HealthCheckResponseStatus(0)
     )
 
+    reasons: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    pgcm extension: why the endpoint is not HEALTHY (empty when it is).
+    """
+
 
 default_message_pool.register_message("failover", "HealthCheckResponse", HealthCheckResponse)
+
+
+@dataclass(eq=False, repr=False)
+class MigrateRequest(betterproto2.Message):
+    """
+    pgcm extension: the request of migrate_to.
+    """
+
+    target: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Pacemaker node name; empty = the cluster's choice
+    """
+
+
+default_message_pool.register_message("failover", "MigrateRequest", MigrateRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -100,6 +121,14 @@ class PauseRequest(betterproto2.Message):
     """
     resume automatically this many seconds after the pause
     """
+
+    timeout_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    pgcm extensions for sub-second precision: when non-zero they replace the
+    whole-second fields above. Old servers ignore them and use the seconds.
+    """
+
+    expiry_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
 
 
 default_message_pool.register_message("failover", "PauseRequest", PauseRequest)
@@ -242,6 +271,28 @@ class FailoverStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def migrate_to(
+        self,
+        message: "MigrateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "MigrateResponse":
+        """
+        pgcm extension: migrate to a node the caller names (empty target = the cluster's
+        choice, as migrate does). Old servers answer UNIMPLEMENTED.
+        """
+
+        return await self._unary_unary(
+            "/failover.Failover/migrate_to",
+            message,
+            MigrateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ..google import protobuf as _google__protobuf__
 
@@ -264,6 +315,14 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def unmigrate(self, message: "Empty") -> "UnmigrateResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def migrate_to(self, message: "MigrateRequest") -> "MigrateResponse":
+        """
+        pgcm extension: migrate to a node the caller names (empty target = the cluster's
+        choice, as migrate does). Old servers answer UNIMPLEMENTED.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -303,6 +362,14 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
         response = await self.unmigrate(request)
         await stream.send_message(response)
 
+    async def __rpc_migrate_to(
+        self, stream: "grpclib.server.Stream[MigrateRequest, MigrateResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.migrate_to(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/failover.Failover/health_check": grpclib.const.Handler(
@@ -334,5 +401,11 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 UnmigrateResponse,
+            ),
+            "/failover.Failover/migrate_to": grpclib.const.Handler(
+                self.__rpc_migrate_to,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                MigrateRequest,
+                MigrateResponse,
             ),
         }
