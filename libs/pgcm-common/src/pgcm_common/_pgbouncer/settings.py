@@ -7,6 +7,8 @@ from typing import Annotated, final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pgcm_common.settings import Duration
+
 __all__ = ["PgBouncerEndpoint", "PgBouncerSettings"]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -61,10 +63,10 @@ class PgBouncerSettings(BaseModel):
     user: str = Field(default="pgbouncer", min_length=1)
     password: SecretStr | None = None
     database: str = Field(default="pgbouncer", min_length=1)
-    connect_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    connect_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
     # Bounds the shielded RESUME sent after an abandoned PAUSE (STYLE C5): it starts when
     # the cleanup starts, independent of the caller's deadline that just expired.
-    cleanup_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    cleanup_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
 
     @model_validator(mode="after")
     def _endpoints_are_unique(self) -> PgBouncerSettings:

@@ -1,0 +1,593 @@
+"""The real etcd store: aetcd's stubs over a channel we build (TLS, keepalive, failover).
+
+aetcd 1.0 opens ``grpc.aio.insecure_channel`` in ``Client.connect`` and nowhere else, so
+``_ChannelClient`` overrides ``connect`` to open a secure channel when TLS is configured,
+pass our keepalive options and wait (bounded) for the connection before the first
+request. Everything else (request building, auth token metadata, stubs) stays aetcd's.
+Watches and lease keepalives use aetcd's generated stubs directly: aetcd's own watcher
+runs unowned asyncio tasks, which STYLE C2 forbids. See docs/adr/0001-etcd-client.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import NoReturn, Protocol, TypeVar, final
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rpc
+import aetcd.transactions
+import aetcd.utils
+import anyio
+import grpc
+import grpc.aio
+import structlog
+
+from pgcm_common._etcd.model import (
+    Absent,
+    Condition,
+    Deleted,
+    EtcdCompacted,
+    EtcdLeaseExpired,
+    KeyValue,
+    Lease,
+    Listing,
+    ModRevisionIs,
+    ValueIs,
+    WatchBatch,
+    WatchEvent,
+    lease_seconds,
+)
+from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
+from pgcm_common.errors import EtcdError, EtcdUnavailable
+
+__all__ = ["AetcdStore", "open_etcd"]
+
+log = structlog.get_logger()
+
+_T = TypeVar("_T")
+
+# Failures after which another endpoint (or a fresh connection) may succeed. CANCELLED
+# shows up on calls whose channel we closed after another call failed on it;
+# UNAUTHENTICATED when the auth token expired (a new connection authenticates again).
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+_CLOSE_GRACE_S = 1.0
+_EVENT_DELETE = 1  # mvccpb.Event.EventType.DELETE
+
+
+def _status(exc: BaseException) -> grpc.StatusCode | None:
+    """Return the gRPC status behind ``exc`` (aetcd wraps AioRpcError as ``__cause__``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, grpc.aio.AioRpcError):
+            code: grpc.StatusCode = seen.code()
+            return code
+        seen = seen.__cause__
+    return None
+
+
+def _details(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, grpc.aio.AioRpcError):
+            return str(seen.details() or "")
+        seen = seen.__cause__
+    return str(exc)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(
+        exc,
+        TimeoutError
+        # grpc.aio refuses calls on a channel another task just closed after a failure.
+        | grpc.aio.UsageError
+        | aetcd.exceptions.ConnectionFailedError
+        | aetcd.exceptions.ConnectionTimeoutError
+        | aetcd.exceptions.UnauthenticatedError,
+    ):
+        return True
+    return _status(exc) in _RETRYABLE
+
+
+@final
+class _ChannelClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
+    """aetcd's client for one endpoint, with our channel: TLS, keepalive, bounded dial."""
+
+    def __init__(
+        self,
+        endpoint: EtcdEndpoint,
+        settings: EtcdSettings,
+        credentials: grpc.ChannelCredentials | None,
+    ) -> None:
+        password = settings.password.get_secret_value() if settings.password else None
+        super().__init__(
+            host=endpoint.host,
+            port=endpoint.port,
+            username=settings.username,
+            password=password,
+            timeout=settings.request_timeout.total_seconds(),
+            options=dict(settings.grpc_options()),
+        )
+        self.endpoint = endpoint
+        self._credentials = credentials
+        self._dial_timeout_s = settings.dial_timeout.total_seconds()
+
+    async def connect(self) -> None:
+        """Open the channel, wait until it is connected, and authenticate if configured.
+
+        Raises:
+            TimeoutError: the endpoint did not accept a connection within dial_timeout.
+            grpc.aio.AioRpcError: authentication failed.
+        """
+        if self._connected.is_set():
+            return
+        options = list(self._options.items())
+        target = self.endpoint.target
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+        try:
+            with anyio.fail_after(self._dial_timeout_s):
+                await channel.channel_ready()
+            metadata = None
+            if self._username is not None and self._password is not None:
+                response = await aetcd.rpc.AuthStub(channel).Authenticate(
+                    aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password),
+                    timeout=self._timeout,
+                )
+                metadata = (("token", response.token),)
+        except BaseException:
+            with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+                await channel.close()
+            raise
+        self.channel = channel
+        self.metadata = metadata
+        self.kvstub = aetcd.rpc.KVStub(channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(channel)
+        self.leasestub = aetcd.rpc.LeaseStub(channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(channel)
+        self.watchstub = aetcd.rpc.WatchStub(channel)
+        # aetcd's watcher (unowned asyncio tasks) is never started: close() skips it.
+        self._watcher = None
+        self._connected.set()
+
+
+async def _read_credentials(settings: EtcdSettings) -> grpc.ChannelCredentials | None:
+    if not settings.use_tls:
+        return None
+
+    async def read(path: object) -> bytes | None:
+        return None if path is None else await anyio.Path(str(path)).read_bytes()
+
+    try:
+        root = await read(settings.ca_file)
+        key = await read(settings.key_file)
+        chain = await read(settings.cert_file)
+    except OSError as exc:
+        raise EtcdError(f"cannot read etcd TLS files: {exc}") from exc
+    creds: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+    return creds
+
+
+@final
+class AetcdStore:
+    """The real :class:`EtcdStore`: tries the endpoints in turn, one connection at a time.
+
+    A failed connection is dropped and the next endpoint is used; a request fails with
+    ``EtcdUnavailable`` only after every endpoint failed it once. Retrying a write whose
+    response was lost can apply it twice; ``put_if`` callers read back to be sure (the
+    lock does).
+    """
+
+    def __init__(self, settings: EtcdSettings, credentials: grpc.ChannelCredentials | None) -> None:
+        self._settings = settings
+        self._credentials = credentials
+        self._endpoints = settings.parsed_endpoints
+        self._index = 0
+        self._client: _ChannelClient | None = None
+        self._connecting = anyio.Lock()
+
+    @property
+    def endpoint(self) -> EtcdEndpoint:
+        """Return the endpoint in use (or tried next)."""
+        return self._endpoints[self._index]
+
+    async def aclose(self) -> None:
+        """Close the connection.
+
+        Cancellation:
+            Closing is shielded and bounded by a short grace.
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+                await client.close()
+
+    async def _connected(self) -> _ChannelClient:
+        async with self._connecting:
+            if self._client is None:
+                client = _ChannelClient(self.endpoint, self._settings, self._credentials)
+                try:
+                    await client.connect()
+                except Exception:
+                    self._index = (self._index + 1) % len(self._endpoints)
+                    raise
+                self._client = client
+            return self._client
+
+    async def _drop(self, client: _ChannelClient, exc: BaseException) -> None:
+        """Forget a failing connection and move on to the next endpoint."""
+        if self._client is client:
+            self._client = None
+            self._index = (self._index + 1) % len(self._endpoints)
+            log.warning(
+                "etcd.endpoint.failover",
+                endpoint=str(client.endpoint),
+                next_endpoint=str(self.endpoint),
+                error=_details(exc),
+            )
+        with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+            await client.close()
+
+    async def _call(self, what: str, op: Callable[[_ChannelClient], Awaitable[_T]]) -> _T:
+        last: Exception | None = None
+        for _ in range(len(self._endpoints)):
+            try:
+                client = await self._connected()
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise EtcdError(f"etcd {what} failed: {_details(exc)}") from exc
+                last = exc
+                continue
+            try:
+                return await op(client)
+            except EtcdError:
+                raise
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise EtcdError(f"etcd {what} failed: {_details(exc)}") from exc
+                last = exc
+                await self._drop(client, exc)
+        endpoints = ", ".join(map(str, self._endpoints))
+        raise EtcdUnavailable(f"etcd {what}: no endpoint answered ({endpoints})") from last
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        """Return the key, or None when it does not exist.
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> KeyValue | None:
+            found = await client.get(key)
+            return None if found is None else KeyValue.from_etcd(found)
+
+        return await self._call("get", op)
+
+    async def get_prefix(self, prefix: bytes) -> Listing:
+        """Return every key under ``prefix`` in key order and the revision read at.
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> Listing:
+            result = await client.get_prefix(prefix, sort_order="ascend", sort_target="key")
+            items = tuple(KeyValue.from_etcd(kv) for kv in result.kvs)
+            return Listing(revision=int(result.header.revision), items=items)
+
+        return await self._call("get_prefix", op)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Write the key; return the revision of the write.
+
+        Raises:
+            EtcdLeaseExpired: ``lease`` does not exist.
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> int:
+            try:
+                result = await client.put(key, value, lease=lease or None)
+            except aetcd.exceptions.ClientError as exc:
+                _raise_lease_error(exc, lease)
+                raise
+            return int(result.header.revision)
+
+        return await self._call("put", op)
+
+    async def put_if(
+        self, key: bytes, value: bytes, condition: Condition, *, lease: int = 0
+    ) -> bool:
+        """Write the key in one transaction only if ``condition`` holds; return whether.
+
+        Raises:
+            EtcdLeaseExpired: ``lease`` does not exist.
+            EtcdUnavailable: no endpoint answered.
+        """
+        compare = _compare(key, condition)
+
+        async def op(client: _ChannelClient) -> bool:
+            try:
+                succeeded, _ = await client.transaction(
+                    compare=[compare],
+                    success=[aetcd.transactions.Put(key, value, lease=lease or None)],
+                    failure=[],
+                )
+            except aetcd.exceptions.ClientError as exc:
+                _raise_lease_error(exc, lease)
+                raise
+            return bool(succeeded)
+
+        return await self._call("put_if", op)
+
+    async def delete(self, key: bytes) -> bool:
+        """Delete the key; return whether it existed.
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> bool:
+            return await client.delete(key) is not None
+
+        return await self._call("delete", op)
+
+    async def grant_lease(self, ttl: timedelta) -> Lease:
+        """Grant a lease of ``ttl`` (rounded to whole seconds, at least 1).
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> Lease:
+            granted = await client.lease(lease_seconds(ttl))
+            return Lease(id=int(granted.id), ttl=timedelta(seconds=int(granted.ttl)))
+
+        return await self._call("grant_lease", op)
+
+    async def keepalive_lease(self, lease_id: int) -> timedelta:
+        """Refresh the lease once and return its new TTL.
+
+        Raises:
+            EtcdLeaseExpired: the lease no longer exists.
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> timedelta:
+            call = client.leasestub.LeaseKeepAlive(
+                timeout=self._settings.request_timeout.total_seconds(),
+                metadata=client.metadata,
+            )
+            try:
+                await call.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease_id))
+                await call.done_writing()
+                reply = await call.read()
+            finally:
+                call.cancel()
+            if reply is grpc.aio.EOF or int(reply.TTL) <= 0:
+                raise EtcdLeaseExpired(lease_id)
+            return timedelta(seconds=int(reply.TTL))
+
+        return await self._call("keepalive_lease", op)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Revoke the lease and delete its keys; a lease already gone is fine.
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> None:
+            try:
+                await client.revoke_lease(lease_id)
+            except aetcd.exceptions.ClientError as exc:
+                if _status(exc) != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        await self._call("revoke_lease", op)
+
+    async def compact(self, revision: int) -> None:
+        """Drop history before ``revision``; a revision already compacted is fine.
+
+        Raises:
+            EtcdUnavailable: no endpoint answered.
+        """
+
+        async def op(client: _ChannelClient) -> None:
+            try:
+                await client.compact(revision, physical=True)
+            except aetcd.exceptions.ClientError as exc:
+                if "compacted" not in _details(exc):
+                    raise
+
+        await self._call("compact", op)
+
+    @asynccontextmanager
+    async def open_watch(
+        self, key: bytes, *, prefix: bool, start_revision: int
+    ) -> AsyncIterator[_Watch]:
+        """Open one watch stream; enter returns once etcd confirmed it.
+
+        Raises:
+            EtcdCompacted: ``start_revision`` is older than the compacted history.
+            EtcdUnavailable: the stream could not be opened on any endpoint.
+
+        Cancellation:
+            Leaving cancels the gRPC stream.
+        """
+        client = await self._call("watch", _connected_client)
+        try:
+            call = client.watchstub.Watch(metadata=client.metadata)
+        except grpc.aio.UsageError as exc:  # closed meanwhile by another task's failure
+            raise EtcdUnavailable(f"etcd watch: connection to {client.endpoint} closed") from exc
+        watch = _Watch(self, client, call)
+        try:
+            create = aetcd.rpc.WatchCreateRequest(
+                key=key,
+                range_end=aetcd.utils.prefix_range_end(key) if prefix else b"",
+                start_revision=start_revision,
+                progress_notify=True,
+            )
+            await watch.establish(
+                aetcd.rpc.WatchRequest(create_request=create),
+                self._settings.request_timeout.total_seconds(),
+            )
+            yield watch
+        finally:
+            call.cancel()
+
+
+async def _connected_client(client: _ChannelClient) -> _ChannelClient:
+    return client
+
+
+def _raise_lease_error(exc: Exception, lease: int) -> None:
+    if lease and _status(exc) == grpc.StatusCode.NOT_FOUND:
+        raise EtcdLeaseExpired(lease) from exc
+
+
+def _compare(key: bytes, condition: Condition) -> aetcd.transactions.BaseCompare:
+    compare: aetcd.transactions.BaseCompare
+    match condition:
+        case Absent():
+            compare = aetcd.transactions.Create(key) == 0
+        case ModRevisionIs(revision):
+            compare = aetcd.transactions.Mod(key) == revision
+        case ValueIs(value):
+            compare = aetcd.transactions.Value(key) == value
+    return compare
+
+
+class _StreamCall(Protocol):
+    async def write(self, request: object) -> None: ...
+    async def read(self) -> object: ...
+    def cancel(self) -> bool: ...
+
+
+@final
+class _Watch:
+    """One established watch stream on one connection."""
+
+    def __init__(self, store: AetcdStore, client: _ChannelClient, call: _StreamCall) -> None:
+        self._store = store
+        self._client = client
+        self._call = call
+        self.created_revision = 0
+
+    async def establish(self, request: object, timeout_s: float) -> None:
+        """Send the create request and wait for etcd to confirm it."""
+        try:
+            with anyio.fail_after(timeout_s):
+                try:
+                    await self._call.write(request)
+                except (grpc.aio.AioRpcError, grpc.aio.BaseError) as exc:
+                    await self._broken(exc)
+                while True:
+                    response = await self._next()
+                    self._check_compacted(response)
+                    if response.created:
+                        self.created_revision = int(response.header.revision)
+                        return
+        except TimeoutError as exc:
+            await self._store._drop(self._client, exc)  # noqa: SLF001 - same module, our store
+            raise EtcdUnavailable(f"etcd watch not confirmed by {self._client.endpoint}") from exc
+
+    async def read(self) -> WatchBatch:
+        """Wait for the next batch of events (or a progress notification).
+
+        Raises:
+            EtcdCompacted: the requested history is gone.
+            EtcdUnavailable: the stream broke.
+        """
+        response = await self._next()
+        self._check_compacted(response)
+        if response.canceled:
+            raise EtcdError(f"etcd cancelled the watch: {response.cancel_reason}")
+        events: list[WatchEvent] = []
+        for event in response.events:
+            if event.type == _EVENT_DELETE:
+                events.append(Deleted(bytes(event.kv.key), int(event.kv.mod_revision)))
+            else:
+                events.append(KeyValue.from_etcd(event.kv))
+        return WatchBatch(revision=int(response.header.revision), events=tuple(events))
+
+    async def _next(self) -> _WatchResponse:
+        try:
+            response = await self._call.read()
+        except (grpc.aio.AioRpcError, grpc.aio.BaseError) as exc:
+            await self._broken(exc)
+        if response is grpc.aio.EOF:
+            raise EtcdUnavailable(f"etcd watch on {self._client.endpoint} ended")
+        watch_response: _WatchResponse = response  # type: ignore[assignment]  # aetcd's protobuf is untyped
+        return watch_response
+
+    async def _broken(self, exc: Exception) -> NoReturn:
+        await self._store._drop(self._client, exc)  # noqa: SLF001 - same module, our store
+        raise EtcdUnavailable(
+            f"etcd watch on {self._client.endpoint} broke: {_details(exc)}"
+        ) from exc
+
+    @staticmethod
+    def _check_compacted(response: _WatchResponse) -> None:
+        if response.compact_revision:
+            raise EtcdCompacted(int(response.compact_revision))
+
+
+class _WatchResponse(Protocol):
+    created: bool
+    canceled: bool
+    cancel_reason: str
+    compact_revision: int
+    events: list[_PbEvent]
+    header: _PbHeader
+
+
+class _PbHeader(Protocol):
+    revision: int
+
+
+class _PbEvent(Protocol):
+    type: int
+    kv: _PbKv
+
+
+class _PbKv(Protocol):
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@asynccontextmanager
+async def open_etcd(settings: EtcdSettings) -> AsyncIterator[AetcdStore]:
+    """Connect to etcd and yield the store; close the connection on exit.
+
+    The first endpoint that answers is used; connecting is lazy, so etcd being down at
+    startup surfaces as ``EtcdUnavailable`` on the first request, not here.
+
+    Raises:
+        EtcdError: the TLS files cannot be read.
+
+    Cancellation:
+        Closing on exit is shielded and bounded.
+    """
+    store = AetcdStore(settings, await _read_credentials(settings))
+    try:
+        yield store
+    finally:
+        await store.aclose()

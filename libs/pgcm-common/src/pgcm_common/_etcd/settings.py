@@ -1,0 +1,154 @@
+"""Connection settings for etcd, shared by every service (STYLE K1/K2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import final
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from pgcm_common.settings import Duration
+
+__all__ = ["EtcdEndpoint", "EtcdSettings"]
+
+# etcd (3.4: --grpc-keepalive-min-time) answers pings sent more often than every 5 s
+# with GOAWAY "too_many_pings" and drops every stream on the connection.
+MIN_KEEPALIVE_TIME = timedelta(seconds=5)
+_DEFAULT_PORT = 2379
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EtcdEndpoint:
+    """One etcd member's client address, parsed from ``host:port`` or a URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, text: str) -> EtcdEndpoint:
+        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``.
+
+        Raises:
+            ValueError: the text is not an endpoint.
+        """
+        raw = text.strip()
+        if not raw:
+            raise ValueError("empty endpoint")
+        url = urlsplit(raw if "://" in raw else f"//{raw}")
+        if url.scheme not in {"", "http", "https"}:
+            raise ValueError(f"unsupported scheme {url.scheme!r} in endpoint {text!r}")
+        if url.path not in {"", "/"} or url.query or url.fragment:
+            raise ValueError(f"endpoint {text!r} must not have a path or query")
+        try:
+            port = url.port or _DEFAULT_PORT
+        except ValueError as exc:
+            raise ValueError(f"bad port in endpoint {text!r}") from exc
+        if not url.hostname:
+            raise ValueError(f"no host in endpoint {text!r}")
+        return cls(host=url.hostname, port=port, tls=url.scheme == "https")
+
+    @property
+    def target(self) -> str:
+        """Return the gRPC target ``host:port`` (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.target
+
+
+@final
+class EtcdSettings(BaseModel):
+    """How to reach etcd: endpoints, credentials, TLS and timeouts.
+
+    Durations use the shared ``Duration`` type: Go-style strings such as ``"2s"`` or
+    ``"500ms"``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoints: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:2379"],
+        min_length=1,
+        description="etcd client endpoints, host:port or http(s)://host:port; tried in order",
+    )
+    username: str | None = Field(default=None, description="etcd user (needs password)")
+    password: SecretStr | None = Field(default=None, description="etcd user's password")
+    ca_file: Path | None = Field(default=None, description="CA bundle; enables TLS")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
+    dial_timeout: Duration = Field(
+        default=timedelta(seconds=2), description="bound on connecting to one endpoint"
+    )
+    request_timeout: Duration = Field(
+        default=timedelta(seconds=5), description="bound on one unary etcd request"
+    )
+    keepalive_time: Duration = Field(
+        default=timedelta(seconds=6),
+        description="gRPC keepalive ping period; at least 5s or etcd drops the stream",
+    )
+    keepalive_timeout: Duration = Field(
+        default=timedelta(seconds=2),
+        description="how long a ping may stay unanswered before the connection is dropped",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_parse(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            EtcdEndpoint.parse(endpoint)
+        return value
+
+    @field_validator("keepalive_time")
+    @classmethod
+    def _keepalive_not_too_often(cls, value: timedelta) -> timedelta:
+        if value < MIN_KEEPALIVE_TIME:
+            raise ValueError("must be at least 5s: etcd drops streams that ping more often")
+        return value
+
+    @field_validator("dial_timeout", "request_timeout", "keepalive_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs_complete(self) -> EtcdSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+    @property
+    def parsed_endpoints(self) -> tuple[EtcdEndpoint, ...]:
+        """Return the endpoints, parsed, in the order they are tried."""
+        return tuple(EtcdEndpoint.parse(endpoint) for endpoint in self.endpoints)
+
+    @property
+    def use_tls(self) -> bool:
+        """Return whether connections are encrypted (a CA file or an https endpoint)."""
+        return self.ca_file is not None or any(e.tls for e in self.parsed_endpoints)
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Return the gRPC channel options: keepalive that notices a hung member."""
+        time_ms = int(self.keepalive_time.total_seconds() * 1000)
+        timeout_ms = int(self.keepalive_timeout.total_seconds() * 1000)
+        return [
+            ("grpc.keepalive_time_ms", time_ms),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            # Newer gRPC cores also bound every ping (not only keepalive ones).
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
+            # Keep pinging an idle watch stream: a SIGSTOPped etcd sends nothing at all.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Reconnect quickly after a member restarts instead of the default 1-120 s backoff.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]

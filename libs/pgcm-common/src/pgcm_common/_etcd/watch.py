@@ -1,0 +1,187 @@
+"""A watch that survives restarts, hangs and compaction (STYLE C9).
+
+``watch_keys`` owns one background task that keeps a watch open: on a broken stream it
+re-watches from the last seen revision + 1 (the store moves to another endpoint on its
+own); on compaction it re-lists the keys and continues from the listing's revision.
+Every event passes a :class:`RevisionGate`, so the consumer never sees a replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from pgcm_common._etcd.gate import RevisionGate
+from pgcm_common._etcd.model import (
+    Deleted,
+    EtcdCompacted,
+    EtcdStore,
+    KeyValue,
+    WatchEvent,
+    WatchHandle,
+)
+from pgcm_common.errors import EtcdError
+
+__all__ = ["watch_keys"]
+
+log = structlog.get_logger()
+
+_BACKOFF_FIRST_S = 0.2
+_BACKOFF_MAX_S = 2.0
+
+
+@asynccontextmanager
+async def watch_keys(
+    store: EtcdStore,
+    key_or_prefix: bytes,
+    start_revision: int,
+    *,
+    prefix: bool = False,
+    buffer: int = 256,
+) -> AsyncIterator[MemoryObjectReceiveStream[WatchEvent]]:
+    """Watch a key (or every key under a prefix) from ``start_revision`` until exit.
+
+    Yields a stream of :class:`KeyValue` (put) and :class:`Deleted` events in revision
+    order per key, each at most once. Use ``start_revision = listing.revision + 1`` after
+    reading the current state, or 0 for "from now". Entering returns once the first
+    watch is established (bounded by the caller's ``fail_after``).
+
+    Raises:
+        EtcdError: the first watch cannot be opened and the caller's deadline passed
+            (as ``TimeoutError`` from the caller's scope); later failures are retried.
+
+    Cancellation:
+        Leaving the block cancels the background task and closes the stream.
+    """
+    send, receive = anyio.create_memory_object_stream[WatchEvent](buffer)
+    async with anyio.create_task_group() as tg:
+        await tg.start(_pump, store, key_or_prefix, prefix, start_revision, send)
+        try:
+            with receive:
+                yield receive
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _pump(
+    store: EtcdStore,
+    key: bytes,
+    prefix: bool,  # noqa: FBT001 - positional for tg.start
+    start_revision: int,
+    send: MemoryObjectSendStream[WatchEvent],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    pump = _Pump(store, key, prefix=prefix, next_revision=start_revision, send=send)
+    with send:
+        try:
+            await pump.run(task_status)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the consumer went away: nothing left to deliver to
+
+
+class _Pump:
+    def __init__(
+        self,
+        store: EtcdStore,
+        key: bytes,
+        *,
+        prefix: bool,
+        next_revision: int,
+        send: MemoryObjectSendStream[WatchEvent],
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._prefix = prefix
+        self._next = next_revision
+        self._send = send
+        self._gate = RevisionGate()
+        self._live: set[bytes] = set()
+        self._log = log.bind(key=key.decode(errors="replace"), prefix=prefix)
+
+    async def run(self, task_status: TaskStatus[None]) -> None:
+        started = False
+        failures = 0
+        while True:
+            try:
+                async with self._store.open_watch(
+                    self._key, prefix=self._prefix, start_revision=self._next
+                ) as watch:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    elif failures:
+                        self._log.info(
+                            "etcd.watch.restart",
+                            revision=self._next,
+                            msg="watch re-established from the last seen revision + 1",
+                        )
+                    failures = 0
+                    if self._next == 0:
+                        # Watching "from now": pin where "now" was, so a re-watch after
+                        # a failure does not skip what happened meanwhile.
+                        self._next = watch.created_revision + 1
+                    await self._follow(watch)
+            except EtcdCompacted as exc:
+                self._log.warning(
+                    "etcd.watch.compacted",
+                    revision=self._next,
+                    compact_revision=exc.compact_revision,
+                    msg="history compacted; re-listing",
+                )
+                try:
+                    await self._relist()
+                except EtcdError as relist_exc:
+                    failures += 1
+                    await self._backoff(relist_exc, failures)
+            except EtcdError as exc:
+                failures += 1
+                await self._backoff(exc, failures)
+
+    async def _follow(self, watch: WatchHandle) -> None:
+        while True:
+            batch = await watch.read()
+            for event in batch.events:
+                await self._deliver(event)
+                self._next = max(self._next, event.mod_revision + 1)
+            if not batch.events:
+                # A progress notification: nothing we watch changed up to here. (Event
+                # batches may stop short of their header revision: only empty ones count.)
+                self._next = max(self._next, batch.revision + 1)
+
+    async def _backoff(self, exc: EtcdError, failures: int) -> None:
+        delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (failures - 1))
+        self._log.warning(
+            "etcd.watch.error",
+            error=str(exc),
+            attempt=failures,
+            retry_in=delay,
+            revision=self._next,
+            msg="watch broken; re-watching",
+        )
+        await anyio.sleep(delay)
+
+    async def _relist(self) -> None:
+        listing = await self._store.get_prefix(self._key)
+        items = [kv for kv in listing.items if self._prefix or kv.key == self._key]
+        present = {kv.key for kv in items}
+        for kv in items:
+            await self._deliver(kv)
+        for gone in sorted(self._live - present):
+            await self._deliver(Deleted(key=gone, mod_revision=listing.revision))
+        self._next = listing.revision + 1
+        self._log.info("etcd.watch.relist", revision=listing.revision, keys=len(items))
+
+    async def _deliver(self, event: WatchEvent) -> None:
+        if not self._gate.admit(event):
+            return
+        if isinstance(event, KeyValue):
+            self._live.add(event.key)
+        else:
+            self._live.discard(event.key)
+        await self._send.send(event)

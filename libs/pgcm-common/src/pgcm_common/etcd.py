@@ -1,0 +1,61 @@
+"""etcd for pgcm: a failover client, a resilient watch, a revision gate and a lease lock.
+
+The seam is :class:`EtcdStore` (a Protocol): :func:`open_etcd` yields the real one
+(aetcd underneath, see docs/adr/0001-etcd-client.md) and ``pgcm_testkit.fakes.etcd``
+has the in-memory fake; both pass ``tests/contract/test_etcd_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+from pgcm_common._etcd.client import AetcdStore, open_etcd
+from pgcm_common._etcd.gate import RevisionGate
+from pgcm_common._etcd.lock import EtcdLock, LockHolder, LockStatus, lock_key, read_lock_status
+from pgcm_common._etcd.model import (
+    Absent,
+    Condition,
+    Deleted,
+    EtcdCompacted,
+    EtcdLeaseExpired,
+    EtcdStore,
+    KeyValue,
+    Lease,
+    Listing,
+    ModRevisionIs,
+    ValueIs,
+    WatchBatch,
+    WatchEvent,
+    WatchHandle,
+)
+from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
+from pgcm_common._etcd.watch import watch_keys
+from pgcm_common.errors import EtcdError, EtcdUnavailable
+
+__all__ = [
+    "Absent",
+    "AetcdStore",
+    "Condition",
+    "Deleted",
+    "EtcdCompacted",
+    "EtcdEndpoint",
+    "EtcdError",
+    "EtcdLeaseExpired",
+    "EtcdLock",
+    "EtcdSettings",
+    "EtcdStore",
+    "EtcdUnavailable",
+    "KeyValue",
+    "Lease",
+    "Listing",
+    "LockHolder",
+    "LockStatus",
+    "ModRevisionIs",
+    "RevisionGate",
+    "ValueIs",
+    "WatchBatch",
+    "WatchEvent",
+    "WatchHandle",
+    "lock_key",
+    "open_etcd",
+    "read_lock_status",
+    "watch_keys",
+]

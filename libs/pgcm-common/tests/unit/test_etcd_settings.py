@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from pgcm_common.etcd import EtcdEndpoint, EtcdSettings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:2379", EtcdEndpoint("127.0.0.1", 2379, tls=False)),
+        ("etcd-1", EtcdEndpoint("etcd-1", 2379, tls=False)),
+        ("http://10.0.0.1:22379", EtcdEndpoint("10.0.0.1", 22379, tls=False)),
+        ("https://etcd.example:2379/", EtcdEndpoint("etcd.example", 2379, tls=True)),
+        ("[::1]:2379", EtcdEndpoint("::1", 2379, tls=False)),
+    ],
+)
+def test_endpoint_parses_host_port_and_urls(text: str, expected: EtcdEndpoint) -> None:
+    assert EtcdEndpoint.parse(text) == expected
+
+
+def test_endpoint_target_brackets_ipv6() -> None:
+    assert EtcdEndpoint.parse("[::1]:2379").target == "[::1]:2379"
+
+
+@pytest.mark.parametrize("text", ["", "unix:///x", "http://h:99999", "http://h:1/path", "://"])
+def test_endpoint_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        EtcdEndpoint.parse(text)
+
+
+def test_defaults_point_at_local_etcd_with_safe_keepalive() -> None:
+    settings = EtcdSettings()
+    assert settings.endpoints == ["127.0.0.1:2379"]
+    assert not settings.use_tls
+    options = dict(settings.grpc_options())
+    assert options["grpc.keepalive_time_ms"] >= 5000
+    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
+
+
+def test_keepalive_more_often_than_five_seconds_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="at least 5s"):
+        EtcdSettings(keepalive_time=timedelta(seconds=4))
+
+
+def test_unknown_keys_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        EtcdSettings.model_validate({"endpoint": ["x"]})
+
+
+def test_username_without_password_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="together"):
+        EtcdSettings(username="root")
+
+
+def test_client_cert_without_key_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="together"):
+        EtcdSettings(cert_file=Path("/c.pem"))
+
+
+def test_bad_endpoint_is_rejected_naming_it() -> None:
+    with pytest.raises(ValidationError, match="ftp"):
+        EtcdSettings(endpoints=["ftp://h:1"])
+
+
+def test_ca_file_or_https_endpoint_turns_tls_on() -> None:
+    assert EtcdSettings(ca_file=Path("/ca.pem")).use_tls
+    assert EtcdSettings(endpoints=["https://h:2379"]).use_tls
+
+
+def test_password_is_secret() -> None:
+    settings = EtcdSettings(username="root", password=SecretStr("hunter2"))
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in settings.model_dump_json()
+
+
+def test_settings_are_frozen() -> None:
+    settings = EtcdSettings()
+    with pytest.raises(ValidationError):
+        settings.username = "x"  # type: ignore[misc]  # the point: frozen
