@@ -48,7 +48,11 @@ def typecheck(session: nox.Session) -> None:
     """
     for member in MEMBERS:
         targets = [str(member / "src")]
-        targets += [str(d) for d in (member / "tests").glob("*") if d.is_dir()]
+        targets += [
+            str(d)
+            for d in sorted((member / "tests").glob("*"))
+            if d.is_dir() and any(d.rglob("*.py"))
+        ]
         session.run("mypy", *targets)
     if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
         session.run("mypy", "tests")

@@ -1,4 +1,3 @@
 """pgcm_supervise."""
 
 from __future__ import annotations
-
