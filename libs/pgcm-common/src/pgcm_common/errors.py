@@ -4,13 +4,28 @@ Each package adds subclasses in its own ``errors`` module (or next to the adapte
 raises them) and never raises a bare ``Exception``::
 
     PgcmError
-    ├── ConfigError            bad settings: exit code 2, message names the key
-    ├── PgcmFatalError         cannot continue: exit code 1, systemd restarts the unit
-    ├── EtcdError              etcd said no or could not be reached
-    │   └── EtcdUnavailable    no endpoint answered
-    ├── PgBouncerError         the admin console refused or could not be reached
-    ├── PacemakerError         crm_mon / crm_resource failed or printed nonsense
-    └── FailoverError          a switchover step failed (pgcm-failover)
+    ├── ConfigError                  bad settings: exit code 2, message names the key
+    │   └── InvalidSettings          (settings) one line per invalid key
+    ├── PgcmFatalError               cannot continue: exit code 1, systemd restarts the unit
+    ├── EtcdError                    etcd said no or could not be reached
+    │   ├── EtcdUnavailable          no endpoint answered
+    │   ├── EtcdCompacted            (etcd) a watch asked for a compacted revision
+    │   └── EtcdLeaseExpired         (etcd) a lease was gone when kept alive
+    ├── PgBouncerError               the admin console refused or could not be reached
+    │   ├── PgBouncerUnreachable     (pgbouncer)
+    │   ├── PgBouncerAuthError       (pgbouncer)
+    │   ├── PgBouncerCommandRefused  (pgbouncer) carries command, sqlstate, message
+    │   └── PgBouncerProtocolError   (pgbouncer)
+    ├── PacemakerError               crm_mon / crm_resource failed or printed nonsense
+    │   ├── CrmMonParseError         (pacemaker) malformed or untrustworthy XML
+    │   ├── PromotableResourceNotFound (pacemaker)
+    │   ├── PacemakerCommandFailed   (pacemaker) non-zero exit, with stderr
+    │   └── NodeAddressUnknown       (pacemaker)
+    ├── RecordError                  (records) an etcd value that is not the record it should be
+    └── FailoverError                a switchover step failed (pgcm-failover adds its own)
+
+Subclasses marked ``(module)`` live next to the code that raises them and are exported
+from ``pgcm_common.<module>``.
 """
 
 from __future__ import annotations
