@@ -26,15 +26,25 @@ from typing import Protocol, TypeVar, final
 import anyio
 import structlog
 
-from pgcm_failover.errors import ClientsFailed, ClientUnhealthy, FailoverAborted
+from pgcm_failover.errors import (
+    ClientsFailed,
+    ClientUnhealthy,
+    FailoverAborted,
+    SuperviseRefused,
+    SuperviseTooOld,
+    SuperviseUnauthorized,
+)
 
 __all__ = [
     "Cluster",
     "Coordinator",
+    "Health",
     "MigrationTarget",
     "Phase",
     "Pipeline",
     "PipelineOptions",
+    "PreflightResult",
+    "Report",
     "SuperviseClient",
 ]
 
@@ -52,6 +62,35 @@ class MigrationTarget:
     address: str
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One endpoint's health check answer: HEALTHY or not, and the server's reasons."""
+
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PreflightResult:
+    """What pre-flight found: the current primary, the standby it expects to promote, notes.
+
+    Attributes:
+        old_primary: the node promoted now.
+        target: the standby pre-flight checked (the named one, or the cluster's choice).
+        reason: why that target (shown by ``--dry-run`` and in the report).
+        lag_bytes: the target's replication lag when PostgreSQL facts are published.
+        notes: things the operator should know that did not stop the switchover.
+    """
+
+    old_primary: str
+    target: str
+    reason: str
+    lag_bytes: int | None = None
+    notes: tuple[str, ...] = ()
+
+
 class SuperviseClient(Protocol):
     """One pgcm-supervise endpoint, as the pipeline needs it."""
 
@@ -60,8 +99,8 @@ class SuperviseClient(Protocol):
         """Return the endpoint's name for logs and the report."""
         ...
 
-    async def health_check(self) -> bool:
-        """Return whether the endpoint reports HEALTHY."""
+    async def health_check(self) -> Health:
+        """Return whether the endpoint reports HEALTHY, and why not."""
         ...
 
     async def pause(self, *, pause_timeout: timedelta, expiry: timedelta) -> None:
@@ -104,8 +143,14 @@ class Coordinator(Protocol):
 class Cluster(Protocol):
     """The Pacemaker/PostgreSQL side, as observed through supervise."""
 
-    async def preflight(self, target_node: str | None, *, max_transaction_age: timedelta) -> None:
-        """Raise FailoverAborted when a switchover now would hurt clients."""
+    async def preflight(
+        self, target_node: str | None, *, max_transaction_age: timedelta
+    ) -> PreflightResult:
+        """Check that a switchover now would not hurt clients; say what it would do.
+
+        Raises:
+            FailoverAborted: with the precise reason.
+        """
         ...
 
     async def wait_settled(self, target_node: str) -> None:
@@ -124,9 +169,13 @@ class PipelineOptions:
     pause_expiry: timedelta = timedelta(seconds=25)
     resume_timeout: timedelta = timedelta(seconds=5)
     migrate_timeout: timedelta = timedelta(seconds=15)
-    pacemaker_timeout: timedelta = timedelta(seconds=60)
+    settle_timeout: timedelta = timedelta(seconds=60)
     cleanup_grace: timedelta = timedelta(seconds=10)
     target_node: str | None = None
+    # Allowance for the network on top of pause_timeout: the server enforces the pause
+    # timeout itself and answers DEADLINE_EXCEEDED; we wait a little longer for that
+    # answer rather than cut the call at the same instant.
+    rpc_margin: timedelta = timedelta(seconds=1)
 
 
 @final
@@ -153,10 +202,14 @@ class Report:
 
     phases: list[Phase] = field(default_factory=list)
     target: MigrationTarget | None = None
+    old_primary: str | None = None
+    planned_target: str | None = None
     proxies_acknowledged: list[str] = field(default_factory=list)
     paused_at: float | None = None
     resumed_at: float | None = None
     needs_human: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def paused_seconds(self) -> float | None:
@@ -167,6 +220,10 @@ class Report:
 
 
 Clock = Callable[[], float]
+PhaseListener = Callable[[Phase], None]
+
+# Answers after which the server certainly did not start a move.
+_DEFINITE_REFUSALS = (SuperviseRefused, SuperviseTooOld, SuperviseUnauthorized)
 
 
 @final
@@ -181,6 +238,7 @@ class Pipeline:
         options: PipelineOptions,
         *,
         clock: Clock = time.monotonic,
+        on_phase: PhaseListener | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a switchover needs at least one supervise endpoint")
@@ -189,9 +247,11 @@ class Pipeline:
         self._cluster = cluster
         self._options = options
         self._clock = clock
+        self._on_phase = on_phase
         self.report = Report()
         self._paused = False
         self._migrate_requested = False
+        self._move_maybe_done = False
         self._settled = False
 
     async def run(self) -> Report:
@@ -207,6 +267,20 @@ class Pipeline:
             Cancelling (Ctrl-C, SIGTERM) runs every registered undo, each shielded with
             ``cleanup_grace``, before the cancellation propagates.
         """
+        try:
+            return await self._run()
+        except Exception as exc:
+            self.report.error = str(exc) or type(exc).__name__
+            if self._move_maybe_done:
+                where = self.report.target.node if self.report.target else "another node"
+                self.report.needs_human.append(
+                    f"the switchover failed after the move was requested: the primary may "
+                    f"now be on {where}; check 'pgcm-failover status' (etcd primary, proxy "
+                    f"acks) before retrying"
+                )
+            raise
+
+    async def _run(self) -> Report:
         opts = self._options
         await self._phase("health_check", self._health_check_clients, opts.health_check_timeout)
         async with AsyncExitStack() as undo:
@@ -218,20 +292,21 @@ class Pipeline:
             # a no-op when its step never started.
             undo.push_async_callback(self._undo, "unmigrate", self._settle_then_unmigrate)
             undo.push_async_callback(self._undo, "resume", self._resume_if_paused)
-            await self._phase("pause", self._pause, opts.pause_timeout)
+            await self._phase("pause", self._pause, opts.pause_timeout + opts.rpc_margin)
             self.report.target = await self._phase("migrate", self._migrate, opts.migrate_timeout)
             # Bounded by the expiry: past it PgBouncers resume on their own anyway.
             await self._phase("wait_for_proxies", self._wait_followed, opts.pause_expiry)
             await self._phase("resume", self._resume_if_paused, opts.resume_timeout)
             # The lock is kept and the constraint stays until Pacemaker has settled;
             # clearing earlier moves the primary back (LAB.md).
-            await self._phase("wait_settled", self._wait_settled, opts.pacemaker_timeout)
+            await self._phase("wait_settled", self._wait_settled, opts.settle_timeout)
         return self.report
 
     async def _phase(self, name: str, action: Callable[[], Awaitable[T]], limit: timedelta) -> T:
         phase = Phase(name, self._clock())
         self.report.phases.append(phase)
         log.info("failover.phase.start", phase=name)
+        self._notify(phase)
         try:
             with anyio.fail_after(limit.total_seconds()):
                 result = await action()
@@ -245,9 +320,16 @@ class Pipeline:
             raise
         finally:
             phase.finished = self._clock()
+            if phase.detail:
+                self._notify(phase)
         phase.ok = True
+        self._notify(phase)
         log.info("failover.phase.done", phase=name, seconds=round(phase.seconds or 0.0, 4))
         return result
+
+    def _notify(self, phase: Phase) -> None:
+        if self._on_phase is not None:
+            self._on_phase(phase)
 
     async def _undo(self, name: str, rollback: Callable[[], Awaitable[None]]) -> None:
         grace = self._options.cleanup_grace.total_seconds()
@@ -270,14 +352,17 @@ class Pipeline:
 
     async def _health_check_clients(self) -> None:
         outcomes = await self._fan_out("health_check", lambda client: client.health_check())
-        unhealthy = [endpoint for endpoint, healthy in outcomes.items() if not healthy]
+        unhealthy = {ep: health.reasons for ep, health in outcomes.items() if not health.healthy}
         if unhealthy:
-            raise ClientUnhealthy(unhealthy)
+            raise ClientUnhealthy(sorted(unhealthy), unhealthy)
 
     async def _preflight(self) -> None:
-        await self._cluster.preflight(
+        result = await self._cluster.preflight(
             self._options.target_node, max_transaction_age=self._options.pause_timeout
         )
+        self.report.old_primary = result.old_primary
+        self.report.planned_target = result.target
+        self.report.notes.extend(result.notes)
 
     async def _pause(self) -> None:
         opts = self._options
@@ -306,10 +391,25 @@ class Pipeline:
         self._migrate_requested = True
         for client in self._clients:
             try:
-                return await client.migrate(self._options.target_node)
+                # Until an answer says otherwise, this request may have moved the primary.
+                self._move_maybe_done = True
+                target = await client.migrate(self._options.target_node)
+            except _DEFINITE_REFUSALS as exc:
+                log.warning("failover.migrate.error", endpoint=client.endpoint, error=str(exc))
+                failures[client.endpoint] = exc
+                self._move_maybe_done = any(
+                    not isinstance(e, _DEFINITE_REFUSALS) for e in failures.values()
+                )
             except Exception as exc:  # noqa: BLE001 - collected and re-raised below
                 log.warning("failover.migrate.error", endpoint=client.endpoint, error=str(exc))
                 failures[client.endpoint] = exc
+            else:
+                planned = self.report.planned_target
+                if planned is not None and target.node != planned:
+                    self.report.notes.append(
+                        f"Pacemaker chose {target.node}, not {planned} as pre-flight expected"
+                    )
+                return target
         raise ClientsFailed("migrate", failures)
 
     async def _settle_then_unmigrate(self) -> None:
@@ -318,7 +418,7 @@ class Pipeline:
         if not self._settled and self.report.target is not None:
             # A failed switchover after the move: still wait (bounded) for Pacemaker to
             # settle, or clearing the constraint would bounce the primary again.
-            with anyio.move_on_after(self._options.pacemaker_timeout.total_seconds()) as scope:
+            with anyio.move_on_after(self._options.settle_timeout.total_seconds()) as scope:
                 await self._cluster.wait_settled(self.report.target.node)
             if scope.cancelled_caught:
                 self.report.needs_human.append(
@@ -342,6 +442,10 @@ class Pipeline:
         await self._coordinator.wait_for_primary(target.address)
         acked = await self._coordinator.wait_for_proxy_acks(target.address)
         self.report.proxies_acknowledged = list(acked)
+        if not acked:
+            self.report.notes.append(
+                "no pgcm-proxy is registered in etcd: resumed as soon as etcd named the new primary"
+            )
 
     async def _wait_settled(self) -> None:
         await self._cluster.wait_settled(self._require_target().node)

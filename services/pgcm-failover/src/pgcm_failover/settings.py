@@ -44,11 +44,6 @@ class FailoverSettings(PgcmSettings):
         min_length=1,
         description="host:port of every pgcm-supervise failover API.",
     )
-    lock_key: str = Field(
-        default="/failover/lock",
-        min_length=1,
-        description="Key under the namespace of the lease-based switchover lock.",
-    )
     health_check_timeout: Duration = Field(
         default=timedelta(seconds=2), description="Bound on each supervise health check."
     )
@@ -68,7 +63,37 @@ class FailoverSettings(PgcmSettings):
     )
     pacemaker_timeout: Duration = Field(
         default=timedelta(seconds=20),
-        description="Bound on a migrate/unmigrate call (issuing the move, not its effect).",
+        description="Bound on a migrate/unmigrate call (issuing the move, not its effect; "
+        "waiting for the effect is bounded by pause_expiry and settle_timeout).",
+    )
+    settle_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        description="Bound on Pacemaker settling after the move (target promoted with the "
+        "top score, nobody else, no standby negative) before the constraint is cleared.",
+    )
+    cleanup_grace: Duration = Field(
+        default=timedelta(seconds=10),
+        description="Each undo step (resume, unmigrate, unlock) gets this long, also after Ctrl-C.",
+    )
+    lock_ttl: Duration = Field(
+        default=timedelta(seconds=5),
+        description="TTL of the lock's etcd lease (whole seconds, at least 1): a killed "
+        "pgcm-failover frees the lock within this long.",
+    )
+    status_max_age: Duration = Field(
+        default=timedelta(seconds=10),
+        description="NodeStatus records older than this are ignored (their supervise is "
+        "stuck or gone).",
+    )
+    poll_interval: Duration = Field(
+        default=timedelta(milliseconds=250),
+        description="How often pre-flight/settle re-read the NodeStatus records.",
+    )
+    max_lag_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Largest replication lag of the target (bytes) that counts as "
+        "caught up, when supervise publishes PostgreSQL facts.",
     )
     tls_ca_file: Path | None = Field(
         default=None, description="CA bundle to verify supervise's certificate (enables TLS)."
@@ -83,6 +108,10 @@ class FailoverSettings(PgcmSettings):
     def _check_timeouts(self) -> Self:
         if self.pause_expiry <= self.pause_timeout:
             raise ValueError("pause_expiry must be longer than pause_timeout")
+        if self.lock_ttl < timedelta(seconds=1):
+            raise ValueError("lock_ttl must be at least 1s (etcd leases count whole seconds)")
+        if self.poll_interval <= timedelta(0):
+            raise ValueError("poll_interval must be positive")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         return self

@@ -1,14 +1,30 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from pgcm_common.records import KeyLayout, NodeRole, NodeStatus, ProxyAck, now_utc
+from pgcm_failover.app import Adapters
 from pgcm_failover.cli import main
+from pgcm_failover.pipeline import Health, MigrationTarget
+from pgcm_failover.settings import FailoverSettings
+from pgcm_testkit.fakes.etcd import FakeEtcdStore
+
+LAYOUT = KeyLayout("/pg", "/master")
+ADDRESSES = {"n1": "10.0.0.11", "n2": "10.0.0.12", "n3": "10.0.0.13"}
+FAST = ["--cluster-namespace", "/pg", "--pause-expiry", "2s", "--pause-timeout", "500ms"]
+FAST += ["--settle-timeout", "2s", "--lock-timeout", "1s", "--cleanup-grace", "1s"]
+FAST += ["--endpoints", "s1:1,s2:1", "--poll-interval", "10ms"]
 
 
 @pytest.fixture(autouse=True)
@@ -18,17 +34,107 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def test_help_describes_the_service_and_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+@dataclass
+class World:
+    """etcd plus supervise doubles that publish what the real services would."""
+
+    store: FakeEtcdStore = field(default_factory=FakeEtcdStore)
+    primary: str = "n1"
+    calls: list[str] = field(default_factory=list)
+    refuse_pause: bool = False
+    fail_unmigrate: bool = False
+    constraint: bool = False
+    proxies: tuple[str, ...] = ("app1",)
+
+    def roles(self) -> tuple[NodeRole, ...]:
+        return tuple(
+            NodeRole(
+                name=n,
+                online=True,
+                role="Promoted" if n == self.primary else "Unpromoted",
+                promotion_score=1001 if n == self.primary else 1000 - i,
+            )
+            for i, n in enumerate(ADDRESSES)
+        )
+
+    async def publish(self) -> None:
+        for node, address in ADDRESSES.items():
+            record = NodeStatus(
+                node=node,
+                address=address,
+                observed_at=now_utc(),
+                with_quorum=True,
+                dc="n1",
+                primary=self.primary,
+                nodes=self.roles(),
+                move_constraints=("cli-prefer-pgsql-ha",) if self.constraint else (),
+                pgbouncer_paused=False,
+            )
+            await self.store.put(LAYOUT.node_status(node), record.to_json())
+        revision = await self.store.put(LAYOUT.master, ADDRESSES[self.primary].encode())
+        for proxy in self.proxies:
+            ack = ProxyAck(
+                proxy_id=proxy,
+                host=ADDRESSES[self.primary],
+                revision=revision,
+                applied_at=now_utc(),
+            )
+            await self.store.put(LAYOUT.proxy_ack(proxy), ack.to_json())
+
+    def adapters(self, _settings: FailoverSettings) -> AbstractAsyncContextManager[Adapters]:
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[Adapters]:
+            await self.publish()
+            yield Adapters(self.store, [Supervise("s1:1", self), Supervise("s2:1", self)])
+
+        return opened()
+
+
+@dataclass
+class Supervise:
+    endpoint: str
+    world: World
+
+    async def health_check(self) -> Health:
+        return Health(healthy=True)
+
+    async def pause(self, *, pause_timeout: timedelta, expiry: timedelta) -> None:
+        self.world.calls.append("pause")
+        if self.world.refuse_pause:
+            raise TimeoutError("exceeded pause timeout")
+
+    async def resume(self) -> None:
+        self.world.calls.append("resume")
+
+    async def migrate(self, target_node: str | None) -> MigrationTarget:
+        self.world.calls.append("migrate")
+        self.world.primary = target_node or "n2"
+        self.world.constraint = True
+        await self.world.publish()
+        return MigrationTarget(self.world.primary, ADDRESSES[self.world.primary])
+
+    async def unmigrate(self) -> None:
+        self.world.calls.append("unmigrate")
+        if self.world.fail_unmigrate:
+            raise RuntimeError("crm_resource failed")
+        self.world.constraint = False
+        await self.world.publish()
+
+
+def run(world: World, *argv: str) -> int:
+    return main([*argv, *FAST], adapters=world.adapters)
+
+
+def test_help_describes_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "not implemented yet" in out
-    assert "show-config" in out
-    assert "--config-file" in out
-    assert "status" in out
-    assert "--pause-expiry" in out
+    for text in ("show-config", "--config-file", "status", "cleanup", "--pause-expiry"):
+        assert text in out
     assert "--failover-api-endpoints" in out
+    assert "--dry-run" in out
+    assert "--target" in out
 
 
 def test_show_config_prints_toml_that_loads_back(
@@ -71,8 +177,113 @@ def test_bad_value_exits_2_naming_the_key(
     assert "invalid setting 'pause_timeout'" in capsys.readouterr().err
 
 
-def test_run_is_not_implemented_yet_and_exits_1() -> None:
-    assert main(["--log-format", "json"]) == 1
+def test_successful_switchover_exits_0_with_a_json_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World()
+    assert run(world, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outcome"] == "succeeded"
+    assert report["old_primary"] == "n1"
+    assert report["target"] == {"node": "n2", "address": "10.0.0.12"}
+    assert report["proxies_acknowledged"] == ["app1"]
+    assert report["paused_seconds"] >= 0
+    assert [p["name"] for p in report["phases"]][-1] == "wait_settled"
+    assert world.calls[-1] == "unmigrate"
+    assert not world.constraint
+
+
+def test_named_target_and_table_report(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World()
+    assert run(world, "run", "--target", "n3") == 0
+    out = capsys.readouterr().out
+    assert "Switchover succeeded" in out
+    assert "new primary:  n3 (10.0.0.13)" in out
+    assert world.primary == "n3"
+
+
+def test_pause_failure_rolls_back_cleanly_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(refuse_pause=True)
+    assert run(world, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["outcome"] == "rolled_back"
+    assert "exceeded pause timeout" in report["error"]
+    assert "migrate" not in world.calls
+    assert world.calls.count("resume") == 2
+    assert world.primary == "n1"
+
+
+def test_a_failed_undo_exits_3_and_says_what_needs_a_human(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(fail_unmigrate=True)
+    assert run(world, "--json") == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["outcome"] == "needs_human"
+    assert any("unmigrate failed" in item for item in report["needs_human"])
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World()
+    assert run(world, "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["would_proceed"] is True
+    assert (plan["old_primary"], plan["target"]) == ("n1", "n2")
+    assert [p["proxy_id"] for p in plan["proxies"]] == ["app1"]
+    assert world.calls == []
+    assert world.primary == "n1"
+    assert run(world, "--dry-run") == 0
+    assert "Dry run: nothing will be changed." in capsys.readouterr().out
+
+
+def test_dry_run_with_a_leftover_constraint_would_refuse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(constraint=True)
+    assert run(world, "--dry-run") == 1
+    assert "would be REFUSED: leftover move constraint" in capsys.readouterr().out
+
+
+def test_status_shows_nodes_primary_proxies_and_lock(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(constraint=True)
+    assert run(world, "status", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [n["name"] for n in status["nodes"]] == ["n1", "n2", "n3"]
+    assert status["etcd_primary"]["address"] == "10.0.0.11"
+    assert status["proxies"][0]["routes_to_primary"] is True
+    assert status["pgbouncer_paused"] == {"n1": False, "n2": False, "n3": False}
+    assert status["lock"] is None
+    assert status["move_constraints"] == ["cli-prefer-pgsql-ha"]
+    assert run(world, "status") == 0
+    assert "lock: free" in capsys.readouterr().out
+
+
+def test_cleanup_resumes_and_clears_a_settled_constraint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(constraint=True)
+    assert run(world, "cleanup", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert world.calls == ["resume", "resume", "unmigrate"]
+    assert any("cleared move constraint" in item for item in result["done"])
+    assert result["needs_human"] == []
+
+
+def test_cleanup_refuses_while_a_live_holder_has_the_lock(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World()
+
+    @asynccontextmanager
+    async def locked(settings: FailoverSettings) -> AsyncIterator[Adapters]:
+        async with world.adapters(settings) as adapters:
+            lease = await world.store.grant_lease(timedelta(seconds=30))
+            await world.store.put(LAYOUT.lock, b'{"holder": "x"}', lease=lease.id)
+            yield adapters
+
+    assert main(["cleanup", *FAST], adapters=locked) == 1
+    assert "cleanup refused" in capsys.readouterr().err
+    assert world.calls == []
 
 
 def test_python_dash_m_runs_the_cli() -> None:

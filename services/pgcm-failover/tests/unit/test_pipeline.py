@@ -8,7 +8,13 @@ import anyio
 import pytest
 
 from pgcm_failover.errors import ClientsFailed, ClientUnhealthy, FailoverAborted
-from pgcm_failover.pipeline import MigrationTarget, Pipeline, PipelineOptions
+from pgcm_failover.pipeline import (
+    Health,
+    MigrationTarget,
+    Pipeline,
+    PipelineOptions,
+    PreflightResult,
+)
 
 TARGET = MigrationTarget("n2", "10.250.0.12")
 FAST = PipelineOptions(
@@ -18,7 +24,7 @@ FAST = PipelineOptions(
     pause_expiry=timedelta(seconds=1),
     resume_timeout=timedelta(seconds=1),
     migrate_timeout=timedelta(seconds=1),
-    pacemaker_timeout=timedelta(seconds=1),
+    settle_timeout=timedelta(seconds=1),
     cleanup_grace=timedelta(seconds=1),
 )
 
@@ -56,9 +62,9 @@ class RecordingClient:
         if op in self.fail_on:
             raise RuntimeError(f"{op} refused by {self.name}")
 
-    async def health_check(self) -> bool:
+    async def health_check(self) -> Health:
         await self._act("health_check")
-        return self.healthy
+        return Health(self.healthy, () if self.healthy else ("pgbouncer down",))
 
     async def pause(self, *, pause_timeout: timedelta, expiry: timedelta) -> None:
         assert pause_timeout == FAST.pause_timeout
@@ -80,6 +86,7 @@ class RecordingClient:
 class RecordingCoordinator:
     journal: Journal
     acks_hang: bool = False
+    proxies: tuple[str, ...] = ("app1", "n1")
 
     async def acquire_lock(self) -> None:
         self.journal.calls.append("acquire_lock")
@@ -95,7 +102,7 @@ class RecordingCoordinator:
         self.journal.calls.append("wait_for_proxy_acks")
         if self.acks_hang:
             await anyio.sleep_forever()
-        return ["app1", "n1"]
+        return list(self.proxies)
 
 
 @dataclass
@@ -103,10 +110,13 @@ class RecordingCluster:
     journal: Journal
     refuse: bool = False
 
-    async def preflight(self, target_node: str | None, *, max_transaction_age: timedelta) -> None:
+    async def preflight(
+        self, target_node: str | None, *, max_transaction_age: timedelta
+    ) -> PreflightResult:
         self.journal.calls.append("preflight")
         if self.refuse:
             raise FailoverAborted("transaction older than the pause timeout")
+        return PreflightResult("n1", TARGET.node, "highest score", notes=("no pg facts",))
 
     async def wait_settled(self, target_node: str) -> None:
         assert target_node == TARGET.node
@@ -119,10 +129,11 @@ def make(
     *,
     acks_hang: bool = False,
     refuse: bool = False,
+    proxies: tuple[str, ...] = ("app1", "n1"),
 ) -> Pipeline:
     return Pipeline(
         clients,
-        RecordingCoordinator(journal, acks_hang=acks_hang),
+        RecordingCoordinator(journal, acks_hang=acks_hang, proxies=proxies),
         RecordingCluster(journal, refuse=refuse),
         FAST,
     )
@@ -150,6 +161,8 @@ async def test_success_runs_every_step_in_order_and_undoes_lifo() -> None:
     assert report.paused_seconds is not None
     assert report.paused_seconds >= 0
     assert report.needs_human == []
+    assert report.old_primary == "n1"
+    assert report.notes == ["no pg facts"]
     assert [p.name for p in report.phases if p.ok] == [
         "health_check",
         "acquire_lock",
@@ -165,7 +178,7 @@ async def test_success_runs_every_step_in_order_and_undoes_lifo() -> None:
 async def test_unhealthy_endpoint_changes_nothing() -> None:
     journal = Journal()
     clients = [RecordingClient("s1", journal), RecordingClient("s2", journal, healthy=False)]
-    with pytest.raises(ClientUnhealthy, match="s2"):
+    with pytest.raises(ClientUnhealthy, match=r"s2 \(pgbouncer down\)"):
         await make(journal, clients).run()
     assert journal.plain() == ["health_check"]
 
@@ -244,3 +257,49 @@ def test_a_pipeline_without_endpoints_is_refused() -> None:
     journal = Journal()
     with pytest.raises(ValueError, match="at least one"):
         make(journal, [])
+
+
+async def test_no_registered_proxy_is_a_note_not_an_error() -> None:
+    journal = Journal()
+    report = await make(journal, [RecordingClient("s1", journal)], proxies=()).run()
+    assert report.proxies_acknowledged == []
+    assert any("no pgcm-proxy is registered" in note for note in report.notes)
+    assert report.needs_human == []
+
+
+async def test_failure_after_the_move_needs_a_human_even_when_undos_succeed() -> None:
+    journal = Journal()
+    pipeline = make(journal, [RecordingClient("s1", journal)], acks_hang=True)
+    with pytest.raises(TimeoutError):
+        await pipeline.run()
+    assert pipeline.report.error is not None
+    assert any("primary may now be on n2" in item for item in pipeline.report.needs_human)
+
+
+async def test_failure_before_the_move_is_a_clean_rollback() -> None:
+    journal = Journal()
+    clients = [RecordingClient("s1", journal, fail_on=frozenset({"pause"}))]
+    pipeline = make(journal, clients)
+    with pytest.raises(ClientsFailed):
+        await pipeline.run()
+    assert pipeline.report.needs_human == []
+    assert pipeline.report.error is not None
+
+
+def test_phase_listener_sees_start_and_end_of_each_phase() -> None:
+    journal = Journal()
+    seen: list[tuple[str, bool]] = []
+    pipeline = Pipeline(
+        [RecordingClient("s1", journal)],
+        RecordingCoordinator(journal),
+        RecordingCluster(journal),
+        FAST,
+        on_phase=lambda phase: seen.append((phase.name, phase.finished is not None)),
+    )
+    anyio.run(pipeline.run)
+    assert seen[:4] == [
+        ("health_check", False),
+        ("health_check", True),
+        ("acquire_lock", False),
+        ("acquire_lock", True),
+    ]

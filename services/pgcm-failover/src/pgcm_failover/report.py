@@ -1,0 +1,431 @@
+"""What the operator sees: live progress, the final report, the plan and the status.
+
+Everything here is pure (values in, text or JSON-able dicts out) except
+:class:`ProgressDisplay`, which writes carriage-return lines to a terminal stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO, final
+
+from pgcm_common.records import NodeRole, ProxyAck
+from pgcm_failover.pipeline import Phase, Report
+
+__all__ = [
+    "CleanupResult",
+    "EndpointHealth",
+    "JsonValue",
+    "Plan",
+    "ProgressDisplay",
+    "ProxyRow",
+    "Status",
+    "dumps",
+    "plan_to_dict",
+    "render_cleanup",
+    "render_plan",
+    "render_report",
+    "render_status",
+    "report_to_dict",
+    "status_to_dict",
+]
+
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+def dumps(value: JsonValue) -> str:
+    """Serialise for ``--json`` (stable key order, one trailing newline)."""
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+    return lines
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report_to_dict(report: Report, *, outcome: str) -> dict[str, JsonValue]:
+    """Return the report as JSON-able data (``outcome``: succeeded / rolled_back / needs_human)."""
+    phases: list[JsonValue] = [
+        {"name": p.name, "ok": p.ok, "seconds": p.seconds, "detail": p.detail or None}
+        for p in report.phases
+    ]
+    target: JsonValue = (
+        None
+        if report.target is None
+        else {"node": report.target.node, "address": report.target.address}
+    )
+    return {
+        "outcome": outcome,
+        "error": report.error,
+        "old_primary": report.old_primary,
+        "planned_target": report.planned_target,
+        "target": target,
+        "phases": phases,
+        "paused_seconds": report.paused_seconds,
+        "total_seconds": _total(report.phases),
+        "proxies_acknowledged": list(report.proxies_acknowledged),
+        "notes": list(report.notes),
+        "needs_human": list(report.needs_human),
+    }
+
+
+def _total(phases: Sequence[Phase]) -> float | None:
+    if not phases:
+        return None
+    ends = [p.finished for p in phases if p.finished is not None]
+    return (max(ends) - phases[0].started) if ends else None
+
+
+def render_report(report: Report, *, outcome: str) -> str:
+    """Return the report as a human-readable table."""
+    title = {
+        "succeeded": "Switchover succeeded",
+        "rolled_back": "Switchover FAILED and was rolled back",
+        "needs_human": "Switchover FAILED: a human is needed",
+    }.get(outcome, outcome)
+    lines = [title, ""]
+    target = report.target
+    lines.append(f"old primary:  {report.old_primary or '-'}")
+    lines.append(
+        f"new primary:  {target.node} ({target.address})"
+        if target
+        else f"new primary:  - (planned: {report.planned_target or '-'})"
+    )
+    lines.append(f"paused for:   {_secs(report.paused_seconds)}")
+    lines.append(f"total:        {_secs(_total(report.phases))}")
+    acked = ", ".join(report.proxies_acknowledged) or "none"
+    lines.append(f"proxies acknowledged: {acked}")
+    if report.error:
+        lines.append(f"error:        {report.error}")
+    lines.append("")
+    rows = [
+        [
+            p.name,
+            "ok" if p.ok else ("running" if p.finished is None else "FAILED"),
+            _secs(p.seconds),
+            p.detail,
+        ]
+        for p in report.phases
+    ]
+    lines.extend(_table(["phase", "result", "time", "detail"], rows))
+    lines.extend(f"note: {note}" for note in report.notes)
+    lines.extend(f"NEEDS A HUMAN: {item}" for item in report.needs_human)
+    return "\n".join(lines) + "\n"
+
+
+@final
+class ProgressDisplay:
+    """Live phase-by-phase progress on a terminal: one line per phase, updated in place."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, phase: Phase) -> None:
+        """Show ``phase`` (started, finished or failed)."""
+        if phase.finished is None:
+            self._stream.write(f"\r\x1b[K… {phase.name}")
+        elif phase.ok:
+            self._stream.write(f"\r\x1b[K✓ {phase.name} ({_secs(phase.seconds)})\n")
+        else:
+            self._stream.write(f"\r\x1b[K✗ {phase.name} ({_secs(phase.seconds)}): {phase.detail}\n")
+        self._stream.flush()
+
+
+# ------------------------------------------------------------------------------- plan
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """One endpoint's health as seen by ``--dry-run`` / ``cleanup``."""
+
+    endpoint: str
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProxyRow:
+    """One registered proxy and its last ack (None: unreadable record)."""
+
+    proxy_id: str
+    ack: ProxyAck | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What ``--dry-run`` found; ``refused`` says why a switchover now would stop."""
+
+    endpoints: tuple[EndpointHealth, ...]
+    old_primary: str | None
+    target: str | None
+    reason: str | None
+    refused: str | None
+    proxies: tuple[ProxyRow, ...]
+    replication: tuple[tuple[str, str, int | None], ...]
+    oldest_transaction_age_s: float | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def would_proceed(self) -> bool:
+        """Return whether a switchover now would get past pre-flight."""
+        return self.refused is None and all(e.healthy for e in self.endpoints)
+
+
+def _ack_dict(ack: ProxyAck | None) -> JsonValue:
+    if ack is None:
+        return None
+    return {"host": ack.host, "revision": ack.revision, "applied_at": ack.applied_at.isoformat()}
+
+
+def plan_to_dict(plan: Plan) -> dict[str, JsonValue]:
+    """Return the plan as JSON-able data."""
+    return {
+        "would_proceed": plan.would_proceed,
+        "refused": plan.refused,
+        "old_primary": plan.old_primary,
+        "target": plan.target,
+        "reason": plan.reason,
+        "endpoints": [
+            {"endpoint": e.endpoint, "healthy": e.healthy, "reasons": list(e.reasons)}
+            for e in plan.endpoints
+        ],
+        "proxies": [{"proxy_id": p.proxy_id, "ack": _ack_dict(p.ack)} for p in plan.proxies],
+        "replication": [
+            {"application_name": n, "state": s, "lag_bytes": lag} for n, s, lag in plan.replication
+        ],
+        "oldest_transaction_age_s": plan.oldest_transaction_age_s,
+        "notes": list(plan.notes),
+    }
+
+
+def render_plan(plan: Plan) -> str:
+    """Return the plan as text (nothing was changed)."""
+    lines = ["Dry run: nothing will be changed.", ""]
+    lines.append(f"primary now:  {plan.old_primary or '-'}")
+    lines.append(
+        f"target:       {plan.target or '-'}" + (f" ({plan.reason})" if plan.reason else "")
+    )
+    lines.append("")
+    lines.extend(
+        _table(
+            ["supervise endpoint", "health"],
+            [
+                [e.endpoint, "HEALTHY" if e.healthy else "UNHEALTHY: " + "; ".join(e.reasons)]
+                for e in plan.endpoints
+            ],
+        )
+    )
+    lines.append("")
+    if plan.proxies:
+        lines.append("proxies that will be waited for:")
+        lines.extend(
+            _table(
+                ["proxy", "routes to", "revision"],
+                [
+                    [
+                        p.proxy_id,
+                        p.ack.host if p.ack else "(unreadable ack)",
+                        str(p.ack.revision) if p.ack else "-",
+                    ]
+                    for p in plan.proxies
+                ],
+            )
+        )
+    else:
+        lines.append("proxies that will be waited for: none registered (etcd only)")
+    lines.append("")
+    if plan.replication:
+        lines.extend(
+            _table(
+                ["standby", "state", "lag"],
+                [[n, s, "-" if lag is None else f"{lag} bytes"] for n, s, lag in plan.replication],
+            )
+        )
+    else:
+        lines.append("replication: no PostgreSQL facts published")
+    age = plan.oldest_transaction_age_s
+    lines.append(f"oldest transaction on the primary: {'-' if age is None else f'{age:.1f}s'}")
+    lines.extend(f"note: {note}" for note in plan.notes)
+    lines.append("")
+    lines.append(
+        "A switchover now would proceed."
+        if plan.would_proceed
+        else f"A switchover now would be REFUSED: {plan.refused or 'an endpoint is unhealthy'}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Everything ``pgcm-failover status`` shows."""
+
+    nodes: tuple[NodeRole, ...]
+    quorum: Mapping[str, bool]
+    view_from: str | None
+    dc: str | None
+    etcd_primary: str | None
+    primary_record_node: str | None
+    primary_observed_at: datetime | None
+    primary_age_s: float | None
+    proxies: tuple[ProxyRow, ...]
+    pgbouncer_paused: Mapping[str, bool | None]
+    lock_holder: str | None
+    lock_token: int | None
+    move_constraints: tuple[str, ...]
+    stale: tuple[str, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+
+def status_to_dict(status: Status) -> dict[str, JsonValue]:
+    """Return the status as JSON-able data."""
+    return {
+        "nodes": [
+            {
+                "name": n.name,
+                "online": n.online,
+                "role": n.role,
+                "promotion_score": n.promotion_score,
+            }
+            for n in status.nodes
+        ],
+        "quorum": dict(status.quorum),
+        "view_from": status.view_from,
+        "dc": status.dc,
+        "etcd_primary": {
+            "address": status.etcd_primary,
+            "node": status.primary_record_node,
+            "observed_at": None
+            if status.primary_observed_at is None
+            else status.primary_observed_at.isoformat(),
+            "age_s": status.primary_age_s,
+        },
+        "proxies": [
+            {
+                "proxy_id": p.proxy_id,
+                "ack": _ack_dict(p.ack),
+                "routes_to_primary": None if p.ack is None else p.ack.host == status.etcd_primary,
+            }
+            for p in status.proxies
+        ],
+        "pgbouncer_paused": dict(status.pgbouncer_paused),
+        "lock": None
+        if status.lock_holder is None and status.lock_token is None
+        else {"holder": status.lock_holder, "fencing_token": status.lock_token},
+        "move_constraints": list(status.move_constraints),
+        "stale": list(status.stale),
+        "problems": list(status.problems),
+    }
+
+
+def render_status(status: Status) -> str:
+    """Return the status as tables."""
+    lines: list[str] = []
+    quorum = ", ".join(f"{n}={'yes' if q else 'NO'}" for n, q in sorted(status.quorum.items()))
+    lines.append(
+        f"quorum:  {quorum or '-'} (view from {status.view_from or '-'}, dc {status.dc or '-'})"
+    )
+    rows = [
+        [
+            n.name,
+            "online" if n.online else "OFFLINE",
+            n.role,
+            "-" if n.promotion_score is None else str(n.promotion_score),
+            _paused(status.pgbouncer_paused.get(n.name, None), n.name in status.pgbouncer_paused),
+        ]
+        for n in status.nodes
+    ]
+    lines.extend(_table(["node", "state", "role", "score", "pgbouncer"], rows))
+    lines.append("")
+    age = "-" if status.primary_age_s is None else f"{status.primary_age_s:.1f}s ago"
+    lines.append(
+        f"etcd primary: {status.etcd_primary or '(none)'} "
+        f"(node {status.primary_record_node or '-'}, published {age})"
+    )
+    lines.append("")
+    if status.proxies:
+        lines.extend(
+            _table(
+                ["proxy", "routes to", "revision", "applied"],
+                [
+                    [
+                        p.proxy_id,
+                        (
+                            p.ack.host
+                            + ("" if p.ack.host == status.etcd_primary else "  (NOT the primary)")
+                        )
+                        if p.ack
+                        else "(unreadable ack)",
+                        str(p.ack.revision) if p.ack else "-",
+                        p.ack.applied_at.isoformat() if p.ack else "-",
+                    ]
+                    for p in status.proxies
+                ],
+            )
+        )
+    else:
+        lines.append("proxies: none registered")
+    lines.append("")
+    if status.lock_token is None:
+        lines.append("lock: free")
+    else:
+        holder = status.lock_holder or "(unreadable holder)"
+        lines.append(f"lock: held by {holder} (token {status.lock_token})")
+    constraints = ", ".join(status.move_constraints) or "none"
+    lines.append(f"move constraints: {constraints}")
+    if status.stale:
+        lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
+    lines.extend(f"problem: {p}" for p in status.problems)
+    return "\n".join(lines) + "\n"
+
+
+def _paused(value: bool | None, known: bool) -> str:  # noqa: FBT001 - a small formatter
+    if not known:
+        return "(no supervise)"
+    return {True: "PAUSED", False: "running", None: "unknown"}[value]
+
+
+# ---------------------------------------------------------------------------- cleanup
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    """What ``cleanup`` did and what it left for a human."""
+
+    done: tuple[str, ...]
+    needs_human: tuple[str, ...]
+
+
+def render_cleanup(result: CleanupResult) -> str:
+    """Return the cleanup result as text."""
+    lines = [f"did: {item}" for item in result.done] or ["did: nothing (nothing to clean up)"]
+    lines.extend(f"NEEDS A HUMAN: {item}" for item in result.needs_human)
+    return "\n".join(lines) + "\n"
+
+
+def cleanup_to_dict(result: CleanupResult) -> dict[str, JsonValue]:
+    """Return the cleanup result as JSON-able data."""
+    return {"done": list(result.done), "needs_human": list(result.needs_human)}
