@@ -52,6 +52,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pgcm_common.errors import ConfigError
+from pgcm_common.records import KeyLayout
 
 __all__ = [
     "CLUSTER_ORIGINAL_KEYS",
@@ -223,7 +224,12 @@ class ClusterSettings(BaseModel):
     @property
     def master_path(self) -> str:
         """The full etcd key of the primary's address: namespace + master key."""
-        return self.namespace + self.master_key
+        return self.layout.master.decode()
+
+    @property
+    def layout(self) -> KeyLayout:
+        """Every etcd key of this cluster (pgcm_common.records documents them)."""
+        return KeyLayout(self.namespace, self.master_key)
 
 
 # These spellings of the original work for every service (flags, PGCM_ env, TOML).

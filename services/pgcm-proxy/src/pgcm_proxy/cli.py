@@ -6,14 +6,18 @@ Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration (the message names 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 from collections.abc import Sequence
 
 import structlog
 
 from pgcm_common.errors import ConfigError
+from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import common_arguments, render_toml, settings_from_args
+from pgcm_proxy.app import serve, watchdog_interval
 from pgcm_proxy.settings import ProxySettings
 
 __all__ = ["main"]
@@ -24,8 +28,7 @@ Keep the local PgBouncer pointed at the PostgreSQL primary: follow the
 primary's address in etcd, render the PgBouncer config from its template,
 RELOAD PgBouncer and acknowledge in etcd.
 
-Status: this build has settings, --help and show-config only; 'run' (the default
-command) logs 'not implemented yet' and exits 1.
+Readiness (systemd Type=notify) is signalled after the first confirmed apply.
 
 Settings come from (lowest to highest precedence) the defaults, the TOML file given
 with --config-file (tables [proxy] and [cluster]; other services' tables are ignored),
@@ -46,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
-        "run", parents=[common], help="run the service (the default; not implemented yet)"
-    )
+    sub.add_parser("run", parents=[common], help="run the service (the default)")
     sub.add_parser(
         "show-config", parents=[common], help="print the effective configuration as TOML"
     )
@@ -76,12 +77,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "show-config":
         sys.stdout.write(render_toml(settings, header=f"Effective configuration of {PROG}."))
         return 0
-    log.error(
-        "proxy.not_implemented",
-        command=command,
-        msg="this build only validates settings; the service itself is not implemented yet",
-    )
-    return 1
+    return _run(settings)
+
+
+def _run(settings: ProxySettings) -> int:
+    watchdog = watchdog_interval(os.environ, os.getpid())
+    try:
+        run_until_signalled(functools.partial(serve, watchdog=watchdog), settings)
+    except ConfigError as exc:
+        log.error("proxy.config_error", key=exc.key, error=str(exc))
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 2
+    except BaseExceptionGroup as group:
+        config, rest = group.split(ConfigError)
+        if config is not None and rest is None:
+            first = _first_leaf(config)
+            log.error("proxy.config_error", error=str(first))
+            sys.stderr.write(f"{PROG}: {first}\n")
+            return 2
+        log.error("proxy.fatal", error=str(group), exc_info=group)
+        return 1
+    except Exception as exc:
+        log.error("proxy.fatal", error=str(exc), exc_info=exc)
+        return 1
+    log.info("shutdown.complete")
+    return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,18 +3,21 @@
 The tree::
 
     PgcmError (pgcm_common.errors)
-    ├── RejectedAddress   an etcd value that is not a safe host; the last good config stays
+    ├── RejectedAddress     an etcd value that is not a safe host; the last good config stays
+    ├── RoutingNotConfirmed SHOW DATABASES does not route to the new host after RELOAD
+    ├── PgBouncersFailed    applying failed on some PgBouncer (every endpoint's error kept)
     └── ConfigError
-        └── TemplateError the pgbouncer.ini template cannot be rendered safely
+        └── TemplateError   the pgbouncer.ini template cannot be rendered safely
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import final
 
 from pgcm_common.errors import ConfigError, PgcmError
 
-__all__ = ["RejectedAddress", "TemplateError"]
+__all__ = ["PgBouncersFailed", "RejectedAddress", "RoutingNotConfirmed", "TemplateError"]
 
 _SHOWN_BYTES = 80
 
@@ -39,3 +42,25 @@ class TemplateError(ConfigError):
         self.line = line
         where = origin if line is None else f"{origin}:{line}"
         super().__init__("pgbouncer_config_template_file", f"{where}: {problem}")
+
+
+@final
+class RoutingNotConfirmed(PgcmError):
+    """A PgBouncer does not route every templated database to the expected host."""
+
+    def __init__(self, endpoint: str, expected: str, wrong: Mapping[str, str | None]) -> None:
+        self.endpoint = endpoint
+        self.expected = expected
+        self.wrong = dict(wrong)
+        shown = ", ".join(f"{db}->{host}" for db, host in sorted(self.wrong.items(), key=str))
+        super().__init__(f"PgBouncer {endpoint} does not route to {expected}: {shown}")
+
+
+@final
+class PgBouncersFailed(PgcmError):
+    """Applying the configuration failed on one or more PgBouncer processes."""
+
+    def __init__(self, failures: Mapping[str, Exception]) -> None:
+        self.failures = dict(failures)
+        shown = "; ".join(f"{ep}: {exc}" for ep, exc in self.failures.items())
+        super().__init__(f"PgBouncer apply failed: {shown}")

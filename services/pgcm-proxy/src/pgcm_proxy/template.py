@@ -61,6 +61,30 @@ class ConfigTemplate:
         """Return the configuration text with every placeholder replaced by ``address``."""
         return address.host.join(self.literal_parts)
 
+    def routed_databases(self) -> frozenset[str]:
+        """Return the ``[databases]`` entries whose line holds the placeholder.
+
+        These are the databases that must route to the new host after a RELOAD: the
+        proxy confirms each of them with ``SHOW DATABASES`` before acknowledging.
+        Comment lines and the ``*`` fallback (PgBouncer lists it only once a client
+        used it) are left out.
+        """
+        names: set[str] = set()
+        section = ""
+        for line in self.source.splitlines():
+            text = line.strip()
+            if not text or text.startswith((";", "#")):
+                continue
+            if text.startswith("[") and text.endswith("]"):
+                section = text[1:-1].strip().lower()
+                continue
+            if section != "databases" or "=" not in text or not _ACTION.search(text):
+                continue
+            name = text.split("=", 1)[0].strip().strip('"')
+            if name and name != "*":
+                names.add(name)
+        return frozenset(names)
+
 
 def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1

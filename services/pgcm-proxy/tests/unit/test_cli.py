@@ -23,7 +23,8 @@ def test_help_describes_the_service_and_its_options(capsys: pytest.CaptureFixtur
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "not implemented yet" in out
+    assert "Readiness" in out
+    assert "not implemented" not in out
     assert "show-config" in out
     assert "--config-file" in out
     assert "--pgbouncer-config-template-file" in out
@@ -70,8 +71,26 @@ def test_bad_value_exits_2_naming_the_key(
     assert "invalid setting 'poll_interval'" in capsys.readouterr().err
 
 
-def test_run_is_not_implemented_yet_and_exits_1() -> None:
-    assert main(["--log-format", "json"]) == 1
+def test_run_with_a_missing_template_exits_2_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.template"
+    argv = ["--log-format", "json", "run", "--pgbouncer-config-template-file", str(missing)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"pgcm-proxy: invalid setting 'pgbouncer_config_template_file': cannot read {missing}"
+        in err
+    )
+
+
+def test_run_with_a_template_that_routes_nothing_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    template = tmp_path / "t"
+    template.write_text("[pgbouncer]\nx = {{.Host}}\n")
+    assert main(["run", "--pgbouncer-config-template-file", str(template)]) == 2
+    assert "no [databases] entry uses {{.Host}}" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_cli() -> None:

@@ -59,3 +59,17 @@ def test_parsing_arbitrary_text_either_succeeds_or_raises_template_error(source:
         return
     rendered = template.render(parse_primary_address(b"10.9.9.9"))
     assert rendered.count("10.9.9.9") >= source.count("10.9.9.9") + 1
+
+
+def test_routed_databases_are_the_database_lines_holding_the_placeholder() -> None:
+    template = ConfigTemplate.parse(
+        "[databases]\n"
+        "app = host={{.Host}} port=5432\n"
+        '"quoted" = host={{ .Host }}\n'
+        "; old = host={{.Host}}\n"
+        "* = host={{.Host}}\n"
+        "static = host=10.0.0.9\n"
+        "[pgbouncer]\n"
+        "listen_addr = {{.Host}}\n"
+    )
+    assert template.routed_databases() == frozenset({"app", "quoted"})

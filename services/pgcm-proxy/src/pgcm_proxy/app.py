@@ -1,0 +1,278 @@
+"""Wire pgcm-proxy together: the only module that builds adapters (STYLE M3).
+
+``serve`` loads the template (a broken one is a ``ConfigError``: exit 2), opens etcd,
+follows the primary's key with a resilient watch plus a periodic poll, and runs the
+reconcile loop that renders pgbouncer.ini, RELOADs PgBouncer, confirms the routing
+and acknowledges under ``<ns>/proxies/<id>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from pgcm_common.backoff import Backoff
+from pgcm_common.errors import ConfigError, EtcdError
+from pgcm_common.etcd import Deleted, EtcdStore, open_etcd, watch_keys
+from pgcm_common.lifecycle import sd_notify
+from pgcm_common.pgbouncer import admins_for
+from pgcm_common.records import KeyLayout
+from pgcm_proxy.ack import AckPublisher
+from pgcm_proxy.errors import TemplateError
+from pgcm_proxy.metrics import ProxyMetrics, serve_metrics
+from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_config
+from pgcm_proxy.settings import ProxySettings
+from pgcm_proxy.template import ConfigTemplate
+
+__all__ = ["load_template", "serve", "watchdog_interval"]
+
+log = structlog.get_logger("pgcm.proxy")
+
+# Withdrawing the ack on exit is worth a short wait, not a hang: a proxy that cannot
+# reach etcd leaves the key to expire with its lease.
+_REVOKE_GRACE_S = 2.0
+
+
+async def load_template(path: Path) -> ConfigTemplate:
+    """Read and validate the pgbouncer.ini template.
+
+    Raises:
+        ConfigError: the file cannot be read.
+        TemplateError: it has an unsupported action, no placeholder, or no
+            ``[databases]`` entry using the placeholder (routing could not be confirmed).
+    """
+    try:
+        source = await anyio.Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("pgbouncer_config_template_file", f"cannot read {path}: {exc}") from exc
+    template = ConfigTemplate.parse(source, origin=str(path))
+    if not template.routed_databases():
+        raise TemplateError(str(path), None, "no [databases] entry uses {{.Host}}")
+    return template
+
+
+def watchdog_interval(environ: Mapping[str, str], pid: int) -> timedelta | None:
+    """Return how often to ping systemd's watchdog (half its timeout), or None when off."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    owner = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (owner and owner != str(pid)):
+        return None
+    return timedelta(microseconds=int(usec) / 2)
+
+
+async def serve(
+    settings: ProxySettings,
+    *,
+    watchdog: timedelta | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the proxy until cancelled.
+
+    ``task_status.started()`` is called once the watch on the primary's key is
+    established; READY=1 goes to systemd after the first confirmed apply.
+
+    Raises:
+        ConfigError: bad template, proxy id or metrics address (exit 2).
+
+    Cancellation:
+        Revokes the acknowledgement's lease (shielded, bounded) and closes etcd.
+    """
+    template = await load_template(settings.pgbouncer_config_template_file)
+    layout = KeyLayout(settings.cluster.namespace, settings.cluster.master_key)
+    try:
+        ack_key = layout.proxy_ack(settings.proxy_id)
+    except ValueError as exc:
+        raise ConfigError("proxy_id", str(exc)) from exc
+    metrics = ProxyMetrics()
+    with contextlib.ExitStack() as stack:
+        if (endpoint := settings.metrics_endpoint) is not None:
+            try:
+                stack.enter_context(serve_metrics(metrics, *endpoint))
+            except OSError as exc:
+                raise ConfigError("metrics_address", f"cannot listen: {exc}") from exc
+        async with open_etcd(settings.etcd) as store:
+            acks = AckPublisher(store, ack_key, settings.ack_lease_ttl)
+            try:
+                await _run(
+                    settings,
+                    store,
+                    layout=layout,
+                    template=template,
+                    acks=acks,
+                    metrics=metrics,
+                    watchdog=watchdog,
+                    task_status=task_status,
+                )
+            finally:
+                with anyio.move_on_after(_REVOKE_GRACE_S, shield=True):
+                    try:
+                        await acks.revoke()
+                    except EtcdError as exc:
+                        log.warning("proxy.ack.revoke_error", error=str(exc))
+
+
+async def _run(
+    settings: ProxySettings,
+    store: EtcdStore,
+    *,
+    layout: KeyLayout,
+    template: ConfigTemplate,
+    acks: AckPublisher,
+    metrics: ProxyMetrics,
+    watchdog: timedelta | None,
+    task_status: TaskStatus[None],
+) -> None:
+    state = DesiredState()
+    admins = admins_for(settings.pgbouncer)
+    reconciler = Reconciler(
+        proxy_id=settings.proxy_id,
+        template=template,
+        config_file=settings.pgbouncer_config_file,
+        admins=admins,
+        acks=acks,
+        metrics=metrics,
+    )
+    log.info(
+        "proxy.start",
+        key=layout.master.decode(),
+        ack_key=layout.proxy_ack(settings.proxy_id).decode(),
+        config_file=str(settings.pgbouncer_config_file),
+        pgbouncers=[str(admin.endpoint) for admin in admins],
+        databases=sorted(template.routed_databases()),
+    )
+    async with anyio.create_task_group() as tg:
+        if watchdog is not None:
+            tg.start_soon(_ping_watchdog, watchdog)
+        tg.start_soon(acks.keep_alive)
+        tg.start_soon(
+            _sync_config,
+            state,
+            reconciler,
+            metrics,
+            _backoff(settings),
+            settings.apply_timeout.total_seconds(),
+        )
+        await tg.start(sync_primary_key, store, layout.master, state, metrics, _backoff(settings))
+        tg.start_soon(
+            poll_primary_key,
+            store,
+            layout.master,
+            state,
+            metrics,
+            settings.poll_interval.total_seconds(),
+        )
+        task_status.started()
+
+
+def _backoff(settings: ProxySettings) -> Backoff:
+    return Backoff(initial=settings.retry_interval, maximum=settings.retry_max_interval)
+
+
+async def _sync_config(
+    state: DesiredState,
+    reconciler: Reconciler,
+    metrics: ProxyMetrics,
+    backoff: Backoff,
+    apply_timeout_s: float,
+) -> None:
+    await sync_config(
+        state,
+        reconciler,
+        metrics,
+        backoff=backoff,
+        apply_timeout_s=apply_timeout_s,
+        on_success=_ready_once(),
+    )
+
+
+def _ready_once() -> Callable[[], None]:
+    ready = False
+
+    def on_success() -> None:
+        nonlocal ready
+        if not ready:
+            ready = True
+            sd_notify("READY=1")
+            log.info("proxy.ready", msg="first apply confirmed; ready")
+
+    return on_success
+
+
+async def _ping_watchdog(interval: timedelta) -> None:
+    while True:
+        sd_notify("WATCHDOG=1")
+        await anyio.sleep(interval.total_seconds())
+
+
+async def _read_key(
+    store: EtcdStore, key: bytes, state: DesiredState, metrics: ProxyMetrics, source: str
+) -> int:
+    """Offer the key's current state (a missing key as a deletion); return the revision."""
+    listing = await store.get_prefix(key)
+    found = next((kv for kv in listing.items if kv.key == key), None)
+    offer_and_log(state, found or Deleted(key, listing.revision), metrics, source)
+    return listing.revision
+
+
+async def sync_primary_key(
+    store: EtcdStore,
+    key: bytes,
+    state: DesiredState,
+    metrics: ProxyMetrics,
+    backoff: Backoff,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Read the key, then watch it from the listing's revision + 1, until cancelled.
+
+    The watch itself re-watches after etcd restarts or hangs and re-lists after
+    compaction (pgcm_common.etcd.watch_keys); this loop only retries the first read.
+
+    Cancellation:
+        Closes the watch.
+    """
+    started = False
+    while True:
+        try:
+            revision = await _read_key(store, key, state, metrics, "list")
+        except EtcdError as exc:
+            delay = backoff.next_delay()
+            log.warning("etcd.watch.error", error=str(exc), retry_in=round(delay, 3))
+            await anyio.sleep(delay)
+            continue
+        backoff.reset()
+        async with watch_keys(store, key, revision + 1) as events:
+            log.info("etcd.watch.start", key=key.decode(), revision=revision + 1)
+            if not started:
+                started = True
+                task_status.started()
+            async for event in events:
+                offer_and_log(state, event, metrics, "watch")
+        return  # pragma: no cover - the stream only ends when the watch is cancelled
+
+
+async def poll_primary_key(
+    store: EtcdStore,
+    key: bytes,
+    state: DesiredState,
+    metrics: ProxyMetrics,
+    interval_s: float,
+) -> None:
+    """Re-read the key every ``interval_s`` and re-verify the applied state (safety net).
+
+    Catches what a watch could miss and heals a PgBouncer that restarted or a file
+    someone else rewrote.
+    """
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await _read_key(store, key, state, metrics, "poll")
+        except EtcdError as exc:
+            log.warning("etcd.poll.error", error=str(exc))
+        state.request_verify()

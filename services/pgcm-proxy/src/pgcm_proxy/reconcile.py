@@ -1,0 +1,374 @@
+"""Keep PgBouncer routed to the primary address in etcd: the proxy's domain logic.
+
+Two pieces, both free of adapters (they take Protocol-typed collaborators):
+
+* :class:`DesiredState` is synchronous and pure (STYLE C9): the watch and the poll
+  offer etcd events; a :class:`RevisionGate` admits each revision once, in order, and
+  every value is validated. A refused value (deleted key, hostile text) never replaces
+  the last good target.
+* :class:`Reconciler` applies one target idempotently: render, write only when the
+  content changed, RELOAD where needed, confirm with ``SHOW DATABASES``, acknowledge.
+  :func:`sync_config` runs it until cancelled, retrying failures with capped jittered
+  backoff; a newer target cancels an attempt still working on an older one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, final
+
+import anyio
+import structlog
+
+from pgcm_common.backoff import Backoff
+from pgcm_common.errors import PgcmError
+from pgcm_common.etcd import Deleted, RevisionGate, WatchEvent
+from pgcm_common.pgbouncer import DatabaseRow, PgBouncerAdminProtocol
+from pgcm_common.records import ProxyAck, now_utc
+from pgcm_proxy.address import PrimaryAddress, parse_primary_address
+from pgcm_proxy.errors import PgBouncersFailed, RejectedAddress, RoutingNotConfirmed
+from pgcm_proxy.metrics import ProxyMetrics
+from pgcm_proxy.template import ConfigTemplate
+from pgcm_proxy.writer import write_if_changed
+
+__all__ = [
+    "Accepted",
+    "AckSink",
+    "DesiredState",
+    "Offer",
+    "Reconciler",
+    "Rejected",
+    "Stale",
+    "Target",
+    "offer_and_log",
+    "sync_config",
+]
+
+log = structlog.get_logger("pgcm.proxy")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A validated primary address and the etcd mod revision it was written at."""
+
+    address: PrimaryAddress
+    revision: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The event is a new valid target."""
+
+    target: Target
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The event was refused; the previous target (if any) stays."""
+
+    revision: int
+    reason: str
+    raw: bytes | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The event is a replay or older than one already seen: ignored."""
+
+
+Offer = Accepted | Rejected | Stale
+
+
+@final
+class DesiredState:
+    """The newest valid target, fed by the watch and the poll.
+
+    ``generation`` grows with every accepted target and every verification request;
+    :func:`sync_config` applies until its applied generation catches up.
+    """
+
+    __slots__ = ("_changed", "_gate", "_generation", "_target")
+
+    def __init__(self) -> None:
+        self._gate = RevisionGate()
+        self._target: Target | None = None
+        self._generation = 0
+        self._changed = anyio.Event()
+
+    @property
+    def target(self) -> Target | None:
+        """Return the newest valid target, or None before the first one."""
+        return self._target
+
+    @property
+    def generation(self) -> int:
+        """Return the number of accepted targets and verification requests so far."""
+        return self._generation
+
+    def offer(self, event: WatchEvent) -> Offer:
+        """Admit ``event`` once and in order, validate it, and return what happened."""
+        if not self._gate.admit(event):
+            return Stale()
+        if isinstance(event, Deleted):
+            return Rejected(event.mod_revision, "deleted", None)
+        try:
+            address = parse_primary_address(event.value)
+        except RejectedAddress as exc:
+            return Rejected(event.mod_revision, exc.reason, event.value)
+        self._target = Target(address, event.mod_revision)
+        self._bump()
+        return Accepted(self._target)
+
+    def request_verify(self) -> None:
+        """Ask for the current target to be checked again (file, routing, ack)."""
+        if self._target is not None:
+            self._bump()
+
+    def _bump(self) -> None:
+        self._generation += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_beyond(self, generation: int) -> None:
+        """Return once ``generation`` is behind the current one."""
+        while self._generation <= generation:
+            await self._changed.wait()
+
+
+def offer_and_log(
+    state: DesiredState, event: WatchEvent, metrics: ProxyMetrics, source: str
+) -> None:
+    """Offer ``event`` to ``state``; log and count the outcome."""
+    match state.offer(event):
+        case Accepted(target):
+            log.info(
+                "proxy.primary.change",
+                host=target.address.host,
+                revision=target.revision,
+                source=source,
+                msg="new primary address from etcd",
+            )
+        case Rejected(revision, reason, raw):
+            metrics.rejected.labels(reason=reason).inc()
+            current = state.target
+            log.warning(
+                "proxy.primary.rejected",
+                reason=reason,
+                revision=revision,
+                value=None if raw is None else raw[:80].decode("ascii", errors="backslashreplace"),
+                kept_host=None if current is None else current.address.host,
+                source=source,
+                msg="refusing the etcd value; keeping the last good configuration",
+            )
+        case Stale():
+            pass
+
+
+class AckSink(Protocol):
+    """Where confirmed applies are acknowledged (the leased etcd key in production)."""
+
+    async def publish(self, ack: ProxyAck) -> None:
+        """Write ``ack``."""
+        ...
+
+
+ConfigWriter = Callable[[Path, str], Awaitable[bool]]
+
+
+@final
+class Reconciler:
+    """Apply one :class:`Target` to the config file and every PgBouncer, then acknowledge."""
+
+    def __init__(
+        self,
+        *,
+        proxy_id: str,
+        template: ConfigTemplate,
+        config_file: Path,
+        admins: Sequence[PgBouncerAdminProtocol],
+        acks: AckSink,
+        metrics: ProxyMetrics,
+        writer: ConfigWriter = write_if_changed,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        """Render ``template`` into ``config_file`` for the PgBouncers behind ``admins``."""
+        self._proxy_id = proxy_id
+        self._template = template
+        self._config_file = config_file
+        self._admins = tuple(admins)
+        self._acks = acks
+        self._metrics = metrics
+        self._writer = writer
+        self._clock = clock
+        self._databases = template.routed_databases()
+
+    async def apply(self, target: Target) -> None:
+        """Make every PgBouncer route to ``target`` and acknowledge it.
+
+        Idempotent: the file is rewritten only when its content differs; a PgBouncer
+        is RELOADed when the file changed or when ``SHOW DATABASES`` disagrees (it
+        missed an earlier RELOAD, or restarted); the ack is written last.
+
+        Raises:
+            OSError: the file could not be written.
+            PgBouncersFailed: a PgBouncer was unreachable, refused, or does not route
+                to the target after RELOAD.
+            EtcdError: the acknowledgement was not written.
+
+        Cancellation:
+            Safe at any point: the file is replaced atomically or not at all, and the
+            next attempt re-checks everything.
+        """
+        started = time.perf_counter()
+        host = target.address.host
+        changed = await self._writer(self._config_file, self._template.render(target.address))
+        if changed:
+            log.info(
+                "pgbouncer.config.write",
+                path=str(self._config_file),
+                host=host,
+                revision=target.revision,
+            )
+        failures: dict[str, Exception] = {}
+
+        async def one(admin: PgBouncerAdminProtocol) -> None:
+            try:
+                await self._route(admin, host, reload_first=changed)
+            except PgcmError as exc:
+                failures[str(admin.endpoint)] = exc
+
+        async with anyio.create_task_group() as tg:
+            for admin in self._admins:
+                tg.start_soon(one, admin)
+        if failures:
+            raise PgBouncersFailed(failures)
+        applied_at = self._clock()
+        await self._acks.publish(
+            ProxyAck(
+                proxy_id=self._proxy_id,
+                host=host,
+                revision=target.revision,
+                applied_at=applied_at,
+                pgbouncers=tuple(str(admin.endpoint) for admin in self._admins),
+            )
+        )
+        elapsed = time.perf_counter() - started
+        self._metrics.routed_to(host, target.revision, applied_at.timestamp(), elapsed)
+        log.info(
+            "proxy.apply.done",
+            host=host,
+            revision=target.revision,
+            reloaded=changed,
+            elapsed=round(elapsed, 6),
+        )
+
+    async def _route(self, admin: PgBouncerAdminProtocol, host: str, *, reload_first: bool) -> None:
+        if not reload_first and not self._misrouted(await admin.show_databases(), host):
+            return
+        await admin.reload()
+        self._metrics.reloads.labels(endpoint=str(admin.endpoint)).inc()
+        wrong = self._misrouted(await admin.show_databases(), host)
+        if wrong:
+            raise RoutingNotConfirmed(str(admin.endpoint), host, wrong)
+
+    def _misrouted(self, rows: Sequence[DatabaseRow], host: str) -> dict[str, str | None]:
+        routes = {row.name: row.host for row in rows}
+        return {db: routes.get(db) for db in self._databases if routes.get(db) != host}
+
+
+async def sync_config(
+    state: DesiredState,
+    reconciler: Reconciler,
+    metrics: ProxyMetrics,
+    *,
+    backoff: Backoff,
+    apply_timeout_s: float,
+    on_success: Callable[[], None] = lambda: None,
+) -> None:
+    """Apply the newest target until cancelled; retry failures with backoff.
+
+    Each attempt is bounded by ``apply_timeout_s`` and cancelled as soon as a newer
+    target (or a verification request) arrives, so the newest address always wins
+    over a retry of an older one. ``on_success`` runs after every confirmed apply.
+
+    Cancellation:
+        Stops at once; an interrupted attempt leaves the old or the new file.
+    """
+    applied = 0
+    while True:
+        await state.wait_beyond(applied)
+        generation, target = state.generation, state.target
+        if target is None:  # pragma: no cover - generations only grow with a target
+            applied = generation
+            continue
+        try:
+            superseded = await _attempt(state, reconciler, target, generation, apply_timeout_s)
+        except (PgcmError, OSError, TimeoutError) as exc:
+            delay = backoff.next_delay()
+            error = exc.__class__.__name__
+            metrics.apply_errors.labels(error=error).inc()
+            log.warning(
+                "operation.retry",
+                operation="apply",
+                host=target.address.host,
+                revision=target.revision,
+                error=str(exc) or error,
+                error_type=error,
+                attempt=backoff.attempt,
+                retry_in=round(delay, 3),
+                msg="applying the primary address failed; retrying",
+            )
+            with anyio.move_on_after(delay):
+                await state.wait_beyond(generation)
+            continue
+        if superseded:
+            continue
+        backoff.reset()
+        applied = generation
+        on_success()
+
+
+async def _attempt(
+    state: DesiredState,
+    reconciler: Reconciler,
+    target: Target,
+    generation: int,
+    apply_timeout_s: float,
+) -> bool:
+    """Run one apply; return True when a newer generation cancelled it.
+
+    Raises:
+        PgcmError, OSError, TimeoutError: the attempt failed (see Reconciler.apply).
+    """
+    superseded = False
+    error: PgcmError | OSError | TimeoutError | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_when_superseded() -> None:
+            nonlocal superseded
+            await state.wait_beyond(generation)
+            superseded = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_when_superseded)
+        try:
+            with anyio.fail_after(apply_timeout_s):
+                await reconciler.apply(target)
+        except (PgcmError, OSError, TimeoutError) as exc:
+            # Kept outside the task group: raised inside it, anyio would wrap it in an
+            # ExceptionGroup.
+            error = exc
+        tg.cancel_scope.cancel()
+    if superseded:
+        return True
+    if error is not None:
+        raise error
+    return False

@@ -1,0 +1,500 @@
+"""pgcm-proxy as a real subprocess against real etcd, PgBouncer and two PostgreSQL servers.
+
+The two PostgreSQL servers share one port on two loopback addresses (127.0.0.1 and
+127.0.0.2), so the template's only variable is the host, exactly as in production.
+Each server has its own ``cluster_name`` (``alpha``/``beta``) so a client connection
+through PgBouncer tells which one it reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import final
+
+import anyio
+import asyncpg
+import pytest
+import tomli_w
+from anyio.abc import Process
+
+from pgcm_common.etcd import AetcdStore, open_etcd
+from pgcm_common.records import KeyLayout, ProxyAck
+from pgcm_testkit.etcd import EtcdMember, random_key
+from pgcm_testkit.eventually import eventually
+from pgcm_testkit.pgbouncer import ADMIN_PASSWORD, PgBouncerServer, start_pgbouncer
+from pgcm_testkit.postgres import PostgresServer, start_postgres
+from pgcm_testkit.process import POSTGRES_USER, free_tcp_port, require_binary, wait_until
+
+HOST_A = "127.0.0.1"
+HOST_B = "127.0.0.2"
+PROXY_BIN = Path(sys.executable).parent / "pgcm-proxy"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """Two independent PostgreSQL servers on the same port, different loopback hosts."""
+
+    port: int
+    alpha: PostgresServer
+    beta: PostgresServer
+
+
+def _pg_ready(host: str, port: int) -> bool:
+    result = subprocess.run(
+        [require_binary("pg_isready"), "-q", "-h", host, "-p", str(port), "-t", "1"],
+        check=False,
+        timeout=5,
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """Start ``alpha`` on 127.0.0.1:P and ``beta`` on 127.0.0.2:P."""
+    port = free_tcp_port()
+    # The test kit's readiness check asks 127.0.0.1:P, which alpha already answers:
+    # beta's own address is waited for as well.
+    with (
+        start_postgres(tmp_path_factory.mktemp("pg-alpha"), port=port, name="alpha") as alpha,
+        start_postgres(
+            tmp_path_factory.mktemp("pg-beta"),
+            port=port,
+            name="beta",
+            extra_settings={"listen_addresses": HOST_B},
+        ) as beta,
+    ):
+        wait_until(lambda: _pg_ready(HOST_B, port), deadline_s=30, what="beta on 127.0.0.2")
+        yield Backends(port, alpha, dataclasses.replace(beta, host=HOST_B))
+
+
+def template_for(bouncer: PgBouncerServer, backends: Backends) -> str:
+    """Return the template that renders (for ``HOST_A``) exactly the ini PgBouncer started with."""
+    text = bouncer.ini_path.read_text()
+    route = f"host={HOST_A} port={backends.port}"
+    assert route in text
+    return text.replace(route, f"host={{{{.Host}}}} port={backends.port}")
+
+
+@final
+@dataclass
+class ProxyRig:
+    """One test's world: a PgBouncer, its template, an etcd namespace, a proxy config."""
+
+    bouncer: PgBouncerServer
+    backends: Backends
+    etcd: EtcdMember
+    base: Path
+    namespace: str
+    proxy_id: str
+    template_path: Path
+    config_path: Path
+    ack_lease_ttl: str = "10s"
+    metrics_port: int | None = None
+    log_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def layout(self) -> KeyLayout:
+        """Return the etcd keys of this test's namespace."""
+        return KeyLayout(self.namespace)
+
+    @property
+    def ini_path(self) -> Path:
+        """Return the pgbouncer.ini the proxy owns."""
+        return self.bouncer.ini_path
+
+    def write_config(self, **proxy_overrides: str) -> Path:
+        """Write the proxy's TOML config (everything in the file, nothing in flags)."""
+        proxy: dict[str, str] = {
+            "pgbouncer_config_file": str(self.ini_path),
+            "pgbouncer_config_template_file": str(self.template_path),
+            "proxy_id": self.proxy_id,
+            "poll_interval": "30s",
+            "retry_interval": "50ms",
+            "retry_max_interval": "500ms",
+            "ack_lease_ttl": self.ack_lease_ttl,
+            "apply_timeout": "5s",
+        }
+        if self.metrics_port is not None:
+            proxy["metrics_address"] = f"127.0.0.1:{self.metrics_port}"
+        proxy.update(proxy_overrides)
+        doc = {
+            "proxy": proxy,
+            "cluster": {"namespace": self.namespace},
+            "etcd": {"endpoints": [self.etcd.endpoint], "keepalive_time": "5s"},
+            "pgbouncer": {
+                "host": "127.0.0.1",
+                "port": self.bouncer.port,
+                "user": POSTGRES_USER,
+                "password": ADMIN_PASSWORD,
+                "connect_timeout": "1s",
+            },
+        }
+        self.config_path.write_text(tomli_w.dumps(doc))
+        return self.config_path
+
+    def new_log(self) -> Path:
+        """Return a fresh log file path for one proxy process."""
+        path = self.base / f"proxy-{len(self.log_paths)}.log"
+        self.log_paths.append(path)
+        return path
+
+    @contextlib.asynccontextmanager
+    async def proxy(self) -> AsyncIterator[RunningProxy]:
+        """Run ``pgcm-proxy run --config-file F``; SIGKILL it if the test did not stop it."""
+        log_path = self.new_log()
+        with log_path.open("wb") as log_file:
+            process = await anyio.open_process(
+                [
+                    str(PROXY_BIN),
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--config-file",
+                    str(self.config_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env={k: v for k, v in os.environ.items() if not k.startswith("PGCM_")},
+            )
+            running = RunningProxy(process, log_path)
+            try:
+                yield running
+            finally:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                with anyio.move_on_after(10, shield=True):
+                    await process.wait()
+
+    async def client_reaches(self) -> str:
+        """Connect through PgBouncer as an application would; return ``cluster_name``."""
+        connection = await asyncpg.connect(
+            self.bouncer.client_dsn("app"), statement_cache_size=0, timeout=5
+        )
+        try:
+            return str(await connection.fetchval("SHOW cluster_name"))
+        finally:
+            await connection.close()
+
+    async def ack(self, store: AetcdStore) -> ProxyAck | None:
+        """Return the proxy's acknowledgement, or None."""
+        kv = await store.get(self.layout.proxy_ack(self.proxy_id))
+        return None if kv is None else ProxyAck.from_json(kv.key, kv.value)
+
+    async def wait_ack(self, store: AetcdStore, host: str, revision: int) -> ProxyAck:
+        """Wait until the ack names ``host`` at ``revision`` or later."""
+        while True:
+            ack = await self.ack(store)
+            if ack is not None and ack.host == host and ack.revision >= revision:
+                return ack
+            await anyio.sleep(0.02)
+
+
+@final
+@dataclass
+class RunningProxy:
+    """A pgcm-proxy subprocess and its JSON log."""
+
+    process: Process
+    log_path: Path
+
+    def events(self) -> list[dict[str, object]]:
+        """Return the parsed JSON log lines so far."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def saw(self, event: str, **fields: object) -> bool:
+        """Return whether the log holds ``event`` with these field values."""
+        return any(
+            e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+            for e in self.events()
+        )
+
+    async def terminate(self) -> int:
+        """Send SIGTERM and return the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return await self.process.wait()
+
+
+@pytest.fixture
+def rig(
+    backends: Backends, etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyRig]:
+    """A fresh PgBouncer routing ``app`` to alpha, and a proxy config for it."""
+    base = tmp_path_factory.mktemp("proxy-rig")
+    with start_pgbouncer(
+        base / "pgbouncer",
+        databases={"app": f"host={HOST_A} port={backends.port} dbname=postgres"},
+        pool_mode="session",
+        # A RELOAD line in the log is how tests see that a RELOAD happened.
+        extra_settings={"log_connections": "0", "log_disconnections": "0"},
+    ) as bouncer:
+        template_path = base / "pgbouncer.ini.template"
+        template_path.write_text(template_for(bouncer, backends))
+        yield ProxyRig(
+            bouncer=bouncer,
+            backends=backends,
+            etcd=etcd,
+            base=base,
+            namespace=random_key("proxy").decode(),
+            proxy_id="proxy-under-test",
+            template_path=template_path,
+            config_path=base / "pgcm.toml",
+        )
+
+
+@pytest.fixture
+async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+    """An etcd client for the test itself."""
+    async with open_etcd(etcd.settings()) as client:
+        yield client
+
+
+pytestmark = pytest.mark.integration
+
+RELOAD_LINE = "RELOAD command issued"
+
+
+async def test_key_change_makes_new_client_connections_reach_the_other_server(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        assert await rig.client_reaches() == "alpha"
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(10):
+            ack = await rig.wait_ack(store, HOST_B, second)
+        assert ack.revision == second
+        assert f"host={HOST_B} port={rig.backends.port}" in rig.ini_path.read_text()
+        assert await rig.client_reaches() == "beta"
+        assert proxy.saw("pgbouncer.reload_configuration")
+        assert await proxy.terminate() == 0
+
+
+async def test_unchanged_content_sends_no_reload_but_a_change_does(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config()
+    before = rig.ini_path.read_bytes()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        # The same value again: a new revision to acknowledge, nothing to reload.
+        again = await store.put(rig.layout.master, HOST_A.encode())
+        with anyio.fail_after(10):
+            await rig.wait_ack(store, HOST_A, again)
+        assert rig.ini_path.read_bytes() == before
+        assert RELOAD_LINE not in rig.bouncer.log_path.read_text(errors="replace")
+        changed = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(10):
+            await rig.wait_ack(store, HOST_B, changed)
+        assert rig.bouncer.log_path.read_text(errors="replace").count(RELOAD_LINE) == 1
+        assert await proxy.terminate() == 0
+
+
+HOSTILE_VALUES = [
+    b"",
+    b" 127.0.0.2",
+    b"127.0.0.2\n",
+    b"127.0.0.2\nadmin_users = mallory",
+    b"127.0.0.2 port=1",
+    b"host=127.0.0.2",
+    b"'127.0.0.2'",
+    b'"127.0.0.2"',
+    b"127.0.0.2;",
+    b"a" * 254,
+    b"evil_host",
+    b"10.0.0.256",
+    "prim\u00e4r".encode(),
+    b"\x00",
+    b"{{.Host}}",
+]
+
+
+async def test_deleted_key_and_hostile_values_leave_the_ini_byte_identical(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.metrics_port = free_tcp_port()
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        golden = rig.ini_path.read_bytes()
+        for value in HOSTILE_VALUES:
+            revision = await store.put(rig.layout.master, value)
+
+            async def refused(revision: int = revision) -> bool:
+                return proxy.saw("proxy.primary.rejected", revision=revision)
+
+            with anyio.fail_after(10):
+                await eventually(refused)
+            assert rig.ini_path.read_bytes() == golden, value
+        assert await store.delete(rig.layout.master)
+        with anyio.fail_after(10):
+            await eventually(
+                lambda: _async_true(proxy.saw("proxy.primary.rejected", reason="deleted"))
+            )
+        assert rig.ini_path.read_bytes() == golden
+        ack = await rig.ack(store)
+        assert ack is not None
+        assert (ack.host, ack.revision) == (HOST_A, first)
+        assert RELOAD_LINE not in rig.bouncer.log_path.read_text(errors="replace")
+        assert await rig.client_reaches() == "alpha"
+        metrics = await anyio.to_thread.run_sync(_scrape, rig.metrics_port)
+        assert 'pgcm_proxy_rejected_values_total{reason="deleted"} 1.0' in metrics
+        assert 'pgcm_proxy_rejected_values_total{reason="whitespace_or_control"}' in metrics
+        assert f'pgcm_proxy_primary_host_info{{host="{HOST_A}"}} 1.0' in metrics
+        assert f"pgcm_proxy_applied_revision {float(first)}" in metrics
+        assert await proxy.terminate() == 0
+
+
+async def _async_true(value: bool) -> bool:  # noqa: FBT001 - adapts a bool for eventually()
+    return value
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_broken_template_exits_2_naming_the_line_and_leaves_the_ini_untouched(
+    rig: ProxyRig,
+) -> None:
+    before = rig.ini_path.read_bytes()
+    rig.template_path.write_text(rig.template_path.read_text() + "x = {{.Port}}\n")
+    rig.write_config()
+    result = subprocess.run(
+        [str(PROXY_BIN), "run", "--config-file", str(rig.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pgbouncer_config_template_file" in result.stderr
+    assert f"{rig.template_path}:" in result.stderr
+    assert "unsupported action '{{.Port}}'" in result.stderr
+    assert rig.ini_path.read_bytes() == before
+
+
+async def test_pgbouncer_down_then_up_converges(rig: ProxyRig, store: AetcdStore) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        await anyio.to_thread.run_sync(rig.bouncer.process.stop)
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(10):
+            await eventually(lambda: _async_true(proxy.saw("operation.retry", revision=second)))
+        # The file follows at once; only the confirmation waits for PgBouncer.
+        assert f"host={HOST_B} " in rig.ini_path.read_text()
+        stale = await rig.ack(store)
+        assert stale is not None
+        assert stale.host == HOST_A
+        await anyio.to_thread.run_sync(rig.bouncer.process.start)
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_B, second)
+        assert await rig.client_reaches() == "beta"
+        assert await proxy.terminate() == 0
+
+
+async def test_ack_appears_with_the_proxy_and_sigterm_revokes_it_and_exits_0(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config()
+    revision = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            ack = await rig.wait_ack(store, HOST_A, revision)
+        assert ack.proxy_id == rig.proxy_id
+        assert ack.pgbouncers == (f"127.0.0.1:{rig.bouncer.port}",)
+        with anyio.fail_after(15):
+            assert await proxy.terminate() == 0
+        assert await rig.ack(store) is None
+        assert proxy.saw("shutdown.start")
+
+
+async def test_ack_of_a_killed_proxy_vanishes_after_the_lease_ttl(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.ack_lease_ttl = "2s"
+    rig.write_config()
+    revision = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, revision)
+        proxy.process.send_signal(signal.SIGKILL)
+        with anyio.fail_after(5):
+            assert await proxy.process.wait() == -signal.SIGKILL
+        assert await rig.ack(store) is not None
+
+        async def gone() -> bool:
+            return await rig.ack(store) is None
+
+        with anyio.fail_after(6):
+            await eventually(gone)
+
+
+async def test_etcd_restarted_mid_watch_is_followed_again(
+    rig: ProxyRig, store: AetcdStore, etcd: EtcdMember
+) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        await anyio.to_thread.run_sync(etcd.restart)
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(20):
+            await rig.wait_ack(store, HOST_B, second)
+        assert await rig.client_reaches() == "beta"
+        assert await proxy.terminate() == 0
+
+
+async def test_sigstopped_etcd_is_noticed_and_followed_after_it_resumes(
+    rig: ProxyRig, store: AetcdStore, etcd: EtcdMember
+) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        etcd.freeze()
+        try:
+
+            async def watch_broke() -> bool:
+                return proxy.saw("etcd.watch.error")
+
+            # gRPC keepalive (5 s + 2 s timeout in the rig's config) notices the hang.
+            with anyio.fail_after(30):
+                await eventually(watch_broke)
+        finally:
+            etcd.thaw()
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(20):
+            await rig.wait_ack(store, HOST_B, second)
+        assert await rig.client_reaches() == "beta"
+        assert await proxy.terminate() == 0

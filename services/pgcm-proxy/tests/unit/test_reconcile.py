@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import final
+
+import anyio
+import pytest
+import structlog
+
+from pgcm_common.backoff import Backoff
+from pgcm_common.etcd import Deleted, KeyValue
+from pgcm_common.pgbouncer import (
+    DatabaseRow,
+    PgBouncerEndpoint,
+    PgBouncerState,
+    PgBouncerVersion,
+    PoolRow,
+)
+from pgcm_common.records import ProxyAck, now_utc
+from pgcm_proxy.ack import AckPublisher
+from pgcm_proxy.address import parse_primary_address
+from pgcm_proxy.errors import PgBouncersFailed
+from pgcm_proxy.metrics import ProxyMetrics
+from pgcm_proxy.reconcile import (
+    Accepted,
+    DesiredState,
+    Reconciler,
+    Rejected,
+    Stale,
+    Target,
+    offer_and_log,
+    sync_config,
+)
+from pgcm_proxy.template import ConfigTemplate
+from pgcm_testkit.eventually import eventually
+from pgcm_testkit.fakes.etcd import FakeEtcdStore
+from pgcm_testkit.fakes.pgbouncer import FakePgBouncerAdmin, fake_database
+
+KEY = b"/ns/master"
+ACK_KEY = b"/ns/proxies/p1"
+TEMPLATE = ConfigTemplate.parse(
+    "[databases]\napp = host={{.Host}} port=5432\nstatic = host=10.9.9.9\n[pgbouncer]\n"
+)
+_ROUTE = re.compile(r"^(\w+) = host=(\S+)", re.MULTILINE)
+
+
+def kv(value: bytes, revision: int) -> KeyValue:
+    return KeyValue(KEY, value, 1, revision, revision)
+
+
+@final
+class FileBackedBouncer:
+    """A fake PgBouncer whose RELOAD re-reads the ini, as the real one does."""
+
+    def __init__(self, ini: Path, initial_host: str = "10.0.0.1") -> None:
+        self.ini = ini
+        self.fake = FakePgBouncerAdmin([fake_database("app", initial_host)])
+
+    @property
+    def endpoint(self) -> PgBouncerEndpoint:
+        return self.fake.endpoint
+
+    async def reload(self) -> None:
+        await self.fake.reload()
+        text = await anyio.Path(self.ini).read_text()
+        for name, host in _ROUTE.findall(text):
+            self.fake.databases[name] = fake_database(name, host)
+
+    async def show_databases(self) -> tuple[DatabaseRow, ...]:
+        return await self.fake.show_databases()
+
+    async def pause(self) -> None:
+        await self.fake.pause()
+
+    async def resume(self) -> None:
+        await self.fake.resume()
+
+    async def disable(self, database: str) -> None:
+        await self.fake.disable(database)
+
+    async def enable(self, database: str) -> None:
+        await self.fake.enable(database)
+
+    async def show_pools(self) -> tuple[PoolRow, ...]:
+        return await self.fake.show_pools()
+
+    async def show_state(self) -> PgBouncerState:
+        return await self.fake.show_state()
+
+    async def show_version(self) -> PgBouncerVersion:
+        return await self.fake.show_version()
+
+
+@pytest.fixture
+def ini(tmp_path: Path) -> Path:
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(TEMPLATE.render(parse_primary_address(b"10.0.0.1")))
+    return path
+
+
+def make_reconciler(ini: Path, bouncer: FileBackedBouncer, store: FakeEtcdStore) -> Reconciler:
+    return Reconciler(
+        proxy_id="p1",
+        template=TEMPLATE,
+        config_file=ini,
+        admins=[bouncer],
+        acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
+        metrics=ProxyMetrics(),
+    )
+
+
+async def read_ack(store: FakeEtcdStore) -> ProxyAck | None:
+    found = await store.get(ACK_KEY)
+    return None if found is None else ProxyAck.from_json(ACK_KEY, found.value)
+
+
+def target(host: bytes, revision: int) -> Target:
+    return Target(parse_primary_address(host), revision)
+
+
+def test_desired_state_admits_each_revision_once_in_order() -> None:
+    state = DesiredState()
+    outcomes = [state.offer(kv(b"10.0.0.2", r)) for r in (5, 5, 4, 6)]
+    assert [type(o) for o in outcomes] == [Accepted, Stale, Stale, Accepted]
+    assert state.target == target(b"10.0.0.2", 6)
+    assert state.generation == 2
+
+
+def test_deleted_key_and_hostile_value_are_refused_and_the_target_kept() -> None:
+    state = DesiredState()
+    state.offer(kv(b"10.0.0.2", 2))
+    assert state.offer(Deleted(KEY, 3)) == Rejected(3, "deleted", None)
+    assert state.offer(kv(b"10.0.0.3\nadmin_users=x", 4)) == Rejected(
+        4, "whitespace_or_control", b"10.0.0.3\nadmin_users=x"
+    )
+    assert state.target == target(b"10.0.0.2", 2)
+    assert state.generation == 1
+
+
+def test_rejections_are_logged_and_counted_by_reason() -> None:
+    state, metrics = DesiredState(), ProxyMetrics()
+    with structlog.testing.capture_logs() as logs:
+        offer_and_log(state, Deleted(KEY, 3), metrics, "watch")
+    assert [e["event"] for e in logs] == ["proxy.primary.rejected"]
+    assert logs[0]["reason"] == "deleted"
+    value = metrics.registry.get_sample_value(
+        "pgcm_proxy_rejected_values_total", {"reason": "deleted"}
+    )
+    assert value == 1.0
+
+
+async def test_change_rewrites_reloads_confirms_and_acknowledges(ini: Path) -> None:
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
+    await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.2", 7))
+    assert "app = host=10.0.0.2 port=5432" in ini.read_text()
+    assert bouncer.fake.commands == ["RELOAD", "SHOW DATABASES"]
+    ack = await read_ack(store)
+    assert ack is not None
+    assert (ack.proxy_id, ack.host, ack.revision) == ("p1", "10.0.0.2", 7)
+
+
+async def test_unchanged_file_with_agreeing_pgbouncer_sends_no_reload(ini: Path) -> None:
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
+    before = ini.read_bytes()
+    await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.1", 3))
+    assert bouncer.fake.commands == ["SHOW DATABASES"]
+    assert ini.read_bytes() == before
+    assert await read_ack(store) is not None
+
+
+async def test_unchanged_file_but_stale_pgbouncer_is_reloaded(ini: Path) -> None:
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini, initial_host="10.0.0.9")
+    await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.1", 3))
+    assert bouncer.fake.commands == ["SHOW DATABASES", "RELOAD", "SHOW DATABASES"]
+
+
+async def test_routing_not_confirmed_after_reload_fails_without_ack(ini: Path) -> None:
+    store = FakeEtcdStore()
+    bouncer = FakePgBouncerAdmin([fake_database("app", "10.0.0.1")])  # RELOAD changes nothing
+    reconciler = Reconciler(
+        proxy_id="p1",
+        template=TEMPLATE,
+        config_file=ini,
+        admins=[bouncer],
+        acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
+        metrics=ProxyMetrics(),
+    )
+    with pytest.raises(PgBouncersFailed, match=r"does not route to 10\.0\.0\.2"):
+        await reconciler.apply(target(b"10.0.0.2", 4))
+    assert await read_ack(store) is None
+
+
+async def test_sync_retries_with_backoff_and_newest_target_wins(ini: Path) -> None:
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
+    bouncer.fake.reachable = False
+    state, metrics = DesiredState(), ProxyMetrics()
+    ready: list[bool] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: sync_config(
+                state,
+                make_reconciler(ini, bouncer, store),
+                metrics,
+                backoff=Backoff(timedelta(milliseconds=5), timedelta(milliseconds=20)),
+                apply_timeout_s=5,
+                on_success=lambda: ready.append(True),
+            )
+        )
+        with structlog.testing.capture_logs() as logs:
+            state.offer(kv(b"10.0.0.2", 2))
+
+            async def retried() -> bool:
+                return sum(1 for e in logs if e["event"] == "operation.retry") >= 2
+
+            with anyio.fail_after(5):
+                await eventually(retried, interval_s=0.001)
+            state.offer(kv(b"10.0.0.3", 3))
+            bouncer.fake.reachable = True
+
+            async def acked() -> bool:
+                ack = await read_ack(store)
+                return ack is not None and ack.revision == 3
+
+            with anyio.fail_after(5):
+                await eventually(acked, interval_s=0.001)
+        tg.cancel_scope.cancel()
+    assert "app = host=10.0.0.3 " in ini.read_text()
+    assert ready == [True]
+    errors = metrics.registry.get_sample_value(
+        "pgcm_proxy_apply_errors_total", {"error": "PgBouncersFailed"}
+    )
+    assert errors is not None
+    assert errors >= 2
+    retry = next(e for e in logs if e["event"] == "operation.retry")
+    assert retry["retry_in"] <= 0.02
+
+
+async def test_ack_lease_lost_is_regranted_and_revoke_deletes_the_key() -> None:
+    store = FakeEtcdStore()
+    acks = AckPublisher(store, ACK_KEY, timedelta(seconds=3))
+    ack = ProxyAck(proxy_id="p1", host="10.0.0.2", revision=2, applied_at=now_utc())
+    await acks.publish(ack)
+    first = await store.get(ACK_KEY)
+    assert first is not None
+    store.expire_lease(first.lease)
+    assert await store.get(ACK_KEY) is None
+    await acks._refresh()
+    again = await store.get(ACK_KEY)
+    assert again is not None
+    assert again.lease != first.lease
+    await acks.revoke()
+    assert await store.get(ACK_KEY) is None
