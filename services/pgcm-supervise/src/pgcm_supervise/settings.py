@@ -7,10 +7,11 @@ name.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Self, final
+from typing import ClassVar, Literal, Self, final
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -25,7 +26,9 @@ from pgcm_common.settings import (
     PgcmSettings,
 )
 
-__all__ = ["SuperviseSettings"]
+__all__ = ["DEFAULT_NUDGE_SOCKET", "SuperviseSettings"]
+
+DEFAULT_NUDGE_SOCKET = Path("/run/pgcm/supervise.sock")
 
 
 def _is_loopback(bind_address: str) -> bool:
@@ -69,38 +72,108 @@ class SuperviseSettings(PgcmSettings):
     )
     token: SecretStr | None = Field(
         default=None,
-        description="Bearer token every caller must send (authorization metadata).",
+        description="Bearer token every caller must send (authorization metadata); "
+        "logged as caller 'token'.",
+    )
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named bearer tokens (caller name -> token); the name is logged as "
+        "the caller of mutating calls. Use the file or environment, never flags.",
     )
     insecure: bool = Field(
         default=False,
         description="Allow a non-loopback bind address without TLS or token.",
     )
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="This node's Pacemaker node name (default: the host name); names the "
+        "NodeStatus key and the writer of the primary record.",
+    )
     crm_mon_path: str = Field(
         default="crm_mon", min_length=1, description="crm_mon executable (name or path)."
     )
+    command_prefix: list[str] = Field(
+        default_factory=list,
+        description="argv run before crm_mon and corosync-cfgtool (tests: nsenter into a "
+        "node); empty in production.",
+    )
     crm_mon_interval: Duration = Field(
-        default=timedelta(seconds=1), description="Read Pacemaker's state this often."
+        default=timedelta(milliseconds=500),
+        description="Read Pacemaker's state and publish this often (a nudge from the alert "
+        "agent reads at once).",
     )
     crm_mon_timeout: Duration = Field(
         default=timedelta(seconds=5),
         description="Kill a crm_mon that has not answered within this time.",
     )
     resource_id: str = Field(
-        default="pgsql-ha",
+        default="pgsqld",
         min_length=1,
-        description="Id of the promotable clone (or its primitive) that runs PostgreSQL.",
+        description="Id of the PostgreSQL primitive (PAF: pgsqld) or of its promotable "
+        "clone; the clone is found in crm_mon's output.",
+    )
+    clone_id: str | None = Field(
+        default=None,
+        description="Id of the promotable clone to move on migrate (default: the clone "
+        "that contains resource_id, as crm_mon shows it).",
+    )
+    address_source: Literal["auto", "corosync", "static"] = Field(
+        default="auto",
+        description="Where the primary's address comes from: corosync (corosync-cfgtool "
+        "-a <nodeid>), static (node_addresses), or auto (static when node_addresses is "
+        "set, else corosync).",
+    )
+    corosync_cfgtool_path: str = Field(
+        default="corosync-cfgtool", min_length=1, description="corosync-cfgtool executable."
     )
     node_addresses: dict[str, str] = Field(
         default_factory=dict,
-        description="Static Pacemaker node name -> client address map; empty means ask "
-        "corosync-cfgtool.",
+        description="Static Pacemaker node name -> client address map (clouds often route "
+        "clients on another network than the Corosync ring).",
     )
     retry_interval: Duration = Field(
         default=timedelta(seconds=1), description="Retry a failed etcd publication after this long."
     )
     reassert_interval: Duration = Field(
         default=timedelta(seconds=10),
-        description="Re-write the primary's key this often so a deleted key heals.",
+        description="Check the primary's key in etcd at least this often even when "
+        "Pacemaker's view has not changed, and re-write it when it is missing or different "
+        "(a deleted key heals).",
+    )
+    status_interval: Duration = Field(
+        default=timedelta(seconds=1),
+        description="Re-write this node's NodeStatus at least this often (at once when "
+        "Pacemaker's view changes); local PostgreSQL facts are read this often.",
+    )
+    status_lease_ttl: Duration = Field(
+        default=timedelta(seconds=10),
+        description="TTL of the lease the NodeStatus record is attached to: it vanishes "
+        "this long after supervise dies.",
+    )
+    nudge_socket: Path | None = Field(
+        default=DEFAULT_NUDGE_SOCKET,
+        description="Unix datagram socket the Pacemaker alert agent nudges; unset disables it.",
+    )
+    nudge_socket_group: str | None = Field(
+        default="haclient",
+        description="Group that may write to the nudge socket (Pacemaker runs alert "
+        "agents as hacluster:haclient); unset keeps the process's group.",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None,
+        description="libpq DSN of the local PostgreSQL (e.g. 'postgresql:///postgres?"
+        "host=/run/postgresql&user=postgres'); when set, NodeStatus carries recovery "
+        "state, replication lag and the oldest transaction age.",
+    )
+    postgres_timeout: Duration = Field(
+        default=timedelta(seconds=2),
+        description="Bound on connecting to and querying the local PostgreSQL.",
+    )
+    shutdown_grace: Duration = Field(
+        default=timedelta(seconds=10),
+        description="Bound on each shielded clean-up step at shutdown (resume PgBouncer, "
+        "revoke the status lease); systemd's TimeoutStopSec must exceed it.",
     )
     metrics_address: str | None = Field(
         default=None,
@@ -108,12 +181,29 @@ class SuperviseSettings(PgcmSettings):
     )
 
     @model_validator(mode="after")
+    def _check_intervals(self) -> Self:
+        if self.crm_mon_interval <= timedelta(0):
+            raise ValueError("crm_mon_interval must be positive")
+        if self.status_lease_ttl < timedelta(seconds=2):
+            raise ValueError("status_lease_ttl must be at least 2s (etcd leases are whole seconds)")
+        if self.status_interval * 2 > self.status_lease_ttl:
+            raise ValueError("status_interval must be at most half of status_lease_ttl")
+        for name, token in self.tokens.items():
+            # show-config prints dict secrets masked; a config copied from it must not
+            # silently accept "**********" as a real token.
+            if not token.get_secret_value().strip("*"):
+                raise ValueError(f"tokens.{name} is empty or a masked placeholder")
+        if self.address_source == "static" and not self.node_addresses:
+            raise ValueError("address_source = 'static' needs node_addresses")
+        return self
+
+    @model_validator(mode="after")
     def _check_security(self) -> Self:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        secured = self.tls_cert_file is not None or self.token is not None
+        secured = self.tls_cert_file is not None or self.token is not None or bool(self.tokens)
         if not (secured or self.insecure or _is_loopback(self.bind_address)):
             raise ValueError(
                 f"bind_address {self.bind_address!r} is not loopback: set tls_cert_file/"

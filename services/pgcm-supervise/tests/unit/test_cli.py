@@ -23,7 +23,7 @@ def test_help_describes_the_service_and_its_options(capsys: pytest.CaptureFixtur
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "not implemented yet" in out
+    assert "run (the default)" in out
     assert "show-config" in out
     assert "--config-file" in out
     assert "--bind-address" in out
@@ -70,8 +70,21 @@ def test_bad_value_exits_2_naming_the_key(
     assert "invalid setting 'crm_mon_interval'" in capsys.readouterr().err
 
 
-def test_run_is_not_implemented_yet_and_exits_1() -> None:
-    assert main(["--log-format", "json"]) == 1
+def test_run_with_an_unusable_nudge_socket_exits_2_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    socket = tmp_path / "missing" / "supervise.sock"
+    assert main(["--log-format", "json", "run", "--nudge-socket", str(socket)]) == 2
+    assert "nudge_socket" in capsys.readouterr().err
+
+
+def test_masked_token_copied_from_show_config_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "pgcm.toml"
+    path.write_text('[supervise.tokens]\nalice = "**********"\n')
+    assert main(["show-config", "--config-file", str(path)]) == 2
+    assert "masked placeholder" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_cli() -> None:

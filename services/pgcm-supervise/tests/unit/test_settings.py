@@ -20,7 +20,32 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_listen_on_loopback_only() -> None:
     s, _ = load_settings(SuperviseSettings)
     assert s.bind_address == "127.0.0.1:8080"
-    assert s.crm_mon_interval == timedelta(seconds=1)
+    assert s.crm_mon_interval == timedelta(milliseconds=500)
+    assert s.resource_id == "pgsqld"
+    assert s.node_name
+    assert str(s.nudge_socket) == "/run/pgcm/supervise.sock"
+    assert s.postgres_dsn is None
+
+
+def test_static_address_source_needs_a_map() -> None:
+    with pytest.raises(ConfigError, match="needs node_addresses"):
+        load_settings(SuperviseSettings, overrides={"address_source": "static"})
+
+
+def test_status_interval_must_fit_in_the_lease() -> None:
+    with pytest.raises(ConfigError, match="half of status_lease_ttl"):
+        load_settings(
+            SuperviseSettings, overrides={"status_interval": "6s", "status_lease_ttl": "10s"}
+        )
+
+
+def test_named_tokens_secure_an_exposed_address_and_stay_secret() -> None:
+    s, _ = load_settings(
+        SuperviseSettings,
+        overrides={"bind_address": "0.0.0.0:8080", "tokens": {"ops": "t0ken"}},
+    )
+    assert s.tokens["ops"].get_secret_value() == "t0ken"
+    assert "t0ken" not in repr(s)
 
 
 @pytest.mark.parametrize("address", [":8080", "0.0.0.0:8080", "10.0.0.1:8080", "pg01:8080"])

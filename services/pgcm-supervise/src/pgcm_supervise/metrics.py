@@ -1,0 +1,177 @@
+"""Prometheus metrics of pgcm-supervise, in a registry of its own, and their HTTP endpoint.
+
+The registry is private (not prometheus_client's global one) so tests and several
+servers in one process never share counters. :func:`serve_metrics` is a tiny anyio HTTP
+server: every request gets the text exposition, whatever its path.
+"""
+
+from __future__ import annotations
+
+from typing import final
+
+import anyio
+import structlog
+from anyio.abc import SocketStream, TaskStatus
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["SuperviseMetrics", "parse_host_port", "serve_metrics"]
+
+log = structlog.get_logger("pgcm.supervise.metrics")
+
+# Bound on reading one scrape request: a client that never finishes its headers must not
+# hold a task for ever.
+_REQUEST_TIMEOUT_S = 5.0
+_MAX_REQUEST_BYTES = 16_384
+
+
+@final
+class SuperviseMetrics:
+    """Every metric supervise exports; one instance per process (or per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.crm_mon_reads = Counter(
+            "pgcm_supervise_crm_mon_reads",
+            "crm_mon reads by outcome (ok, failed, unparseable, timeout).",
+            ["outcome"],
+            registry=r,
+        )
+        self.crm_mon_seconds = Histogram(
+            "pgcm_supervise_crm_mon_seconds",
+            "Duration of one crm_mon read.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.publications = Counter(
+            "pgcm_supervise_publications",
+            "Writes to etcd by key (master, record, status).",
+            ["key"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "pgcm_supervise_refusals",
+            "Publication attempts that wrote nothing, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "pgcm_supervise_publish_conflicts",
+            "Compare-and-put writes that lost to a concurrent writer.",
+            registry=r,
+        )
+        self.etcd_errors = Counter(
+            "pgcm_supervise_etcd_errors", "etcd requests that failed.", registry=r
+        )
+        self.published_primary = Gauge(
+            "pgcm_supervise_published_primary",
+            "1 for the primary (node, address) this process last saw in etcd as its own "
+            "view; absent before the first publication.",
+            ["node", "address"],
+            registry=r,
+        )
+        self.last_publication = Gauge(
+            "pgcm_supervise_last_publication_timestamp_seconds",
+            "Unix time of the last cycle that found etcd holding this node's view.",
+            registry=r,
+        )
+        self.nudges = Counter(
+            "pgcm_supervise_nudges", "Datagrams received from the alert agent.", registry=r
+        )
+        self.pgbouncer_paused = Gauge(
+            "pgcm_supervise_pgbouncer_paused",
+            "1 when the local PgBouncer is paused, 0 when not, -1 when unknown.",
+            registry=r,
+        )
+        self.pgbouncer_paused.set(-1)
+        self._primary_labels: tuple[str, str] | None = None
+
+    def set_published_primary(self, node: str, address: str) -> None:
+        """Make ``(node, address)`` the only labelled series of the primary gauge."""
+        labels = (node, address)
+        if self._primary_labels == labels:
+            return
+        if self._primary_labels is not None:
+            self.published_primary.remove(*self._primary_labels)
+        self.published_primary.labels(*labels).set(1)
+        self._primary_labels = labels
+
+    def exposition(self) -> bytes:
+        """Return the text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too); an empty host means every address.
+
+    Raises:
+        ValueError: no port, or not a number.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9187" means all, by request
+
+
+async def serve_metrics(
+    metrics: SuperviseMetrics,
+    address: str,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the metrics over HTTP on ``address`` until cancelled.
+
+    ``task_status.started`` receives the bound port (``:0`` picks a free one).
+
+    Raises:
+        OSError: the address cannot be bound.
+
+    Cancellation:
+        Closes the listener and every open connection.
+    """
+    host, port = parse_host_port(address)
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    async with listener:
+        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))  # noqa: S610 - anyio, not Django
+        log.info("metrics.listen", host=host, port=bound)
+        task_status.started(bound)
+
+        async def handle(stream: SocketStream) -> None:
+            async with stream:
+                await _answer(stream, metrics)
+
+        await listener.serve(handle)
+
+
+async def _answer(stream: SocketStream, metrics: SuperviseMetrics) -> None:
+    request = b""
+    with anyio.move_on_after(_REQUEST_TIMEOUT_S):
+        try:
+            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST_BYTES:
+                request += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+    if not request.startswith(b"GET "):
+        status, body, content_type = b"405 Method Not Allowed", b"", b"text/plain"
+    else:
+        status, body, content_type = b"200 OK", metrics.exposition(), CONTENT_TYPE_LATEST.encode()
+    head = (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        await stream.send(head + body)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return

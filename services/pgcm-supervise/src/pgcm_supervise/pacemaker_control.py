@@ -1,0 +1,204 @@
+"""Move and un-move the primary with ``crm_resource``, and choose where it goes.
+
+``crm_resource --resource <clone> --move --promoted --node <n>`` adds a ``cli-prefer``
+location constraint for the promoted role (crmsh's ``crm resource move`` would create a
+``role=Started`` one, and a plain ``--move`` fails with "Requested item already exists",
+see LAB.md); ``--clear`` removes every ``cli-prefer``/``cli-ban`` of the resource.
+
+:class:`PacemakerControl` is the seam; :class:`CrmResourceControl` the real adapter (a
+command prefix lets it run inside a namespace); :class:`FakePacemakerControl` the fake
+used by the handler tests (kept here because test kits may not import services).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol, final
+
+import structlog
+from anyio.lowlevel import checkpoint
+
+from pgcm_common.pacemaker import (
+    ClusterState,
+    Node,
+    PacemakerCommandFailed,
+    PacemakerError,
+    PgsqlStatus,
+    Role,
+    run_command,
+)
+from pgcm_supervise.errors import ClusterWithoutQuorum, NoMigrationTarget, UnknownMigrationTarget
+
+__all__ = [
+    "CrmResourceControl",
+    "CrmResourceOptions",
+    "FakePacemakerControl",
+    "PacemakerControl",
+    "choose_target",
+]
+
+_log = structlog.get_logger("pgcm_supervise.pacemaker_control")
+
+
+class PacemakerControl(Protocol):
+    """What the failover API needs to change where Pacemaker runs the primary."""
+
+    async def move_promoted(self, resource: str, node: str) -> None:
+        """Prefer ``node`` for the promoted role of the clone ``resource``.
+
+        Raises:
+            PacemakerError: the tool failed; nothing was changed.
+        """
+        ...
+
+    async def clear(self, resource: str) -> None:
+        """Remove every move/ban constraint of ``resource`` (none left is success).
+
+        Raises:
+            PacemakerError: the tool failed.
+        """
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CrmResourceOptions:
+    """How to run ``crm_resource``.
+
+    Attributes:
+        command_prefix: argv run before the tool, e.g. ``("nsenter", "-t", "42", "--")``.
+        executable: the ``crm_resource`` program.
+        kill_grace: how long to wait for a killed tool to be reaped.
+    """
+
+    command_prefix: tuple[str, ...] = ()
+    executable: str = "crm_resource"
+    kill_grace: timedelta = field(default=timedelta(seconds=2))
+
+
+@final
+class CrmResourceControl:
+    """The real :class:`PacemakerControl`: runs ``crm_resource`` without a shell.
+
+    Cancellation: the caller bounds each call; the tool's process group is killed and
+    reaped when the call is cancelled (``pgcm_common.pacemaker.run_command``).
+    """
+
+    def __init__(self, options: CrmResourceOptions | None = None) -> None:
+        self._options = options or CrmResourceOptions()
+
+    async def _run(self, *args: str) -> None:
+        argv = (*self._options.command_prefix, self._options.executable, *args)
+        output = await run_command(argv, kill_grace=self._options.kill_grace)
+        if output.returncode != 0:
+            raise PacemakerCommandFailed(output.argv, output.returncode, output.stderr_text)
+
+    async def move_promoted(self, resource: str, node: str) -> None:
+        """Run ``crm_resource --resource <r> --move --promoted --node <node>``.
+
+        Raises:
+            PacemakerCommandFailed: crm_resource could not run or exited non-zero.
+        """
+        await self._run("--resource", resource, "--move", "--promoted", "--node", node)
+        _log.info("pacemaker.resource.move", resource=resource, node=node, role="Promoted")
+
+    async def clear(self, resource: str) -> None:
+        """Run ``crm_resource --resource <r> --clear``.
+
+        Raises:
+            PacemakerCommandFailed: crm_resource could not run or exited non-zero.
+        """
+        await self._run("--resource", resource, "--clear")
+        _log.info("pacemaker.resource.clear", resource=resource)
+
+
+@final
+class FakePacemakerControl:
+    """In-memory :class:`PacemakerControl`: records ``calls``; ``fail_with`` makes it fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.preferred: dict[str, str] = {}
+        self.error: PacemakerError | None = None
+
+    def fail_with(self, error: PacemakerError | None) -> None:
+        """Make every later call raise ``error`` (None: succeed again)."""
+        self.error = error
+
+    async def move_promoted(self, resource: str, node: str) -> None:
+        """Record the move; raise the configured error instead when there is one."""
+        await checkpoint()
+        if self.error is not None:
+            raise self.error
+        self.calls.append(("move", resource, node))
+        self.preferred[resource] = node
+
+    async def clear(self, resource: str) -> None:
+        """Record the clear; raise the configured error instead when there is one."""
+        await checkpoint()
+        if self.error is not None:
+            raise self.error
+        self.calls.append(("clear", resource))
+        self.preferred.pop(resource, None)
+
+
+def _is_sync(state: ClusterState, node: str) -> bool:
+    legacy = state.legacy_pgsql_of(node)
+    return legacy is not None and legacy.status is PgsqlStatus.HS_SYNC
+
+
+def _usable(node: Node | None) -> bool:
+    return (
+        node is not None
+        and node.online
+        and not (node.standby or node.unclean or node.maintenance or node.shutdown)
+    )
+
+
+def choose_target(state: ClusterState, requested: str = "") -> Node:
+    """Return the node the primary should move to.
+
+    With ``requested`` empty: the standby the cluster would promote — the highest
+    promotion score among online, unpromoted instances (negative scores never win),
+    ties broken by the legacy agent's sync state when known, then by name. With a name:
+    that node, once checked to exist, be online and not be the primary.
+
+    Raises:
+        ClusterWithoutQuorum: this partition has no quorum.
+        UnknownMigrationTarget: ``requested`` is not a cluster node.
+        NoMigrationTarget: no candidate, or the named node cannot take the role.
+    """
+    if not state.with_quorum:
+        raise ClusterWithoutQuorum
+    promoted = {i.node for i in state.instances if i.role is Role.PROMOTED and i.node}
+    if requested:
+        return _check_requested(state, requested, promoted)
+    candidates: list[tuple[int, bool, str]] = []
+    for instance in state.instances:
+        name = instance.node
+        if instance.role is not Role.UNPROMOTED or name is None or name in promoted:
+            continue
+        score = state.promotion_score(name)
+        if score is None or score < 0 or not _usable(state.node(name)) or instance.failed:
+            continue
+        candidates.append((score, _is_sync(state, name), name))
+    if not candidates:
+        raise NoMigrationTarget("no online standby with a non-negative promotion score")
+    # Highest score, then sync before async, then the smallest name: deterministic.
+    best = min(candidates, key=lambda c: (-c[0], not c[1], c[2]))
+    chosen = state.node(best[2])
+    if chosen is None:  # pragma: no cover - candidates are filtered on state.node()
+        raise NoMigrationTarget(f"node {best[2]!r} vanished")
+    return chosen
+
+
+def _check_requested(state: ClusterState, requested: str, promoted: set[str]) -> Node:
+    node = state.node(requested)
+    if node is None:
+        raise UnknownMigrationTarget(requested, tuple(sorted(n.name for n in state.nodes)))
+    if not _usable(node):
+        raise NoMigrationTarget(f"node {requested!r} is not online and active")
+    if requested in promoted:
+        raise NoMigrationTarget(f"node {requested!r} is already the primary")
+    return node

@@ -1,0 +1,465 @@
+"""Publish Pacemaker's primary to etcd: ``<ns><master_key>`` (bare address) and its record.
+
+Every supervise of a cluster runs this concurrently. They agree without flapping because:
+
+* :func:`decide` publishes only from a *stable* view: this node's partition has quorum,
+  exactly one instance is promoted, nothing is promoting or demoting, and the promoted
+  instance is active, not failed, on an online and clean node. Anything else is a
+  :class:`Refuse` and nothing is written: the last good value stays.
+* every write is a compare-and-put against the revision just read, so two writers never
+  lose each other's update; the loser re-reads on its next cycle.
+* the :class:`~pgcm_common.records.PrimaryRecord` beside the address carries
+  ``observed_at``, the time the writer *started* its crm_mon read. A writer whose view is
+  older than the record's never overwrites a different address (``stale_view``): a slow
+  crm_mon cannot move the published primary backwards.
+
+The key is re-checked at least every ``reassert_interval`` and re-written when missing
+or different, so a deleted key heals (the original never did).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeAlias, final
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from pgcm_common.errors import EtcdError, PacemakerError
+from pgcm_common.etcd import Absent, Condition, EtcdStore, KeyValue, ModRevisionIs
+from pgcm_common.pacemaker import (
+    ClusterState,
+    CrmMonParseError,
+    CrmMonReader,
+    InTransition,
+    Node,
+    NodeAddressResolver,
+    NodeAddressUnknown,
+    NoPrimary,
+    NoQuorum,
+    PromotableResourceNotFound,
+    ResourceInstance,
+    SeveralPrimaries,
+    SinglePrimary,
+)
+from pgcm_common.records import KeyLayout, PrimaryRecord, RecordError, now_utc
+from pgcm_supervise.metrics import SuperviseMetrics
+from pgcm_supervise.nudge import Wakeup
+
+__all__ = [
+    "Observation",
+    "PrimaryPublisher",
+    "Publish",
+    "PublishOutcome",
+    "RefusalReason",
+    "Refuse",
+    "StatusSink",
+    "decide",
+    "read_observation",
+    "serve_publisher",
+]
+
+log = structlog.get_logger("pgcm.supervise.publisher")
+
+
+class RefusalReason(enum.StrEnum):
+    """Why a cycle published nothing (the ``reason`` label of the refusals metric)."""
+
+    NO_QUORUM = "no_quorum"
+    NO_PRIMARY = "no_primary"
+    SEVERAL_PRIMARIES = "several_primaries"
+    IN_TRANSITION = "in_transition"
+    PRIMARY_UNHEALTHY = "primary_unhealthy"
+    CRM_MON_FAILED = "crm_mon_failed"
+    UNPARSEABLE = "unparseable"
+    ADDRESS_UNKNOWN = "address_unknown"
+    STALE_VIEW = "stale_view"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """The view is stable: ``node`` is the primary."""
+
+    node: Node
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Publish nothing this cycle, for ``reason`` (``detail`` is for humans)."""
+
+    reason: RefusalReason
+    detail: str
+
+
+Decision: TypeAlias = Publish | Refuse
+
+
+def decide(state: ClusterState) -> Decision:
+    """Return whether ``state`` names a primary that may be published, and which.
+
+    Pure and synchronous: the same snapshot always gives the same decision.
+    """
+    match state.primary:
+        case NoQuorum(promoted=promoted):
+            return Refuse(
+                RefusalReason.NO_QUORUM,
+                f"this node's partition has no quorum (it believes promoted: {list(promoted)})",
+            )
+        case InTransition(promoted=promoted, promoting=promoting, demoting=demoting):
+            return Refuse(
+                RefusalReason.IN_TRANSITION,
+                f"promoted {list(promoted)}, promoting {list(promoting)}, "
+                f"demoting {list(demoting)}",
+            )
+        case SeveralPrimaries(nodes=nodes):
+            return Refuse(RefusalReason.SEVERAL_PRIMARIES, f"promoted on {list(nodes)}")
+        case NoPrimary():
+            return Refuse(RefusalReason.NO_PRIMARY, f"no instance of {state.clone_id} promoted")
+        case SinglePrimary(node=name, instance=instance):
+            node = state.node(name)
+            problems = _primary_problems(node, instance)
+            if node is None or problems:
+                return Refuse(RefusalReason.PRIMARY_UNHEALTHY, f"{name}: {', '.join(problems)}")
+            return Publish(node)
+
+
+def _primary_problems(node: Node | None, instance: ResourceInstance) -> list[str]:
+    problems = []
+    if node is None:
+        problems.append("node not listed")
+    else:
+        flags = {
+            "node offline": not node.online,
+            "node unclean": node.unclean,
+            "node pending": node.pending,
+        }
+        problems += [text for text, bad in flags.items() if bad]
+    if instance.failed:
+        problems.append("instance failed")
+    if not instance.active:
+        problems.append("instance not active")
+    return problems
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One crm_mon read: the state or why there is none, and when the read started."""
+
+    state: ClusterState | None
+    error: Exception | None
+    observed_at: datetime
+
+    def decision(self) -> Decision:
+        """Return :func:`decide` of the state, or the refusal the read error means."""
+        if self.state is not None:
+            return decide(self.state)
+        error = self.error
+        if isinstance(error, CrmMonParseError | PromotableResourceNotFound):
+            return Refuse(RefusalReason.UNPARSEABLE, str(error))
+        return Refuse(RefusalReason.CRM_MON_FAILED, str(error))
+
+
+async def read_observation(
+    reader: CrmMonReader,
+    *,
+    clock: Callable[[], datetime] = now_utc,
+    metrics: SuperviseMetrics | None = None,
+) -> Observation:
+    """Read crm_mon once; never raise for a failed read.
+
+    The reader bounds itself (``CrmMonOptions.timeout``, the ``crm_mon_timeout``
+    setting) and raises ``TimeoutError`` naming the command; that is a failed read too.
+
+    Cancellation:
+        The reader kills crm_mon; the cancellation propagates.
+    """
+    observed_at = clock()
+    started = time.monotonic()
+    try:
+        state = await reader.read_cluster_state()
+    except TimeoutError as exc:
+        return _failed(exc, observed_at, metrics, "timeout")
+    except (CrmMonParseError, PromotableResourceNotFound) as exc:
+        return _failed(exc, observed_at, metrics, "unparseable")
+    except PacemakerError as exc:
+        return _failed(exc, observed_at, metrics, "failed")
+    finally:
+        if metrics is not None:
+            metrics.crm_mon_seconds.observe(time.monotonic() - started)
+    if metrics is not None:
+        metrics.crm_mon_reads.labels("ok").inc()
+    return Observation(state, None, observed_at)
+
+
+def _failed(
+    error: Exception, observed_at: datetime, metrics: SuperviseMetrics | None, outcome: str
+) -> Observation:
+    if metrics is not None:
+        metrics.crm_mon_reads.labels(outcome).inc()
+    return Observation(None, error, observed_at)
+
+
+class PublishOutcome(enum.Enum):
+    """What one :meth:`PrimaryPublisher.publish` did."""
+
+    WROTE = "wrote"
+    """etcd now holds this view (the address, the record, or both were written)."""
+    UNCHANGED = "unchanged"
+    """etcd already held this view; nothing was written."""
+    NOT_CHECKED = "not_checked"
+    """The view is the one last confirmed and the re-assert interval has not elapsed."""
+    REFUSED = "refused"
+    """The view is not publishable (see the log and the refusals metric)."""
+    CONFLICT = "conflict"
+    """A concurrent writer changed the key between our read and our write."""
+
+
+@final
+class PrimaryPublisher:
+    """Compare-and-put the primary's address and record into etcd; keep the last value.
+
+    Args:
+        store: etcd.
+        layout: the cluster's keys.
+        resolver: node -> client address (corosync or static map).
+        writer: this node's name, recorded as the record's writer.
+        reassert_interval: check etcd at least this often when the view is unchanged.
+        metrics: where to count; None for none.
+        monotonic: clock for the re-assert interval (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: EtcdStore,
+        layout: KeyLayout,
+        resolver: NodeAddressResolver,
+        writer: str,
+        reassert_interval: timedelta,
+        metrics: SuperviseMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._layout = layout
+        self._resolver = resolver
+        self._writer = writer
+        self._reassert_s = reassert_interval.total_seconds()
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._confirmed: tuple[str, str] | None = None
+        self._confirmed_at = 0.0
+        self._last_refusal: tuple[RefusalReason, str] | None = None
+        self._address_cache: dict[tuple[str, str], str] = {}
+
+    @property
+    def confirmed(self) -> tuple[str, str] | None:
+        """Return the ``(node, address)`` etcd was last seen or made to hold, or None."""
+        return self._confirmed
+
+    def force_check(self) -> None:
+        """Make the next :meth:`publish` read etcd even if the view is unchanged."""
+        self._confirmed_at = float("-inf")
+        self._address_cache.clear()
+
+    async def publish(self, observation: Observation) -> PublishOutcome:
+        """Publish ``observation``'s primary when it is stable; otherwise keep etcd as is.
+
+        Raises:
+            EtcdError: etcd failed (the caller retries next cycle).
+        """
+        decision = observation.decision()
+        if isinstance(decision, Refuse):
+            return self._refuse(decision)
+        node = decision.node
+        try:
+            address = await self._address_of(node)
+        except NodeAddressUnknown as exc:
+            return self._refuse(Refuse(RefusalReason.ADDRESS_UNKNOWN, str(exc)))
+        view = (node.name, address)
+        due = self._monotonic() - self._confirmed_at >= self._reassert_s
+        if view == self._confirmed and not due:
+            self._last_refusal = None
+            return PublishOutcome.NOT_CHECKED
+        try:
+            outcome = await self._put(observation, node.name, address)
+        except EtcdError:
+            if self._metrics is not None:
+                self._metrics.etcd_errors.inc()
+            raise
+        if outcome in {PublishOutcome.WROTE, PublishOutcome.UNCHANGED}:
+            self._last_refusal = None
+            self._confirmed = view
+            self._confirmed_at = self._monotonic()
+            if self._metrics is not None:
+                self._metrics.set_published_primary(*view)
+                self._metrics.last_publication.set(time.time())
+        return outcome
+
+    async def _address_of(self, node: Node) -> str:
+        # corosync-cfgtool costs a process per call; ring addresses change only when the
+        # cluster is reconfigured, and force_check() (every nudge) forgets the cache.
+        key = (node.name, node.id)
+        cached = self._address_cache.get(key)
+        if cached is None:
+            cached = await self._resolver.address_of(node)
+            self._address_cache[key] = cached
+        return cached
+
+    async def _put(self, observation: Observation, node: str, address: str) -> PublishOutcome:
+        layout, store = self._layout, self._store
+        current = await store.get(layout.master)
+        record_kv = await store.get(layout.master_record)
+        record = _parse_record(record_kv)
+        value = address.encode()
+        # Someone published another primary from a view newer than ours: ours is stale
+        # (a slow crm_mon), and writing it would move the primary backwards.
+        if (
+            current is not None
+            and current.value != value
+            and record is not None
+            and record.observed_at > observation.observed_at
+        ):
+            return self._refuse(
+                Refuse(
+                    RefusalReason.STALE_VIEW,
+                    f"etcd has {current.value!r} from {record.writer} observed at "
+                    f"{record.observed_at.isoformat()}, after our read at "
+                    f"{observation.observed_at.isoformat()}",
+                )
+            )
+        wrote = False
+        if current is None or current.value != value:
+            if not await store.put_if(layout.master, value, _unchanged(current)):
+                return self._conflict(layout.master, node, address)
+            wrote = True
+            self._count("master")
+            log.info(
+                "etcd.master.publish",
+                key=layout.master.decode(),
+                node=node,
+                address=address,
+                previous=None if current is None else current.value.decode("utf-8", "replace"),
+                msg="published the primary's address",
+            )
+        if record is None or (record.node, record.address) != (node, address):
+            state = observation.state
+            fresh = PrimaryRecord(
+                node=node,
+                address=address,
+                with_quorum=state.with_quorum if state is not None else False,
+                dc=state.dc if state is not None else None,
+                writer=self._writer,
+                observed_at=observation.observed_at,
+            )
+            if not await store.put_if(layout.master_record, fresh.to_json(), _unchanged(record_kv)):
+                return self._conflict(layout.master_record, node, address)
+            wrote = True
+            self._count("record")
+            log.debug("etcd.master_record.publish", key=layout.master_record.decode(), node=node)
+        return PublishOutcome.WROTE if wrote else PublishOutcome.UNCHANGED
+
+    def _count(self, key: str) -> None:
+        if self._metrics is not None:
+            self._metrics.publications.labels(key).inc()
+
+    def _conflict(self, key: bytes, node: str, address: str) -> PublishOutcome:
+        if self._metrics is not None:
+            self._metrics.conflicts.inc()
+        log.info(
+            "etcd.master.conflict",
+            key=key.decode(),
+            node=node,
+            address=address,
+            msg="another writer changed the key between our read and our write; re-reading",
+        )
+        self.force_check()
+        return PublishOutcome.CONFLICT
+
+    def _refuse(self, refusal: Refuse) -> PublishOutcome:
+        if self._metrics is not None:
+            self._metrics.refusals.labels(refusal.reason.value).inc()
+        # Log each new reason once at warning level: at two reads a second a persistent
+        # condition (a partition) would otherwise drown the journal.
+        key = (refusal.reason, refusal.detail)
+        level = log.warning if key != self._last_refusal else log.debug
+        self._last_refusal = key
+        level(
+            "pacemaker.primary.unknown",
+            reason=refusal.reason.value,
+            detail=refusal.detail,
+            kept=None if self._confirmed is None else self._confirmed[1],
+            msg="not publishing a primary; etcd keeps its last value",
+        )
+        return PublishOutcome.REFUSED
+
+
+def _unchanged(kv: KeyValue | None) -> Condition:
+    return Absent() if kv is None else ModRevisionIs(kv.mod_revision)
+
+
+def _parse_record(kv: KeyValue | None) -> PrimaryRecord | None:
+    if kv is None:
+        return None
+    try:
+        return PrimaryRecord.from_json(kv.key, kv.value)
+    except RecordError as exc:
+        log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
+        return None
+
+
+class StatusSink(Protocol):
+    """Receives every observation (the NodeStatus publisher)."""
+
+    async def observe(self, observation: Observation) -> None:
+        """Handle one observation; must not raise for etcd trouble (log it)."""
+        ...
+
+
+async def serve_publisher(
+    *,
+    reader: CrmMonReader,
+    publisher: PrimaryPublisher,
+    wakeup: Wakeup,
+    interval: timedelta,
+    retry_interval: timedelta,
+    status: StatusSink | None = None,
+    metrics: SuperviseMetrics | None = None,
+    on_cycle: Callable[[], None] | None = None,
+    task_status: TaskStatus[PublishOutcome | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Read crm_mon and publish every ``interval`` and on every nudge, until cancelled.
+
+    Readiness: ``task_status.started`` after the first cycle, with its outcome (None when
+    etcd failed). An etcd failure waits ``retry_interval`` (a nudge still wakes it).
+
+    Cancellation:
+        Stops between or inside cycles; crm_mon is killed by the reader.
+    """
+    started = False
+    while True:
+        observation = await read_observation(reader, metrics=metrics)
+        outcome: PublishOutcome | None
+        try:
+            outcome = await publisher.publish(observation)
+        except EtcdError as exc:
+            outcome = None
+            log.warning("etcd.master.publish_failed", error=str(exc), msg="retrying")
+        if status is not None:
+            await status.observe(observation)
+        if on_cycle is not None:
+            on_cycle()
+        if not started:
+            started = True
+            task_status.started(outcome)
+        pause = interval if outcome is not None else max(interval, retry_interval)
+        if await wakeup.wait(pause.total_seconds()):
+            # A nudge means Pacemaker just changed something: check etcd at once too.
+            publisher.force_check()

@@ -1,0 +1,426 @@
+"""The failover gRPC servicer: health check, pause/resume of PgBouncer, migrate/unmigrate.
+
+Wire-compatible with the original's ``failover.proto`` (see protos/failover.proto). The
+one table mapping domain errors to gRPC statuses is :data:`STATUS_TABLE`.
+
+Timers follow STYLE C2: :class:`FailoverServer` is an async context manager whose task
+group owns every pause-expiry timer; each timer keeps its own ``CancelScope`` so a resume
+or a newer pause cancels exactly it, and a timer that fires resumes only if no newer
+pause started (:meth:`PauseController.resume` with ``only_generation``). On exit the
+server resumes a PgBouncer it still holds paused (shielded, own deadline, C5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, Self, final
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from grpclib import GRPCError
+from grpclib.const import Status
+from typing_extensions import override
+
+from pgcm_common.errors import EtcdError, PacemakerError, PgBouncerError, PgcmError
+from pgcm_common.pacemaker import (
+    ClusterState,
+    CrmMonReader,
+    NodeAddressResolver,
+    NodeAddressUnknown,
+)
+from pgcm_common.pgbouncer import PgBouncerAdminProtocol
+from pgcm_common.proto.failover import (
+    Empty,
+    FailoverBase,
+    HealthCheckResponse,
+    HealthCheckResponseStatus,
+    MigrateRequest,
+    MigrateResponse,
+    PauseRequest,
+    PauseResponse,
+    ResumeResponse,
+    UnmigrateResponse,
+)
+from pgcm_supervise.errors import (
+    ClusterWithoutQuorum,
+    InvalidRequest,
+    NoMigrationTarget,
+    PauseSuperseded,
+    UnknownMigrationTarget,
+)
+from pgcm_supervise.pacemaker_control import PacemakerControl, choose_target
+from pgcm_supervise.pausing import PauseController
+
+__all__ = [
+    "STATUS_TABLE",
+    "Clock",
+    "EtcdProbe",
+    "FailoverServer",
+    "FailoverServerOptions",
+    "SystemClock",
+    "grpc_error",
+]
+
+_log = structlog.get_logger("pgcm_supervise.server")
+
+EtcdProbe = Callable[[], Awaitable[object]]
+"""Ask etcd something cheap; raise (any ``Exception``) when it does not answer."""
+
+# Checked in order, first match wins: subclasses before their bases. UNIMPLEMENTED is
+# never answered for an rpc of the proto (every one is implemented).
+STATUS_TABLE: tuple[tuple[type[BaseException], Status], ...] = (
+    (InvalidRequest, Status.INVALID_ARGUMENT),
+    (UnknownMigrationTarget, Status.INVALID_ARGUMENT),
+    (ClusterWithoutQuorum, Status.FAILED_PRECONDITION),
+    (NoMigrationTarget, Status.FAILED_PRECONDITION),
+    # The target is fine but we cannot tell the caller where it is: a config problem.
+    (NodeAddressUnknown, Status.FAILED_PRECONDITION),
+    (PauseSuperseded, Status.ABORTED),
+    (TimeoutError, Status.DEADLINE_EXCEEDED),
+    (PgBouncerError, Status.UNAVAILABLE),
+    (PacemakerError, Status.UNAVAILABLE),
+    (EtcdError, Status.UNAVAILABLE),
+    (PgcmError, Status.INTERNAL),
+)
+
+
+def grpc_error(exc: BaseException, *, timeout_message: str = "exceeded timeout") -> GRPCError:
+    """Return the GRPCError a handler raises for ``exc`` (see :data:`STATUS_TABLE`)."""
+    status = next((s for kind, s in STATUS_TABLE if isinstance(exc, kind)), Status.INTERNAL)
+    message = timeout_message if isinstance(exc, TimeoutError) else str(exc)
+    return GRPCError(status, message)
+
+
+class Clock(Protocol):
+    """Wall-clock time for response timestamps."""
+
+    def now(self) -> datetime:
+        """Return the current time, timezone-aware."""
+        ...
+
+
+@final
+class SystemClock:
+    """The real :class:`Clock`."""
+
+    def now(self) -> datetime:
+        """Return the current UTC time."""
+        return datetime.now(UTC)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FailoverServerOptions:
+    """Tunables of :class:`FailoverServer`.
+
+    Attributes:
+        clone_id: the promotable clone ``crm_resource`` moves; None means the clone that
+            crm_mon reports for the configured resource.
+        health_timeout: bound of each health probe (PgBouncer, crm_mon, etcd).
+        pacemaker_timeout: bound of a whole migrate/unmigrate (crm_mon + crm_resource).
+        cleanup_timeout: bound of the shielded RESUME after a failed pause and on exit.
+        on_pause_state: called with True/False whenever our pause starts or ends
+            holding (wire it to the ``pgcm_supervise_pgbouncer_paused`` gauge).
+    """
+
+    clone_id: str | None = None
+    health_timeout: timedelta = timedelta(seconds=2)
+    pacemaker_timeout: timedelta = timedelta(seconds=15)
+    cleanup_timeout: timedelta = timedelta(seconds=5)
+    on_pause_state: Callable[[bool], None] | None = field(default=None, compare=False)
+
+
+def _pause_durations(request: PauseRequest) -> tuple[float, float]:
+    for name, value in (
+        ("timeout", request.timeout),
+        ("expiry", request.expiry),
+        ("timeout_ms", request.timeout_ms),
+        ("expiry_ms", request.expiry_ms),
+    ):
+        if value < 0:
+            raise InvalidRequest(name, f"must not be negative (got {value})")
+    timeout = request.timeout_ms / 1000 if request.timeout_ms else float(request.timeout)
+    expiry = request.expiry_ms / 1000 if request.expiry_ms else float(request.expiry)
+    if timeout <= 0:
+        raise InvalidRequest("timeout", "must be positive")
+    if expiry <= 0:
+        # A pause without expiry would hold every client forever if the caller died.
+        raise InvalidRequest("expiry", "must be positive")
+    return timeout, expiry
+
+
+@final
+class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
+    """Serves ``failover.Failover`` for the PgBouncers and Pacemaker of this node.
+
+    Use as ``async with FailoverServer(...) as api:`` and hand ``api`` to ``serve_grpc``;
+    handlers only work while the context is entered (the timers need its task group).
+    """
+
+    def __init__(
+        self,
+        pgbouncers: Sequence[PgBouncerAdminProtocol],
+        crm: CrmMonReader,
+        control: PacemakerControl,
+        *,
+        addresses: NodeAddressResolver,
+        etcd_probe: EtcdProbe,
+        clock: Clock,
+        options: FailoverServerOptions | None = None,
+    ) -> None:
+        """Serve with these collaborators (all Protocol-typed seams)."""
+        self._options = options or FailoverServerOptions()
+        self._pgbouncers = tuple(pgbouncers)
+        self._pauser = PauseController(
+            self._pgbouncers,
+            cleanup_timeout=self._options.cleanup_timeout,
+            on_state=self._options.on_pause_state,
+        )
+        self._crm = crm
+        self._control = control
+        self._addresses = addresses
+        self._etcd_probe = etcd_probe
+        self._clock = clock
+        self._tg: TaskGroup | None = None
+        self._expiry: anyio.CancelScope | None = None
+
+    @property
+    def pauser(self) -> PauseController:
+        """Return the pause controller (its ``paused`` state is published elsewhere)."""
+        return self._pauser
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
+        """Own the timers' task group; on exit resume a PgBouncer we still hold paused.
+
+        Cancellation:
+            The exit path resumes shielded, bounded by ``cleanup_timeout`` (STYLE C5/C7).
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                self._tg = None
+                self._cancel_expiry()
+                tg.cancel_scope.cancel()
+                await self._resume_on_exit()
+
+    async def _resume_on_exit(self) -> None:
+        if not self._pauser.paused:
+            return
+        with anyio.move_on_after(self._options.cleanup_timeout.total_seconds(), shield=True):
+            try:
+                await self._pauser.resume(reason="shutdown")
+            except PgcmError as exc:
+                _log.error("shutdown.resume.error", error=str(exc), msg="PgBouncer may be paused")
+                return
+            _log.info("shutdown.resume", msg="resumed PgBouncer before exiting")
+            return
+        _log.error("shutdown.resume.timeout", msg="PgBouncer may still be paused")
+
+    async def reconcile_on_startup(self, lock_is_held: Callable[[], Awaitable[bool]]) -> bool:
+        """Resume PgBouncer left paused by a crashed supervise, unless a failover runs.
+
+        PgBouncer 1.18 cannot report a global PAUSE, so RESUME is sent unconditionally
+        when no failover lock is held ("not paused" counts as success).
+
+        Returns:
+            True when RESUME was sent and succeeded.
+
+        Raises:
+            PgBouncersFailed: RESUME failed on some PgBouncer.
+            EtcdError: the lock could not be read (from ``lock_is_held``).
+        """
+        if await lock_is_held():
+            _log.info(
+                "pause.reconcile",
+                outcome="skipped",
+                msg="a failover lock is held; leaving PgBouncer as it is",
+            )
+            return False
+        await self._pauser.resume(reason="startup_reconcile")
+        _log.info(
+            "pause.reconcile",
+            outcome="resumed",
+            msg="no failover lock held; resumed PgBouncer in case a crash left it paused",
+        )
+        return True
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _arm_expiry(self, seconds: float) -> None:
+        if self._tg is None:
+            raise PgcmError("FailoverServer used outside its async context")
+        self._cancel_expiry()
+        scope = anyio.CancelScope()
+        self._expiry = scope
+        self._tg.start_soon(self._expire, scope, seconds, self._pauser.generation)
+
+    async def _expire(self, scope: anyio.CancelScope, seconds: float, generation: int) -> None:
+        with scope:
+            await anyio.sleep(seconds)
+            if self._expiry is scope:
+                # From here on this timer is firing; a newer pause must not cancel a
+                # RESUME half-sent, and the generation check keeps it from lifting one.
+                self._expiry = None
+            try:
+                resumed = await self._pauser.resume(reason="expired", only_generation=generation)
+            except PgcmError as exc:
+                _log.error("pause.expiry.error", error=str(exc), msg="PgBouncer may be paused")
+                return
+            if resumed:
+                _log.info("pause.expiry", msg="pause expired; PgBouncer resumed")
+
+    # -- rpcs ---------------------------------------------------------------------------
+
+    @override
+    async def health_check(self, message: Empty) -> HealthCheckResponse:
+        """Answer HEALTHY only when PgBouncer, Pacemaker (with quorum) and etcd answer."""
+        reasons = await self._health_reasons()
+        if reasons:
+            _log.warning("health_check.unhealthy", reasons=reasons)
+            return HealthCheckResponse(status=HealthCheckResponseStatus.UNHEALTHY, reasons=reasons)
+        return HealthCheckResponse(status=HealthCheckResponseStatus.HEALTHY)
+
+    async def _health_reasons(self) -> list[str]:
+        reasons: list[str] = []
+        limit = self._options.health_timeout.total_seconds()
+
+        async def probe(name: str, check: Callable[[], Awaitable[str | None]]) -> None:
+            try:
+                with anyio.fail_after(limit):
+                    problem = await check()
+            except TimeoutError:
+                problem = f"no answer within {limit:g}s"
+            except Exception as exc:  # noqa: BLE001 - any failure makes the check fail
+                problem = str(exc) or type(exc).__name__
+            if problem is not None:
+                reasons.append(f"{name}: {problem}")
+
+        async def pgbouncer(admin: PgBouncerAdminProtocol) -> str | None:
+            await admin.show_version()
+            return None
+
+        async def pacemaker() -> str | None:
+            state = await self._crm.read_cluster_state()
+            return None if state.with_quorum else "no quorum"
+
+        async def etcd() -> str | None:
+            await self._etcd_probe()
+            return None
+
+        async with anyio.create_task_group() as tg:
+            for admin in self._pgbouncers:
+                tg.start_soon(probe, f"pgbouncer {admin.endpoint}", lambda a=admin: pgbouncer(a))
+            tg.start_soon(probe, "pacemaker", pacemaker)
+            tg.start_soon(probe, "etcd", etcd)
+        return sorted(reasons)
+
+    @override
+    async def pause(self, message: PauseRequest) -> PauseResponse:
+        """PAUSE within ``timeout``; resume automatically after ``expiry``.
+
+        Raises:
+            GRPCError: DEADLINE_EXCEEDED when PAUSE did not complete in time (PgBouncer
+                was resumed), INVALID_ARGUMENT, UNAVAILABLE or ABORTED (see the table).
+        """
+        try:
+            timeout, expiry = _pause_durations(message)
+        except InvalidRequest as exc:
+            raise grpc_error(exc) from exc
+        # A newer pause owns the expiry from now on (the original lifted it early).
+        self._cancel_expiry()
+        _log.info("clients.pgbouncer.pause.request", timeout=timeout, expiry=expiry)
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout):
+                await self._pauser.pause()
+        except (PgcmError, TimeoutError) as exc:
+            _log.warning(
+                "clients.pgbouncer.pause.failed",
+                error=str(exc) or type(exc).__name__,
+                elapsed=time.monotonic() - started,
+            )
+            raise grpc_error(exc, timeout_message="exceeded pause timeout") from exc
+        created = self._clock.now()
+        self._arm_expiry(expiry)
+        return PauseResponse(created_at=created, expires_at=created + timedelta(seconds=expiry))
+
+    @override
+    async def resume(self, message: Empty) -> ResumeResponse:
+        """RESUME (idempotent) and cancel the pending expiry timer.
+
+        Raises:
+            GRPCError: UNAVAILABLE when some PgBouncer could not be resumed.
+        """
+        self._cancel_expiry()
+        try:
+            await self._pauser.resume(reason="requested")
+        except PgcmError as exc:
+            raise grpc_error(exc) from exc
+        return ResumeResponse(created_at=self._clock.now())
+
+    @override
+    async def migrate(self, message: Empty) -> MigrateResponse:
+        """Move the primary to the standby the cluster would promote."""
+        return await self._migrate("")
+
+    @override
+    async def migrate_to(self, message: MigrateRequest) -> MigrateResponse:
+        """Move the primary to ``message.target`` (empty: as :meth:`migrate`)."""
+        return await self._migrate(message.target)
+
+    async def _migrate(self, requested: str) -> MigrateResponse:
+        try:
+            with anyio.fail_after(self._options.pacemaker_timeout.total_seconds()):
+                state = await self._crm.read_cluster_state()
+                target = choose_target(state, requested)
+                # Resolve first: a move we could not report is worse than no move.
+                address = await self._addresses.address_of(target)
+                resource = self._clone_id(state)
+                await self._control.move_promoted(resource, target.name)
+        except (PgcmError, TimeoutError) as exc:
+            _log.warning("pacemaker.migrate.failed", requested=requested, error=str(exc))
+            raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
+        _log.info(
+            "pacemaker.migrate",
+            resource=resource,
+            target=target.name,
+            address=address,
+            requested=requested or None,
+        )
+        return MigrateResponse(
+            migrating_to=target.name, address=address, created_at=self._clock.now()
+        )
+
+    def _clone_id(self, state: ClusterState | None) -> str:
+        if self._options.clone_id is not None:
+            return self._options.clone_id
+        if state is None:  # pragma: no cover - callers read the state first
+            raise PgcmError("no clone id configured and no cluster state")
+        return state.clone_id
+
+    @override
+    async def unmigrate(self, message: Empty) -> UnmigrateResponse:
+        """Clear the move constraint (no constraint left is success)."""
+        try:
+            with anyio.fail_after(self._options.pacemaker_timeout.total_seconds()):
+                state = None if self._options.clone_id else await self._crm.read_cluster_state()
+                resource = self._clone_id(state)
+                await self._control.clear(resource)
+        except (PgcmError, TimeoutError) as exc:
+            _log.warning("pacemaker.unmigrate.failed", error=str(exc))
+            raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
+        _log.info("pacemaker.unmigrate", resource=resource)
+        return UnmigrateResponse(created_at=self._clock.now())

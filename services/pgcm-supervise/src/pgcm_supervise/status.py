@@ -1,0 +1,391 @@
+"""This node's :class:`~pgcm_common.records.NodeStatus` at ``<ns>/supervise/<node>``, on a lease.
+
+pgcm-failover reads these records for its pre-flight (is the target caught up? is a
+transaction older than the pause timeout open?) and to wait until Pacemaker settles
+(promotion scores, bans). The record is attached to a lease kept alive by this process,
+so it vanishes ``status_lease_ttl`` after supervise dies; a lost lease is re-granted.
+
+It is rewritten at once when the Pacemaker part of the view changes and otherwise every
+``status_interval`` (with fresh PostgreSQL facts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Literal, Protocol, final
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import asyncpg
+import structlog
+from pydantic import SecretStr
+
+from pgcm_common.errors import EtcdError, PgBouncerError
+from pgcm_common.etcd import EtcdLeaseExpired, EtcdStore
+from pgcm_common.pacemaker import ClusterState, NodeAddressResolver, NodeAddressUnknown, Role
+from pgcm_common.pgbouncer import PgBouncerAdminProtocol
+from pgcm_common.records import (
+    KeyLayout,
+    NodeRole,
+    NodeStatus,
+    PostgresStatus,
+    ReplicationPeer,
+)
+from pgcm_supervise.metrics import SuperviseMetrics
+from pgcm_supervise.publisher import Observation
+
+__all__ = [
+    "AsyncpgPostgresProbe",
+    "NodeStatusPublisher",
+    "PausedStateSource",
+    "PgBouncerPausedState",
+    "PostgresProbe",
+    "build_node_status",
+]
+
+log = structlog.get_logger("pgcm.supervise.status")
+
+_CLEANUP_S = 5.0
+
+_REPLICATION_SQL = """
+SELECT application_name, state, sync_state,
+       (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes
+FROM pg_stat_replication
+ORDER BY application_name
+"""
+_OLDEST_XACT_SQL = """
+SELECT extract(epoch FROM max(clock_timestamp() - xact_start))::float8
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND xact_start IS NOT NULL AND pid <> pg_backend_pid()
+"""
+
+
+class PostgresProbe(Protocol):
+    """Reads facts about the local PostgreSQL."""
+
+    async def probe(self) -> PostgresStatus:
+        """Return the local PostgreSQL's recovery state, replication and oldest transaction.
+
+        Raises:
+            OSError: PostgreSQL cannot be reached.
+            asyncpg.PostgresError: a query failed.
+        """
+        ...
+
+
+class PausedStateSource(Protocol):
+    """Tells whether this node's PgBouncer is paused (None: unknown)."""
+
+    async def paused(self) -> bool | None:
+        """Return True/False when known, None otherwise; never raise for PgBouncer trouble."""
+        ...
+
+
+@final
+class AsyncpgPostgresProbe:
+    """The real :class:`PostgresProbe`: one short asyncpg connection per probe."""
+
+    def __init__(self, dsn: SecretStr, *, timeout: timedelta) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+
+    async def probe(self) -> PostgresStatus:
+        """Connect, read ``pg_is_in_recovery()``, replication rows and the oldest transaction.
+
+        Raises:
+            OSError: PostgreSQL cannot be reached.
+            asyncpg.PostgresError: a query failed.
+            TimeoutError: the connection or a query took longer than the timeout.
+        """
+        seconds = self._timeout.total_seconds()
+        dsn = self._dsn.get_secret_value()
+        password, ssl = _local_defaults(dsn)
+        connection = await asyncpg.connect(dsn, timeout=seconds, password=password, ssl=ssl)
+        try:
+            with anyio.fail_after(seconds):
+                in_recovery = bool(await connection.fetchval("SELECT pg_is_in_recovery()"))
+                peers: tuple[ReplicationPeer, ...] = ()
+                if not in_recovery:
+                    rows = await connection.fetch(_REPLICATION_SQL)
+                    peers = tuple(
+                        ReplicationPeer(
+                            application_name=row["application_name"] or "",
+                            state=row["state"] or "",
+                            sync_state=row["sync_state"] or "",
+                            lag_bytes=row["lag_bytes"],
+                        )
+                        for row in rows
+                    )
+                oldest = await connection.fetchval(_OLDEST_XACT_SQL)
+        finally:
+            with anyio.move_on_after(_CLEANUP_S, shield=True):
+                await connection.close()
+        age = None if oldest is None or math.isnan(oldest) else float(oldest)
+        return PostgresStatus(
+            in_recovery=in_recovery, replication=peers, oldest_transaction_age_s=age
+        )
+
+
+def _local_defaults(dsn: str) -> tuple[str | None, Literal[False] | None]:
+    """Return connect arguments that keep asyncpg from reading files on the event loop.
+
+    Without a password in the DSN asyncpg reads ~/.pgpass, and with the default sslmode
+    it looks for client certificates under ~/.postgresql: blocking file system calls,
+    and credential sources outside our settings. The local PostgreSQL is reached over a
+    unix socket or loopback, so TLS is off unless the DSN asks for it.
+    """
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    password = "" if parts.password is None and "password" not in query else None
+    ssl: Literal[False] | None = False if "sslmode" not in query and "ssl" not in query else None
+    return password, ssl
+
+
+@final
+class PgBouncerPausedState:
+    """A :class:`PausedStateSource` that asks PgBouncer (``SHOW STATE``, 1.21+).
+
+    PgBouncer 1.18 cannot tell: the answer is then None, never a guess.
+    """
+
+    def __init__(self, admin: PgBouncerAdminProtocol, *, timeout: timedelta) -> None:
+        self._admin = admin
+        self._timeout = timeout
+
+    async def paused(self) -> bool | None:
+        """Return PgBouncer's paused flag, or None when unknown or unreachable."""
+        try:
+            with anyio.fail_after(self._timeout.total_seconds()):
+                return (await self._admin.show_state()).paused
+        except (PgBouncerError, TimeoutError) as exc:
+            log.debug("pgbouncer.state.unknown", error=str(exc))
+            return None
+
+
+def build_node_status(
+    observation: Observation,
+    *,
+    node: str,
+    address: str | None,
+    pgbouncer_paused: bool | None,
+    postgres: PostgresStatus | None,
+    problems: tuple[str, ...] = (),
+) -> NodeStatus:
+    """Return the NodeStatus record of one observation (pure)."""
+    state = observation.state
+    notes = list(problems)
+    if state is None:
+        notes.insert(0, f"crm_mon: {observation.error}")
+        return NodeStatus(
+            node=node,
+            address=address,
+            observed_at=observation.observed_at,
+            with_quorum=False,
+            dc=None,
+            primary=None,
+            pgbouncer_paused=pgbouncer_paused,
+            postgres=postgres,
+            problem="; ".join(notes),
+        )
+    return NodeStatus(
+        node=node,
+        address=address,
+        observed_at=observation.observed_at,
+        with_quorum=state.with_quorum,
+        dc=state.dc,
+        primary=state.primary_node,
+        nodes=_node_roles(state),
+        move_constraints=tuple(ban.id for ban in state.bans),
+        pgbouncer_paused=pgbouncer_paused,
+        postgres=postgres,
+        problem="; ".join(notes) or None,
+    )
+
+
+def _node_roles(state: ClusterState) -> tuple[NodeRole, ...]:
+    roles: list[NodeRole] = []
+    for n in state.nodes:
+        instance_roles = [i.role for i in state.instances if i.node == n.name]
+        role = instance_roles[0] if instance_roles else Role.STOPPED
+        roles.append(
+            NodeRole(
+                name=n.name,
+                online=n.online,
+                role=role.value,
+                promotion_score=state.promotion_score(n.name),
+            )
+        )
+    return tuple(roles)
+
+
+def _pacemaker_part(status: NodeStatus) -> tuple[object, ...]:
+    # What makes a rewrite urgent: everything except the timestamp and the slow facts.
+    return (
+        status.with_quorum,
+        status.dc,
+        status.primary,
+        status.nodes,
+        status.move_constraints,
+        status.address,
+        status.problem,
+    )
+
+
+@final
+class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
+    """Keeps ``<ns>/supervise/<node>`` up to date on a lease it keeps alive.
+
+    ``async with`` owns the keepalive task; leaving revokes the lease (the record
+    vanishes at once on a clean stop). Use it as the publisher loop's status sink.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: EtcdStore,
+        layout: KeyLayout,
+        node: str,
+        resolver: NodeAddressResolver,
+        lease_ttl: timedelta,
+        interval: timedelta,
+        paused: PausedStateSource | None = None,
+        postgres: PostgresProbe | None = None,
+        metrics: SuperviseMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._key = layout.node_status(node)
+        self._node = node
+        self._resolver = resolver
+        self._ttl = lease_ttl
+        self._interval_s = interval.total_seconds()
+        self._paused = paused
+        self._postgres = postgres
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._lease: int | None = None
+        self._last: NodeStatus | None = None
+        self._last_at = float("-inf")
+        self._postgres_status: PostgresStatus | None = None
+        self._postgres_problem: str | None = None
+        self._address: str | None = None
+        self._paused_value: bool | None = None
+
+    @property
+    def key(self) -> bytes:
+        """Return the etcd key of this node's status."""
+        return self._key
+
+    @property
+    def last(self) -> NodeStatus | None:
+        """Return the last record written, or None."""
+        return self._last
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[NodeStatusPublisher]:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_alive)
+                yield self
+                tg.cancel_scope.cancel()
+        finally:
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                with anyio.move_on_after(_CLEANUP_S, shield=True):
+                    try:
+                        await self._store.revoke_lease(lease)
+                    except EtcdError as exc:
+                        log.warning("etcd.status.revoke_failed", error=str(exc))
+
+    async def observe(self, observation: Observation) -> None:
+        """Rewrite the record when the view changed or the interval elapsed.
+
+        etcd trouble is logged, never raised: the next observation retries.
+        """
+        due = self._monotonic() - self._last_at >= self._interval_s
+        if due:
+            await self._refresh_slow_facts()
+        address = await self._own_address(observation)
+        problems = (self._postgres_problem,) if self._postgres_problem else ()
+        status = build_node_status(
+            observation,
+            node=self._node,
+            address=address,
+            pgbouncer_paused=self._paused_value,
+            postgres=self._postgres_status,
+            problems=problems,
+        )
+        if (
+            not due
+            and self._last is not None
+            and (_pacemaker_part(status) == _pacemaker_part(self._last))
+        ):
+            return
+        try:
+            await self._write(status)
+        except EtcdError as exc:
+            log.warning("etcd.status.publish_failed", key=self._key.decode(), error=str(exc))
+            return
+        self._last = status
+        self._last_at = self._monotonic()
+        if self._metrics is not None:
+            self._metrics.publications.labels("status").inc()
+            if status.pgbouncer_paused is not None:
+                self._metrics.pgbouncer_paused.set(1 if status.pgbouncer_paused else 0)
+
+    async def _own_address(self, observation: Observation) -> str | None:
+        if self._address is not None or observation.state is None:
+            return self._address
+        me = observation.state.node(self._node)
+        if me is None:
+            return None
+        try:
+            self._address = await self._resolver.address_of(me)
+        except NodeAddressUnknown as exc:
+            log.debug("status.address_unknown", error=str(exc))
+        return self._address
+
+    async def _refresh_slow_facts(self) -> None:
+        if self._paused is not None:
+            self._paused_value = await self._paused.paused()
+        if self._postgres is None:
+            return
+        try:
+            self._postgres_status = await self._postgres.probe()
+            self._postgres_problem = None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._postgres_status = None
+            self._postgres_problem = f"postgres: {exc}"
+            log.debug("postgres.probe_failed", error=str(exc))
+
+    async def _write(self, status: NodeStatus) -> None:
+        value = status.to_json()
+        if self._lease is None:
+            self._lease = (await self._store.grant_lease(self._ttl)).id
+        try:
+            await self._store.put(self._key, value, lease=self._lease)
+        except EtcdLeaseExpired:
+            log.info("etcd.status.lease_lost", key=self._key.decode(), msg="granting a new one")
+            self._lease = (await self._store.grant_lease(self._ttl)).id
+            await self._store.put(self._key, value, lease=self._lease)
+
+    async def _keep_alive(self) -> None:
+        period = max(self._ttl.total_seconds() / 3, 0.5)
+        while True:
+            await anyio.sleep(period)
+            lease = self._lease
+            if lease is None:
+                continue
+            try:
+                await self._store.keepalive_lease(lease)
+            except EtcdLeaseExpired:
+                log.info("etcd.status.lease_lost", key=self._key.decode())
+                if self._lease == lease:
+                    self._lease = None
+                    self._last_at = float("-inf")  # rewrite at the next observation
+            except EtcdError as exc:
+                log.warning("etcd.status.keepalive_failed", error=str(exc))

@@ -1,0 +1,394 @@
+from __future__ import annotations
+
+import dataclasses
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgcm_common.etcd import (
+    Absent,
+    Condition,
+    EtcdStore,
+    KeyValue,
+    Lease,
+    Listing,
+    ModRevisionIs,
+    WatchHandle,
+)
+from pgcm_common.pacemaker import (
+    ClusterState,
+    CrmMonParseError,
+    PacemakerCommandFailed,
+    PacemakerError,
+    Role,
+    StaticNodeAddresses,
+    parse_crm_mon,
+)
+from pgcm_common.records import KeyLayout, PrimaryRecord
+from pgcm_supervise.metrics import SuperviseMetrics
+from pgcm_supervise.nudge import Wakeup
+from pgcm_supervise.publisher import (
+    Observation,
+    PrimaryPublisher,
+    Publish,
+    PublishOutcome,
+    RefusalReason,
+    Refuse,
+    _unchanged,
+    decide,
+    read_observation,
+    serve_publisher,
+)
+from pgcm_testkit.eventually import eventually
+from pgcm_testkit.fakes.etcd import FakeEtcdStore
+from pgcm_testkit.fakes.pacemaker import FakeCrmMonReader
+
+FIXTURES = Path(__file__).parents[4] / "libs" / "pgcm-common" / "tests" / "fixtures" / "pacemaker"
+ADDRESSES = {"n1": "10.0.0.11", "n2": "10.0.0.12", "n3": "10.0.0.13", "pcmk1": "127.0.0.1"}
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+# Every real sample and what the decision must be: the node to publish, or the reason.
+EXPECTED: dict[str, tuple[str, str]] = {
+    "01-healthy-legacy-as-xml.xml": ("pgsqld", "n1"),
+    "01-healthy-n1-primary-from-n3.xml": ("pgsqld", "n1"),
+    "01-healthy-n1-primary.xml": ("pgsqld", "n1"),
+    "02-during-switchover.xml": ("pgsqld", "in_transition"),
+    "02b-during-switchover.xml": ("pgsqld", "n2"),
+    "03-after-kill-n2.xml": ("pgsqld", "n1"),
+    "04-partitioned-n1-view-from-n1.xml": ("pgsqld", "no_quorum"),
+    "04-partitioned-n1-view-from-n2.xml": ("pgsqld", "n3"),
+    "05-after-partition-n2-majority-view.xml": ("pgsqld", "n3"),
+    "05-after-partition-n2-minority-view.xml": ("pgsqld", "no_quorum"),
+    "06-final-healthy-n1.xml": ("pgsqld", "n1"),
+    "10-stock-pgsql-ra-healthy-n1.xml": ("pgsql", "n1"),
+    "11-stock-pgsql-ra-after-switchover-n2.xml": ("pgsql", "n2"),
+    "20-one-node-stateful.xml": ("stateful", "pcmk1"),
+    "21-one-node-stateful-legacy-as-xml.xml": ("stateful", "pcmk1"),
+    "30-synthetic-pacemaker-1.1-master-slave.xml": ("pgsqld", "n1"),
+}
+
+
+def load(name: str) -> ClusterState:
+    resource, _ = EXPECTED[name]
+    return parse_crm_mon((FIXTURES / name).read_bytes(), resource_id=resource)
+
+
+def observed(state: ClusterState, at: datetime = T0) -> Observation:
+    return Observation(state, None, at)
+
+
+def test_every_fixture_has_an_expected_decision() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.xml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_decision_for_every_real_crm_mon_sample(name: str) -> None:
+    _, expected = EXPECTED[name]
+    decision = decide(load(name))
+    if expected in set(RefusalReason):
+        assert isinstance(decision, Refuse)
+        assert decision.reason == RefusalReason(expected)
+    else:
+        assert isinstance(decision, Publish)
+        assert decision.node.name == expected
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "malformed").iterdir()))
+def test_malformed_output_is_refused_as_unparseable(name: str) -> None:
+    with pytest.raises(PacemakerError) as info:
+        parse_crm_mon((FIXTURES / "malformed" / name).read_bytes(), resource_id="pgsqld")
+    error = info.value
+    decision = Observation(None, error, T0).decision()
+    assert isinstance(decision, Refuse)
+    assert decision.reason in {RefusalReason.UNPARSEABLE, RefusalReason.CRM_MON_FAILED}
+
+
+def _mutated(state: ClusterState, roles: list[Role], online: list[bool]) -> ClusterState:
+    nodes = tuple(
+        dataclasses.replace(node, online=online[i % len(online)])
+        for i, node in enumerate(state.nodes)
+    )
+    instances = tuple(
+        dataclasses.replace(inst, role=roles[i % len(roles)])
+        for i, inst in enumerate(state.instances)
+    )
+    return dataclasses.replace(state, nodes=nodes, instances=instances)
+
+
+@given(
+    name=st.sampled_from(sorted(EXPECTED)),
+    roles=st.lists(st.sampled_from(list(Role)), min_size=1, max_size=4),
+    online=st.lists(st.booleans(), min_size=1, max_size=4),
+    quorum=st.booleans(),
+)
+def test_decision_publishes_only_one_stable_promoted_online_node_with_quorum(
+    name: str,
+    roles: list[Role],
+    online: list[bool],
+    quorum: bool,  # noqa: FBT001 - hypothesis passes it by keyword anyway
+) -> None:
+    state = dataclasses.replace(_mutated(load(name), roles, online), with_quorum=quorum)
+    decision = decide(state)
+    promoted = [i for i in state.instances if i.role is Role.PROMOTED and i.node]
+    moving = [i for i in state.instances if i.role in {Role.PROMOTING, Role.DEMOTING} and i.node]
+    if isinstance(decision, Publish):
+        assert state.with_quorum
+        assert not moving
+        assert [i.node for i in promoted] == [decision.node.name]
+        assert decision.node.online
+        assert promoted[0].active
+        assert not promoted[0].failed
+    elif not quorum:
+        assert decision.reason is RefusalReason.NO_QUORUM
+    elif moving:
+        assert decision.reason is RefusalReason.IN_TRANSITION
+    elif len(promoted) > 1:
+        assert decision.reason is RefusalReason.SEVERAL_PRIMARIES
+    elif not promoted:
+        assert decision.reason is RefusalReason.NO_PRIMARY
+
+
+def test_failed_promoted_instance_is_refused_as_unhealthy() -> None:
+    state = load("01-healthy-n1-primary.xml")
+    instances = tuple(
+        dataclasses.replace(i, failed=True) if i.role is Role.PROMOTED else i
+        for i in state.instances
+    )
+    decision = decide(dataclasses.replace(state, instances=instances))
+    assert decision == Refuse(RefusalReason.PRIMARY_UNHEALTHY, "n1: instance failed")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_publisher(
+    store: EtcdStore, clock: Clock | None = None, metrics: SuperviseMetrics | None = None
+) -> PrimaryPublisher:
+    return PrimaryPublisher(
+        store=store,
+        layout=KeyLayout("/pg"),
+        resolver=StaticNodeAddresses(ADDRESSES),
+        writer="n2",
+        reassert_interval=timedelta(seconds=10),
+        metrics=metrics,
+        monotonic=clock or Clock(),
+    )
+
+
+async def value(store: FakeEtcdStore, key: bytes) -> bytes | None:
+    kv = await store.get(key)
+    return None if kv is None else kv.value
+
+
+async def test_publishes_bare_address_and_record() -> None:
+    store = FakeEtcdStore()
+    metrics = SuperviseMetrics()
+    publisher = make_publisher(store, metrics=metrics)
+    outcome = await publisher.publish(observed(load("01-healthy-n1-primary.xml")))
+    assert outcome is PublishOutcome.WROTE
+    assert await value(store, b"/pg/master") == b"10.0.0.11"
+    raw = await value(store, b"/pg/master.json")
+    assert raw is not None
+    record = PrimaryRecord.from_json(b"/pg/master.json", raw)
+    assert (record.node, record.address, record.writer, record.dc) == (
+        "n1",
+        "10.0.0.11",
+        "n2",
+        "n2",
+    )
+    assert record.with_quorum
+    assert record.observed_at == T0
+    assert metrics.published_primary.labels("n1", "10.0.0.11")._value.get() == 1
+
+
+async def test_refusal_keeps_last_value_and_counts_the_reason() -> None:
+    store = FakeEtcdStore()
+    metrics = SuperviseMetrics()
+    publisher = make_publisher(store, metrics=metrics)
+    await publisher.publish(observed(load("01-healthy-n1-primary.xml")))
+    revision = (await store.get(b"/pg/master")).mod_revision  # type: ignore[union-attr]
+    for name in ("04-partitioned-n1-view-from-n1.xml", "02-during-switchover.xml"):
+        outcome = await publisher.publish(observed(load(name), T0 + timedelta(seconds=1)))
+        assert outcome is PublishOutcome.REFUSED
+    failed = Observation(None, PacemakerCommandFailed(("crm_mon",), 102, "down"), T0)
+    assert await publisher.publish(failed) is PublishOutcome.REFUSED
+    kv = await store.get(b"/pg/master")
+    assert kv is not None
+    assert (kv.value, kv.mod_revision) == (b"10.0.0.11", revision)
+    refusals = metrics.refusals
+    assert refusals.labels("no_quorum")._value.get() == 1
+    assert refusals.labels("in_transition")._value.get() == 1
+    assert refusals.labels("crm_mon_failed")._value.get() == 1
+
+
+async def test_unknown_address_is_refused() -> None:
+    store = FakeEtcdStore()
+    publisher = PrimaryPublisher(
+        store=store,
+        layout=KeyLayout("/pg"),
+        resolver=StaticNodeAddresses({"n2": "10.0.0.12"}),
+        writer="n2",
+        reassert_interval=timedelta(seconds=10),
+    )
+    outcome = await publisher.publish(observed(load("01-healthy-n1-primary.xml")))
+    assert outcome is PublishOutcome.REFUSED
+    assert await store.get(b"/pg/master") is None
+
+
+async def test_equal_value_is_not_rewritten_and_a_deleted_key_heals_at_reassert() -> None:
+    store = FakeEtcdStore()
+    clock = Clock()
+    publisher = make_publisher(store, clock)
+    healthy = observed(load("01-healthy-n1-primary.xml"))
+    assert await publisher.publish(healthy) is PublishOutcome.WROTE
+    revision = (await store.get(b"/pg/master")).mod_revision  # type: ignore[union-attr]
+    assert await publisher.publish(healthy) is PublishOutcome.NOT_CHECKED
+    clock.now += 11
+    assert await publisher.publish(healthy) is PublishOutcome.UNCHANGED
+    assert (await store.get(b"/pg/master")).mod_revision == revision  # type: ignore[union-attr]
+    await store.delete(b"/pg/master")
+    assert await publisher.publish(healthy) is PublishOutcome.NOT_CHECKED
+    clock.now += 11
+    assert await publisher.publish(healthy) is PublishOutcome.WROTE
+    assert await value(store, b"/pg/master") == b"10.0.0.11"
+
+
+async def test_different_value_is_replaced_by_a_newer_view() -> None:
+    store = FakeEtcdStore()
+    publisher = make_publisher(store)
+    await publisher.publish(observed(load("01-healthy-n1-primary.xml"), T0))
+    later = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1))
+    assert await publisher.publish(later) is PublishOutcome.WROTE
+    assert await value(store, b"/pg/master") == b"10.0.0.12"
+
+
+async def test_older_view_never_overwrites_a_newer_record() -> None:
+    store = FakeEtcdStore()
+    fast, slow = make_publisher(store), make_publisher(store)
+    await fast.publish(observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1)))
+    stale = observed(load("01-healthy-n1-primary.xml"), T0)
+    assert await slow.publish(stale) is PublishOutcome.REFUSED
+    assert await value(store, b"/pg/master") == b"10.0.0.12"
+
+
+class RacingStore:
+    """Another writer changes the key between our read and our compare-and-put."""
+
+    def __init__(self) -> None:
+        self.inner = FakeEtcdStore()
+        self.raced = False
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        return await self.inner.get(key)
+
+    async def get_prefix(self, prefix: bytes) -> Listing:
+        return await self.inner.get_prefix(prefix)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        return await self.inner.put(key, value, lease=lease)
+
+    async def put_if(
+        self, key: bytes, value: bytes, condition: Condition, *, lease: int = 0
+    ) -> bool:
+        if not self.raced and key == b"/pg/master":
+            self.raced = True
+            await self.inner.put(key, b"10.9.9.9")
+        return await self.inner.put_if(key, value, condition, lease=lease)
+
+    async def delete(self, key: bytes) -> bool:
+        return await self.inner.delete(key)
+
+    async def grant_lease(self, ttl: timedelta) -> Lease:
+        return await self.inner.grant_lease(ttl)
+
+    async def keepalive_lease(self, lease_id: int) -> timedelta:
+        return await self.inner.keepalive_lease(lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self.inner.revoke_lease(lease_id)
+
+    async def compact(self, revision: int) -> None:
+        await self.inner.compact(revision)
+
+    def open_watch(
+        self, key: bytes, *, prefix: bool, start_revision: int
+    ) -> AbstractAsyncContextManager[WatchHandle]:
+        return self.inner.open_watch(key, prefix=prefix, start_revision=start_revision)
+
+
+async def test_compare_and_put_conflict_writes_nothing_and_rechecks_next_cycle() -> None:
+    store = RacingStore()
+    metrics = SuperviseMetrics()
+    publisher = make_publisher(store, metrics=metrics)
+    healthy = observed(load("01-healthy-n1-primary.xml"))
+    assert await publisher.publish(healthy) is PublishOutcome.CONFLICT
+    assert await value(store.inner, b"/pg/master") == b"10.9.9.9"
+    assert metrics.conflicts._value.get() == 1
+    assert await publisher.publish(healthy) is PublishOutcome.WROTE
+    assert await value(store.inner, b"/pg/master") == b"10.0.0.11"
+
+
+async def test_malformed_record_is_overwritten() -> None:
+    store = FakeEtcdStore()
+    await store.put(b"/pg/master.json", b"{not json")
+    publisher = make_publisher(store)
+    assert await publisher.publish(observed(load("01-healthy-n1-primary.xml"))) is (
+        PublishOutcome.WROTE
+    )
+    raw = await value(store, b"/pg/master.json")
+    assert raw is not None
+    assert PrimaryRecord.from_json(b"k", raw).node == "n1"
+
+
+async def test_read_observation_turns_reader_errors_into_refusals() -> None:
+    reader = FakeCrmMonReader(CrmMonParseError("truncated"))
+    obs = await read_observation(reader)
+    assert obs.state is None
+    decision = obs.decision()
+    assert isinstance(decision, Refuse)
+    assert decision.reason is RefusalReason.UNPARSEABLE
+
+
+async def test_loop_publishes_then_follows_a_nudged_promotion() -> None:
+    store = FakeEtcdStore()
+    reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
+    wakeup = Wakeup()
+    publisher = make_publisher(store)
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            first = await tg.start(
+                lambda task_status: serve_publisher(
+                    reader=reader,
+                    publisher=publisher,
+                    wakeup=wakeup,
+                    interval=timedelta(hours=1),
+                    retry_interval=timedelta(hours=1),
+                    task_status=task_status,
+                )
+            )
+        assert first is PublishOutcome.WROTE
+        reader.set_state(load("02b-during-switchover.xml"))
+        wakeup.set()
+
+        async def moved() -> bool:
+            return await value(store, b"/pg/master") == b"10.0.0.12"
+
+        with anyio.fail_after(5):
+            await eventually(moved)
+        tg.cancel_scope.cancel()
+
+
+def test_compare_and_put_condition_is_absent_or_the_revision_just_read() -> None:
+    assert _unchanged(None) == Absent()
+    kv = KeyValue(b"k", b"v", create_revision=1, mod_revision=7, version=1)
+    assert _unchanged(kv) == ModRevisionIs(7)
