@@ -18,12 +18,19 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import TypeVarTuple, Unpack
 
 import anyio
 import structlog
 
-__all__ = ["SHUTDOWN_SIGNALS", "cancel_on_signal", "run_until_signalled", "sd_notify"]
+__all__ = [
+    "SHUTDOWN_SIGNALS",
+    "cancel_on_signal",
+    "run_until_signalled",
+    "sd_notify",
+    "systemd_watchdog",
+]
 
 log = structlog.get_logger("pgcm.lifecycle")
 
@@ -97,3 +104,16 @@ def sd_notify(state: str | Mapping[str, str], *, environ: Mapping[str, str] | No
         sock.setblocking(False)  # noqa: FBT003 - the stdlib API takes a positional bool
         sock.sendto(message.encode(), address)
     return True
+
+
+def systemd_watchdog(environ: Mapping[str, str], pid: int) -> timedelta | None:
+    """Return systemd's watchdog timeout for process ``pid``, or None when it is off.
+
+    systemd sets ``WATCHDOG_USEC`` (and ``WATCHDOG_PID`` naming the process it expects
+    pings from); pings should come at least twice per timeout.
+    """
+    usec = environ.get("WATCHDOG_USEC", "")
+    owner = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (owner and owner != str(pid)):
+        return None
+    return timedelta(microseconds=int(usec))

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from pgcm_common.lifecycle import sd_notify
+from pgcm_common.lifecycle import sd_notify, systemd_watchdog
 
 # The child: its main announces readiness on stdout, then waits to be cancelled. With
 # HANG_IN_CLEANUP its (shielded) cleanup never finishes, so only a second signal ends it.
@@ -108,3 +109,13 @@ def test_sd_notify_sends_a_datagram_to_notify_socket(tmp_path: Path) -> None:
 
 def test_sd_notify_outside_systemd_does_nothing() -> None:
     assert sd_notify("STOPPING=1", environ={}) is False
+
+
+def test_systemd_watchdog_is_read_for_our_pid_only() -> None:
+    assert systemd_watchdog({"WATCHDOG_USEC": "30000000"}, 7) == timedelta(seconds=30)
+    assert systemd_watchdog({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, 7) == timedelta(
+        seconds=30
+    )
+    assert systemd_watchdog({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "8"}, 7) is None
+    assert systemd_watchdog({"WATCHDOG_USEC": "0"}, 7) is None
+    assert systemd_watchdog({}, 7) is None

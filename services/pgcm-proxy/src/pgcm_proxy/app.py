@@ -9,7 +9,7 @@ and acknowledges under ``<ns>/proxies/<id>``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_c
 from pgcm_proxy.settings import ProxySettings
 from pgcm_proxy.template import ConfigTemplate
 
-__all__ = ["load_template", "serve", "watchdog_interval"]
+__all__ = ["load_template", "serve"]
 
 log = structlog.get_logger("pgcm.proxy")
 
@@ -55,15 +55,6 @@ async def load_template(path: Path) -> ConfigTemplate:
     if not template.routed_databases():
         raise TemplateError(str(path), None, "no [databases] entry uses {{.Host}}")
     return template
-
-
-def watchdog_interval(environ: Mapping[str, str], pid: int) -> timedelta | None:
-    """Return how often to ping systemd's watchdog (half its timeout), or None when off."""
-    usec = environ.get("WATCHDOG_USEC", "")
-    owner = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (owner and owner != str(pid)):
-        return None
-    return timedelta(microseconds=int(usec) / 2)
 
 
 async def serve(
@@ -148,7 +139,7 @@ async def _run(
     )
     async with anyio.create_task_group() as tg:
         if watchdog is not None:
-            tg.start_soon(_ping_watchdog, watchdog)
+            tg.start_soon(_ping_watchdog, watchdog / 2)  # twice per timeout, as systemd asks
         tg.start_soon(acks.keep_alive)
         tg.start_soon(
             _sync_config,

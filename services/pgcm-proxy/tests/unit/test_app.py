@@ -1,21 +1,11 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from pgcm_proxy.app import load_template, watchdog_interval
+from pgcm_proxy.app import load_template
 from pgcm_proxy.errors import TemplateError
-
-
-def test_watchdog_pings_at_half_the_timeout_for_our_pid_only() -> None:
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}, 7) == timedelta(seconds=15)
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, 7) == timedelta(
-        seconds=15
-    )
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "8"}, 7) is None
-    assert watchdog_interval({}, 7) is None
 
 
 async def test_template_without_a_routed_database_is_a_config_error(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ the crm_mon reader, the node address resolver, the PostgreSQL probe. It runs:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from pgcm_common.pacemaker import (
 )
 from pgcm_common.pgbouncer import PgBouncerAdmin, admins_for
 from pgcm_common.records import KeyLayout
+from pgcm_supervise.constraints import CibConstraintReader, CibConstraintsOptions
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
 from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
@@ -80,6 +80,20 @@ def build_crm_mon(settings: SuperviseSettings) -> CrmMon:
     )
 
 
+def build_constraints(settings: SuperviseSettings) -> CibConstraintReader:
+    """Return the CIB move-constraint reader (crm_mon does not show ``cli-prefer-*``)."""
+    resources = (settings.resource_id,) + (
+        (settings.clone_id,) if settings.clone_id is not None else ()
+    )
+    return CibConstraintReader(
+        CibConstraintsOptions(
+            resources=resources,
+            command_prefix=tuple(settings.command_prefix),
+            timeout=settings.crm_mon_timeout,
+        )
+    )
+
+
 @final
 class _Heartbeat:
     """When the publisher loop last completed a cycle (the watchdog's liveness signal)."""
@@ -104,14 +118,6 @@ async def _serve_watchdog(heartbeat: _Heartbeat, period: timedelta) -> None:
         else:
             log.warning("watchdog.skip", msg="publisher loop has not completed a cycle")
         await anyio.sleep(interval)
-
-
-def _watchdog_period() -> timedelta | None:
-    raw = os.environ.get("WATCHDOG_USEC", "")
-    pid = os.environ.get("WATCHDOG_PID", "")
-    if not raw.isdigit() or (pid and pid != str(os.getpid())):
-        return None
-    return timedelta(microseconds=int(raw))
 
 
 @final
@@ -209,6 +215,7 @@ async def _start_grpc(
 async def serve(
     settings: SuperviseSettings,
     *,
+    watchdog: timedelta | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run pgcm-supervise until cancelled.
@@ -266,6 +273,7 @@ async def serve(
                 interval=settings.status_interval,
                 paused=paused,
                 postgres=postgres,
+                constraints=build_constraints(settings),
                 metrics=metrics,
             ) as status,
         ):
@@ -293,9 +301,8 @@ async def serve(
                 )
                 sd_notify("READY=1")
                 log.info("supervise.ready", node=settings.node_name)
-                period = _watchdog_period()
-                if period is not None:
-                    loops.start_soon(_serve_watchdog, heartbeat, period)
+                if watchdog is not None:
+                    loops.start_soon(_serve_watchdog, heartbeat, watchdog)
                 task_status.started()
                 try:
                     await anyio.sleep_forever()
