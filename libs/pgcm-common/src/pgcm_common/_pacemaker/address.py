@@ -66,7 +66,7 @@ class CorosyncNodeAddresses:
         *,
         command_prefix: tuple[str, ...] = (),
         executable: str = "corosync-cfgtool",
-        kill_grace: timedelta = timedelta(seconds=2),
+        kill_grace: timedelta = timedelta(seconds=5),
     ) -> None:
         self._prefix = command_prefix
         self._executable = executable

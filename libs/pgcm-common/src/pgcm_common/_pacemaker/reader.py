@@ -77,7 +77,7 @@ class CrmMonOptions:
     executable: str = "crm_mon"
     dialect: CrmMonDialect = CrmMonDialect.AUTO
     timeout: timedelta | None = None
-    kill_grace: timedelta = field(default=timedelta(seconds=2))
+    kill_grace: timedelta = field(default=timedelta(seconds=5))
 
     def argv(self, dialect: CrmMonDialect) -> tuple[str, ...]:
         """Return the full command line for ``dialect`` (AUTO means ``--output-as=xml``)."""
@@ -183,7 +183,7 @@ def _is_unknown_option(output: CommandOutput) -> bool:
 
 
 async def run_command(
-    argv: Sequence[str], *, kill_grace: timedelta = timedelta(seconds=2)
+    argv: Sequence[str], *, kill_grace: timedelta = timedelta(seconds=5)
 ) -> CommandOutput:
     """Run ``argv`` to completion in its own process group and collect its output.
 
