@@ -43,7 +43,9 @@ class Backoff:
 
     def cap(self) -> float:
         """Return the upper bound, in seconds, of the next delay."""
-        grown = self.initial.total_seconds() * self.multiplier**self._attempt
+        # The exponent is clamped: after a long outage (thousands of retries) the float
+        # power would overflow; the cap was reached long before anyway.
+        grown = self.initial.total_seconds() * self.multiplier ** min(self._attempt, 64)
         return min(grown, self.maximum.total_seconds())
 
     def next_delay(self) -> float:

@@ -23,6 +23,8 @@ __all__ = ["REDACTED", "SECRET_KEYS", "bind_role", "configure_logging", "redact_
 REDACTED = "<redacted>"
 # Keys whose values are secrets whatever their type (a token passed as a plain str).
 SECRET_KEYS = frozenset({"password", "passwd", "token", "secret", "authorization", "api_key"})
+# Named like secrets but evidence operators need: the lock's fencing token orders holders.
+NOT_SECRET_KEYS = frozenset({"fencing_token"})
 
 
 def _redact(value: object) -> object:
@@ -39,6 +41,8 @@ def _is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
     lowered = key.lower()
+    if lowered in NOT_SECRET_KEYS:
+        return False
     return lowered in SECRET_KEYS or lowered.endswith(("_password", "_token", "_secret"))
 
 

@@ -48,3 +48,9 @@ def test_nonsense_parameters_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(initial, maximum, multiplier)
+
+
+def test_a_very_long_outage_never_overflows() -> None:
+    backoff = Backoff(timedelta(milliseconds=100), timedelta(seconds=5))
+    for _ in range(5000):
+        assert backoff.next_delay() <= 5.0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import structlog
 from blockbuster import BlockBuster, blockbuster_ctx
 
 pytest_plugins = [
@@ -26,3 +28,30 @@ def blockbuster() -> Iterator[BlockBuster]:
     scanned = [name for name in _SCANNED_PACKAGES if importlib.util.find_spec(name) is not None]
     with blockbuster_ctx(scanned) as bb:
         yield bb
+
+
+@pytest.fixture(autouse=True, scope="session")
+def structlog_without_logger_cache() -> Iterator[None]:
+    """Keep ``capture_logs`` working after a test ran a CLI that configured logging.
+
+    ``configure_logging`` turns on ``cache_logger_on_first_use`` (right for a daemon);
+    in one test process a cached logger would bypass later ``capture_logs`` calls.
+    """
+    original = structlog.configure
+
+    def configure(*args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - forwards structlog's own
+        kwargs["cache_logger_on_first_use"] = False
+        original(*args, **kwargs)
+
+    structlog.configure = configure
+    try:
+        yield
+    finally:
+        structlog.configure = original
+
+
+@pytest.fixture(autouse=True)
+def structlog_reset_after_test() -> Iterator[None]:
+    """Undo any logging configuration a test made (CLI tests call configure_logging)."""
+    yield
+    structlog.reset_defaults()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -47,9 +48,11 @@ def _replace_if_changed(path: Path, data: bytes) -> bool:
         mode, owner = stat.S_IMODE(old.st_mode), (old.st_uid, old.st_gid)
     except FileNotFoundError:
         mode, owner = _DEFAULT_MODE, None
-    temporary = path.with_name(f".{path.name}.pgcm-{os.getpid()}.tmp")
+    # A unique name per attempt: a superseded attempt's worker thread cannot be stopped
+    # and may still be writing its own temporary file when the next attempt starts.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".pgcm-tmp")
+    temporary = Path(name)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:

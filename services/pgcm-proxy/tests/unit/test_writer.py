@@ -42,13 +42,17 @@ async def test_owner_is_kept(tmp_path: Path) -> None:
     assert (target.stat().st_uid, target.stat().st_gid) == (1, 1)
 
 
-async def test_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:
-    directory = tmp_path / "conf"
-    directory.mkdir()
-    target = directory / "pgbouncer.ini"
+async def test_failed_write_leaves_the_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "pgbouncer.ini"
     target.write_text("old\n")
-    # A directory where the temporary file should go makes the open fail like a full disk.
-    (directory / f".pgbouncer.ini.pgcm-{os.getpid()}.tmp").mkdir()
-    with pytest.raises(OSError, match="Is a directory"):
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
         await write_if_changed(target, "new\n")
     assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pgbouncer.ini"]

@@ -327,8 +327,12 @@ class EtcdLock(anyio.AsyncContextManagerMixin):
                         return
 
     def _mark_lost(self, reason: str) -> None:
-        if self._token is not None:
-            self._log.error("etcd.lock.lost", fencing_token=self._token, reason=reason)
+        if self._token is None:
+            # Still waiting to acquire: the attempt fails on its own; nobody holding
+            # this lock has anything to stop.
+            self._log.warning("etcd.lock.lease_lost_while_waiting", reason=reason)
+            return
+        self._log.error("etcd.lock.lost", fencing_token=self._token, reason=reason)
         self._lost.set()
         scopes, self._on_loss = self._on_loss, []
         for scope in scopes:

@@ -8,7 +8,7 @@ Every event passes a :class:`RevisionGate`, so the consumer never sees a replay.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -42,14 +42,17 @@ async def watch_keys(
     start_revision: int,
     *,
     prefix: bool = False,
+    known_keys: Iterable[bytes] = (),
     buffer: int = 256,
 ) -> AsyncIterator[MemoryObjectReceiveStream[WatchEvent]]:
     """Watch a key (or every key under a prefix) from ``start_revision`` until exit.
 
     Yields a stream of :class:`KeyValue` (put) and :class:`Deleted` events in revision
     order per key, each at most once. Use ``start_revision = listing.revision + 1`` after
-    reading the current state, or 0 for "from now". Entering returns once the first
-    watch is established (bounded by the caller's ``fail_after``).
+    reading the current state, or 0 for "from now"; pass that listing's keys as
+    ``known_keys`` so that a key deleted while the watch was compacted away is still
+    reported as :class:`Deleted`. Entering returns once the first watch is established
+    (bounded by the caller's ``fail_after``).
 
     Raises:
         EtcdError: the first watch cannot be opened and the caller's deadline passed
@@ -60,7 +63,9 @@ async def watch_keys(
     """
     send, receive = anyio.create_memory_object_stream[WatchEvent](buffer)
     async with anyio.create_task_group() as tg:
-        await tg.start(_pump, store, key_or_prefix, prefix, start_revision, send)
+        pump = _Pump(store, key_or_prefix, prefix=prefix, next_revision=start_revision, send=send)
+        pump.seed_live_keys(frozenset(known_keys))
+        await tg.start(_pump, pump, send)
         try:
             with receive:
                 yield receive
@@ -69,15 +74,11 @@ async def watch_keys(
 
 
 async def _pump(
-    store: EtcdStore,
-    key: bytes,
-    prefix: bool,  # noqa: FBT001 - positional for tg.start
-    start_revision: int,
+    pump: _Pump,
     send: MemoryObjectSendStream[WatchEvent],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    pump = _Pump(store, key, prefix=prefix, next_revision=start_revision, send=send)
     with send:
         try:
             await pump.run(task_status)
@@ -103,6 +104,10 @@ class _Pump:
         self._gate = RevisionGate()
         self._live: set[bytes] = set()
         self._log = log.bind(key=key.decode(errors="replace"), prefix=prefix)
+
+    def seed_live_keys(self, keys: frozenset[bytes]) -> None:
+        """Remember keys the caller already knows exist (from its own listing)."""
+        self._live.update(keys)
 
     async def run(self, task_status: TaskStatus[None]) -> None:
         started = False
