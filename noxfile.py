@@ -61,14 +61,33 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """Unit and contract tests: fakes and pure code (contract suites also hit real servers)."""
-    session.run("pytest", *_test_dirs("unit"), *_test_dirs("contract"), *session.posargs)
+    """Unit and contract tests, plus the bad-input suite at its small default sample size.
+
+    Contract suites also run against real servers; ``nox -s fuzz`` runs the bad-input
+    suite at full size.
+    """
+    session.run(
+        "pytest", *_test_dirs("unit"), *_test_dirs("contract"), "tests/fuzz", *session.posargs
+    )
 
 
 @nox.session
 def integration(session: nox.Session) -> None:
     """Integration tests against real etcd, PostgreSQL, PgBouncer and Pacemaker."""
-    session.run("pytest", *_test_dirs("integration"), *session.posargs)
+    session.run("pytest", *_test_dirs("integration"), "tests/security", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Bad-input suite at full size: >= 10 000 hypothesis cases per property (PGCM_FUZZ=1)."""
+    session.run(
+        "pytest",
+        "tests/fuzz",
+        "--hypothesis-show-statistics",
+        "--timeout=1800",  # 10 000 cases of one property outlast the 120 s test default
+        *session.posargs,
+        env={"PGCM_FUZZ": "1"},
+    )
 
 
 @nox.session

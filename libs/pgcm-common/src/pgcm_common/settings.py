@@ -49,7 +49,12 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from pgcm_common.errors import ConfigError
 from pgcm_common.records import KeyLayout
@@ -582,9 +587,25 @@ def load_settings(
         settings = cls(**kwargs)
     except ValidationError as exc:
         raise InvalidSettings(_problems(exc)) from exc
+    except SettingsError as exc:
+        # pydantic-settings decodes list/dict values from the environment as JSON and
+        # raises its own error on bad JSON (PGCM_TOKENS=5s): still a bad setting.
+        raise ConfigError(_settings_error_key(exc, cls), "not valid JSON") from exc
     finally:
         _LOADING.reset(token)
     return settings, loaded
+
+
+_SETTINGS_ERROR_FIELD = re.compile(r'field "([^"]+)"')
+
+
+def _settings_error_key(exc: SettingsError, cls: type[PgcmSettings]) -> str:
+    """Return the environment variable a pydantic-settings error is about."""
+    match = _SETTINGS_ERROR_FIELD.search(str(exc))
+    if match is None:
+        return "<environment>"
+    field = match.group(1)
+    return ENV_PREFIX + field.upper() if field in cls.model_fields else field
 
 
 # ---------------------------------------------------------------------------- flags
@@ -673,6 +694,16 @@ def _is_secret(info: FieldInfo) -> bool:
     return _unwrap_optional(info.annotation) is SecretStr
 
 
+def _is_secret_map(info: FieldInfo) -> bool:
+    """Return whether the field is a mapping whose values are secrets (named tokens)."""
+    inner = _unwrap_optional(info.annotation)
+    if typing.get_origin(inner) not in {dict, Mapping}:
+        return False
+    args = typing.get_args(inner)
+    key_and_value = 2  # dict[K, V]: the value type is the second argument
+    return len(args) == key_and_value and _unwrap_optional(args[1]) is SecretStr
+
+
 def _show(value: object) -> str:
     if isinstance(value, timedelta):
         return format_duration(value)
@@ -694,7 +725,8 @@ def render_toml(settings: PgcmSettings, *, header: str | None = None) -> str:
     """Render settings as commented TOML that :func:`load_settings` reads back.
 
     Every key carries its description, default and environment variable as comments.
-    Secrets are never printed: a set secret becomes a commented-out ``<redacted>`` line.
+    Secrets are never printed: a set secret becomes a commented-out ``<redacted>`` line,
+    and a table of secrets (named tokens) is commented out whole, names kept.
     Unset optional values are commented out too (TOML has no null).
     """
     cls = type(settings)
@@ -742,6 +774,12 @@ def _render_fields(
             out.append(f"# {name} = {shown}")
         elif value is None:
             out.append(f"# {name} = (unset)")
+        elif _is_secret_map(info):
+            # The whole table is commented out: an uncommented key = "<redacted>" (or
+            # pydantic's "**********") would load back as a real, guessable secret.
+            secrets: Mapping[str, SecretStr] = getattr(obj, name)
+            out.append(f"# [{table}.{name}]")
+            out += [f"# {_toml_key(k)} = {REDACTED}" for k in secrets]
         elif leaf.kind == "dict" and isinstance(value, dict):
             out.append(f"[{table}.{name}]")
             out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]

@@ -54,6 +54,11 @@ def parse_primary_address(raw: bytes | None) -> PrimaryAddress:
         raise RejectedAddress("not_ascii", raw) from exc
     if not text.isprintable() or any(ch.isspace() for ch in text):
         raise RejectedAddress("whitespace_or_control", raw)
+    if "%" in text and ":" in text:
+        # ipaddress accepts an IPv6 zone id of any printable text ("fe80::1%a=b;c"): it
+        # would carry '=' and ';' into pgbouncer.ini. A link-local primary is not a
+        # deployment we support, so zone ids are refused outright.
+        raise RejectedAddress("zone_id", raw)
     try:
         return PrimaryAddress(str(ipaddress.ip_address(text)))
     except ValueError:
