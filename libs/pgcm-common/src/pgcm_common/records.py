@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Self, final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from pgcm_common.errors import PgcmError
 
@@ -119,8 +119,10 @@ class PrimaryRecord(_Record):
     with_quorum: bool
     dc: str | None
     writer: str = Field(description="node name of the supervise that wrote the record")
-    observed_at: datetime
-    pacemaker_last_change: str | None = None
+    observed_at: AwareDatetime
+    pacemaker_last_change: str | None = Field(
+        default=None, description="crm_mon's summary/last_change time (the CIB's last write)"
+    )
 
 
 @final
@@ -130,7 +132,7 @@ class ProxyAck(_Record):
     proxy_id: str
     host: str
     revision: int
-    applied_at: datetime
+    applied_at: AwareDatetime
     pgbouncers: tuple[str, ...] = ()
 
 
@@ -142,6 +144,11 @@ class NodeRole(_Record):
     online: bool
     role: str
     promotion_score: int | None = None
+    data_status: str | None = Field(
+        default=None,
+        description="the legacy ocf:heartbeat:pgsql agent's <rsc>-data-status of this node "
+        "(LATEST, STREAMING|SYNC, ...), raw; None with PAF or when unset",
+    )
 
 
 @final
@@ -169,7 +176,7 @@ class NodeStatus(_Record):
 
     node: str
     address: str | None
-    observed_at: datetime
+    observed_at: AwareDatetime
     with_quorum: bool
     dc: str | None
     primary: str | None
@@ -178,3 +185,8 @@ class NodeStatus(_Record):
     pgbouncer_paused: bool | None = None
     postgres: PostgresStatus | None = None
     problem: str | None = Field(default=None, description="why the view is incomplete")
+    resource_agent: str | None = Field(
+        default=None,
+        description="agent of the promotable resource, e.g. ocf:heartbeat:pgsqlms (PAF) or "
+        "ocf:heartbeat:pgsql (legacy); None when the writer does not say",
+    )

@@ -11,6 +11,8 @@ from pgcm_common.pacemaker import (
     CrmMon,
     CrmMonDialect,
     CrmMonOptions,
+    Node,
+    NodeAddressUnknown,
     OutputFormat,
     PacemakerCommandFailed,
     Role,
@@ -162,3 +164,15 @@ async def test_auto_dialect_falls_back_to_as_xml_on_pacemaker_1_1(tmp_path: Path
     assert state.output_format is OutputFormat.LEGACY_AS_XML
     assert state.pacemaker_version == "1.1.24"
     assert state.primary_node == "n1"
+
+
+async def test_a_hanging_corosync_cfgtool_is_killed_and_reported(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    hang = write_script(tmp_path / "hang", f"echo $$ > {pids}\nexec sleep 300\n")
+    resolver = CorosyncNodeAddresses(command_prefix=(str(hang),), timeout=timedelta(seconds=0.5))
+    node = Node("n1", "1", online=True, standby=False, unclean=False, maintenance=False, is_dc=True)
+    with anyio.fail_after(10), pytest.raises(NodeAddressUnknown, match=r"did not answer in 0\.5s"):
+        await resolver.address_of(node)
+    leader = int((await anyio.Path(pids).read_text()).split()[0])
+    with anyio.fail_after(5):
+        await eventually(lambda: process_gone(leader))

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pgcm_failover.cluster import (
 from pgcm_failover.coordinator import EtcdCoordinator, read_acks
 from pgcm_failover.errors import CleanupRefused, ClientsFailed, FailoverAborted
 from pgcm_failover.pipeline import (
+    Clock,
     Health,
     Phase,
     Pipeline,
@@ -124,6 +126,7 @@ class Switchover:
     settings: FailoverSettings
     target: str | None = None
     on_phase: Callable[[Phase], None] | None = None
+    clock: Clock = time.monotonic
     report: Report = field(default_factory=Report)
     error: Exception | None = None
     finished: bool = False
@@ -148,6 +151,7 @@ class Switchover:
                 coordinator,
                 _cluster(adapters.store, settings),
                 pipeline_options(settings, self.target),
+                clock=self.clock,
                 on_phase=self.on_phase,
             )
             self.report = pipeline.report
@@ -314,15 +318,23 @@ async def cleanup(adapters: Adapters, settings: FailoverSettings) -> CleanupResu
     coordinator = EtcdCoordinator(
         adapters.store, layout, lock_ttl=settings.lock_ttl, release_grace=settings.cleanup_grace
     )
+    obtained = False
     async with coordinator:
-        try:
-            with anyio.fail_after(settings.lock_timeout.total_seconds()):
-                await coordinator.acquire_lock()
-        except TimeoutError as exc:
-            raise CleanupRefused("could not take the failover lock in time") from exc
-        done.append("took the failover lock")
-        await _resume_all(adapters.clients, settings, done, needs_human)
-        await _clear_constraint(adapters, settings, done, needs_human)
+        # A refusal is raised after the block: raised inside, the lock's task group
+        # would hand it on wrapped in an ExceptionGroup.
+        with anyio.move_on_after(settings.lock_timeout.total_seconds()):
+            await coordinator.acquire_lock()
+            obtained = True
+        if obtained:
+            done.append("took the failover lock")
+            await _resume_all(adapters.clients, settings, done, needs_human)
+            await _clear_constraint(adapters, settings, done, needs_human)
+    if not obtained:
+        raise CleanupRefused(
+            f"could not take the failover lock within "
+            f"lock_timeout={settings.lock_timeout.total_seconds():g}s (another switchover "
+            f"or cleanup holds it)"
+        )
     return CleanupResult(done=tuple(done), needs_human=tuple(needs_human))
 
 

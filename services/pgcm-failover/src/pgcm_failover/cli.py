@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from pgcm_common.daemon import most_telling_error
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
@@ -29,6 +31,7 @@ from pgcm_failover.app import (
     open_adapters,
 )
 from pgcm_failover.errors import CleanupRefused
+from pgcm_failover.pipeline import Clock
 from pgcm_failover.report import (
     CleanupResult,
     Plan,
@@ -131,13 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes readable
-    argv: Sequence[str] | None = None, *, adapters: AdaptersFactory = open_adapters
+    argv: Sequence[str] | None = None,
+    *,
+    adapters: AdaptersFactory = open_adapters,
+    clock: Clock = time.monotonic,
 ) -> int:
     """Run the command line; return the process exit code.
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
         adapters: builds etcd and the supervise clients (tests pass fakes).
+        clock: the monotonic clock the switchover report is timed with.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -169,7 +176,9 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
             return _cleanup(settings, adapters, as_json=as_json)
         if dry_run:
             return _dry_run(settings, adapters, target, as_json=as_json)
-        return _switchover(settings, adapters, target, as_json=as_json, progress=progress)
+        return _switchover(
+            settings, adapters, target, as_json=as_json, progress=progress, clock=clock
+        )
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_BAD_CONFIG
@@ -181,6 +190,22 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
         return EXIT_FAILED
 
 
+def _run(go: Callable[[], Awaitable[None]]) -> None:
+    """Run ``go`` until done or signalled; raise its errors bare, not in ExceptionGroups.
+
+    An error raised inside nested task groups (the etcd lock's keepalive group, the
+    watch pumps) arrives wrapped once per group; the exit-code mapping needs the error
+    itself, or the operator gets a traceback instead of a message.
+    """
+    try:
+        run_until_signalled(go)
+    except BaseExceptionGroup as group:
+        leaf = most_telling_error(group)
+        if not isinstance(leaf, Exception):
+            raise
+        raise leaf from group
+
+
 def _switchover(
     settings: FailoverSettings,
     adapters: AdaptersFactory,
@@ -188,14 +213,20 @@ def _switchover(
     *,
     as_json: bool,
     progress: bool,
+    clock: Clock,
 ) -> int:
-    run = Switchover(settings, target, on_phase=ProgressDisplay(sys.stderr) if progress else None)
+    run = Switchover(
+        settings,
+        target,
+        on_phase=ProgressDisplay(sys.stderr) if progress else None,
+        clock=clock,
+    )
 
     async def go() -> None:
         async with adapters(settings) as opened:
             await run.run(opened)
 
-    run_until_signalled(go)
+    _run(go)
     report = run.report
     if not run.finished and run.error is None:
         report.error = report.error or "interrupted by a signal; every undo step ran"
@@ -223,7 +254,7 @@ def _dry_run(
         async with adapters(settings) as opened:
             plans.append(await make_plan(opened, settings, target))
 
-    run_until_signalled(go)
+    _run(go)
     if not plans:
         return EXIT_FAILED
     plan = plans[0]
@@ -238,7 +269,7 @@ def _status(settings: FailoverSettings, adapters: AdaptersFactory, *, as_json: b
         async with adapters(settings) as opened:
             found.append(await collect_status(opened, settings))
 
-    run_until_signalled(go)
+    _run(go)
     if not found:
         return EXIT_FAILED
     sys.stdout.write(dumps(status_to_dict(found[0])) if as_json else render_status(found[0]))
@@ -253,7 +284,7 @@ def _cleanup(settings: FailoverSettings, adapters: AdaptersFactory, *, as_json: 
             results.append(await cleanup(opened, settings))
 
     try:
-        run_until_signalled(go)
+        _run(go)
     except CleanupRefused as exc:
         sys.stderr.write(f"{PROG}: cleanup refused: {exc}\n")
         return EXIT_FAILED

@@ -12,6 +12,8 @@ node's PgBouncer paused state, and the primary's PostgreSQL facts when published
 * ``wait_settled`` waits for LAB.md's "safe clear rule": the target is the only promoted
   node, holds the top promotion score alone, and no online standby has a negative score
   (PAF gives the primary 1001; we compare with the maximum instead of hard-coding it).
+  With the legacy ``ocf:heartbeat:pgsql`` agent (negative standby scores are normal
+  there) it waits for the target to be the only node whose data-status is LATEST.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from pgcm_failover.errors import FailoverAborted
 from pgcm_failover.pipeline import PreflightResult
 
 __all__ = [
+    "LEGACY_PGSQL_AGENT",
     "ClusterSnapshot",
     "NodeStatusCluster",
     "check_preflight",
+    "is_legacy_pgsql",
     "is_promoted",
     "is_standby",
     "read_snapshot",
@@ -137,19 +141,43 @@ async def read_snapshot(
     )
 
 
+LEGACY_PGSQL_AGENT = "ocf:heartbeat:pgsql"
+"""The legacy resource agent; anything else (PAF's ``ocf:heartbeat:pgsqlms``) uses scores."""
+
+_LATEST = "LATEST"
+
+
+def is_legacy_pgsql(view: NodeStatus) -> bool:
+    """Return whether ``view`` describes the legacy ``ocf:heartbeat:pgsql`` agent.
+
+    Older supervises do not publish the agent; a published ``<rsc>-data-status`` only
+    exists with the legacy agent, so it identifies it as well.
+    """
+    if view.resource_agent is not None:
+        return view.resource_agent == LEGACY_PGSQL_AGENT
+    return any(n.data_status is not None for n in view.nodes)
+
+
 def settle_problems(snapshot: ClusterSnapshot, target: str) -> list[str]:
     """Return why it is not yet safe to clear the move constraint (empty: safe).
 
-    The rule (LAB.md): ``target`` is the only promoted node and holds the top promotion
-    score, no other node has that score, and no online standby has a negative score.
+    The rule (LAB.md), with PAF: ``target`` is the only promoted node and holds the top
+    promotion score, no other node has that score, and no online standby has a negative
+    score. The legacy ``ocf:heartbeat:pgsql`` agent gives async/potential standbys and
+    the just-demoted primary ``-INFINITY`` for good, so there the rule is: ``target`` is
+    the only promoted node, its ``<rsc>-data-status`` is ``LATEST``, and no other node
+    is ``LATEST``.
     """
-    if snapshot.view is None:
+    view = snapshot.view
+    if view is None:
         return ["no fresh NodeStatus with quorum"]
     problems: list[str] = []
     nodes = snapshot.nodes
     promoted = sorted(n.name for n in nodes if is_promoted(n))
     if promoted != [target]:
         problems.append(f"promoted: {', '.join(promoted) or 'none'} (want only {target})")
+    if is_legacy_pgsql(view):
+        return problems + _legacy_settle_problems(nodes, target)
     scores = {n.name: n.promotion_score for n in nodes if n.promotion_score is not None}
     top = max(scores.values(), default=None)
     if top is None or scores.get(target) != top:
@@ -163,6 +191,17 @@ def settle_problems(snapshot: ClusterSnapshot, target: str) -> list[str]:
     )
     if negative:
         problems.append(f"standby with a negative promotion score: {', '.join(negative)}")
+    return problems
+
+
+def _legacy_settle_problems(nodes: tuple[NodeRole, ...], target: str) -> list[str]:
+    problems: list[str] = []
+    status = {n.name: n.data_status for n in nodes}
+    if status.get(target) != _LATEST:
+        problems.append(f"{target} data-status is {status.get(target)}, not {_LATEST}")
+    others = sorted(name for name, value in status.items() if value == _LATEST and name != target)
+    if others:
+        problems.append(f"other node(s) with data-status {_LATEST}: {', '.join(others)}")
     return problems
 
 

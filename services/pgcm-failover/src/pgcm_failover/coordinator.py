@@ -145,15 +145,16 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
             EtcdError: the first watch could not be opened.
         """
         key = self._layout.master
-        current = await self._store.get(key)
+        # One read gives both the value and the store revision it was read at; watching
+        # from that revision + 1 leaves no window in which a write could slip by. (The
+        # prefix also matches "<master>.json": only the exact key counts.)
+        listing = await self._store.get_prefix(key)
+        current = next((kv for kv in listing.items if kv.key == key), None)
         if current is not None and current.value.decode(errors="replace") == address:
             self._seen_primary(current)
             return
-        # Watch from just after what we read, so a write in between is not missed.
-        start = (current.mod_revision + 1) if current is not None else 0
-        if current is None:
-            start = (await self._store.get_prefix(key)).revision + 1
-        async with watch_keys(self._store, key, start) as events:
+        known = () if current is None else (key,)
+        async with watch_keys(self._store, key, listing.revision + 1, known_keys=known) as events:
             async for event in events:
                 if isinstance(event, KeyValue) and event.value.decode(errors="replace") == address:
                     self._seen_primary(event)
@@ -184,7 +185,13 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
         if self._all_confirm(acks, address, revision):
             return self._acknowledged(acks)
         prefix = self._layout.proxies_prefix
-        async with watch_keys(self._store, prefix, listing.revision + 1, prefix=True) as events:
+        async with watch_keys(
+            self._store,
+            prefix,
+            listing.revision + 1,
+            prefix=True,
+            known_keys=[kv.key for kv in listing.items],
+        ) as events:
             async for event in events:
                 if isinstance(event, Deleted):
                     gone = acks.pop(event.key, None)

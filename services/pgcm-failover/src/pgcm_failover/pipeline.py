@@ -36,6 +36,7 @@ from pgcm_failover.errors import (
 )
 
 __all__ = [
+    "Clock",
     "Cluster",
     "Coordinator",
     "Health",
@@ -176,6 +177,11 @@ class PipelineOptions:
     # timeout itself and answers DEADLINE_EXCEEDED; we wait a little longer for that
     # answer rather than cut the call at the same instant.
     rpc_margin: timedelta = timedelta(seconds=1)
+    # Taken off what is left of the pause expiry when waiting for etcd and the proxies:
+    # supervise's auto-resume fires pause_expiry after it received PAUSE, and our RESUME
+    # fan-out needs a moment too. Giving up this much earlier means clients are resumed
+    # by us, with a clear "proxies did not follow" error, not silently by the expiry.
+    expiry_margin: timedelta = timedelta(milliseconds=500)
 
 
 @final
@@ -290,12 +296,20 @@ class Pipeline:
             # Both undos are registered before pausing, in this order, so that on failure
             # clients are resumed FIRST and the move is cleared after (LIFO). Each undo is
             # a no-op when its step never started.
-            undo.push_async_callback(self._undo, "unmigrate", self._settle_then_unmigrate)
+            # The unmigrate undo first waits for Pacemaker to settle (up to settle_timeout),
+            # so it gets that on top of the usual grace.
+            undo.push_async_callback(
+                self._undo,
+                "unmigrate",
+                self._settle_then_unmigrate,
+                opts.settle_timeout + opts.cleanup_grace,
+            )
             undo.push_async_callback(self._undo, "resume", self._resume_if_paused)
             await self._phase("pause", self._pause, opts.pause_timeout + opts.rpc_margin)
             self.report.target = await self._phase("migrate", self._migrate, opts.migrate_timeout)
-            # Bounded by the expiry: past it PgBouncers resume on their own anyway.
-            await self._phase("wait_for_proxies", self._wait_followed, opts.pause_expiry)
+            # Bounded by what is left of the expiry (counted from the pause, not from this
+            # phase): past it PgBouncers resume on their own anyway.
+            await self._phase("wait_for_proxies", self._wait_followed, self._pause_left())
             await self._phase("resume", self._resume_if_paused, opts.resume_timeout)
             # The lock is kept and the constraint stays until Pacemaker has settled;
             # clearing earlier moves the primary back (LAB.md).
@@ -331,8 +345,20 @@ class Pipeline:
         if self._on_phase is not None:
             self._on_phase(phase)
 
-    async def _undo(self, name: str, rollback: Callable[[], Awaitable[None]]) -> None:
-        grace = self._options.cleanup_grace.total_seconds()
+    def _pause_left(self) -> timedelta:
+        opts = self._options
+        paused_at = self.report.paused_at
+        elapsed = 0.0 if paused_at is None else self._clock() - paused_at
+        left = opts.pause_expiry.total_seconds() - elapsed - opts.expiry_margin.total_seconds()
+        return timedelta(seconds=max(0.0, left))
+
+    async def _undo(
+        self,
+        name: str,
+        rollback: Callable[[], Awaitable[None]],
+        budget: timedelta | None = None,
+    ) -> None:
+        grace = (budget or self._options.cleanup_grace).total_seconds()
         with anyio.move_on_after(grace, shield=True) as scope:
             try:
                 await rollback()
@@ -386,6 +412,8 @@ class Pipeline:
         # One endpoint is enough: Pacemaker is cluster-wide. Try the next one if the first
         # cannot do it (its node may be the one going away).
         failures: dict[str, Exception] = {}
+        planned = self.report.planned_target
+        pinned = self._options.target_node
         # Marked before asking: a migrate that times out may still have created the
         # move constraint, and the undo must clear it.
         self._migrate_requested = True
@@ -393,8 +421,9 @@ class Pipeline:
             try:
                 # Until an answer says otherwise, this request may have moved the primary.
                 self._move_maybe_done = True
-                target = await client.migrate(self._options.target_node)
+                target = await client.migrate(pinned)
             except _DEFINITE_REFUSALS as exc:
+                # Nothing was moved: the next endpoint may try with the same target.
                 log.warning("failover.migrate.error", endpoint=client.endpoint, error=str(exc))
                 failures[client.endpoint] = exc
                 self._move_maybe_done = any(
@@ -403,8 +432,13 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - collected and re-raised below
                 log.warning("failover.migrate.error", endpoint=client.endpoint, error=str(exc))
                 failures[client.endpoint] = exc
+                # Timeout or UNAVAILABLE: the move may have been issued. Another try
+                # without a target could let Pacemaker pick a second, different node;
+                # only the planned target is safe to ask for again.
+                if planned is None:
+                    break
+                pinned = planned
             else:
-                planned = self.report.planned_target
                 if planned is not None and target.node != planned:
                     self.report.notes.append(
                         f"Pacemaker chose {target.node}, not {planned} as pre-flight expected"
@@ -415,16 +449,38 @@ class Pipeline:
     async def _settle_then_unmigrate(self) -> None:
         if not self._migrate_requested:
             return
-        if not self._settled and self.report.target is not None:
+        if not self._settled:
+            target = self.report.target
+            if target is None:
+                if self._move_maybe_done:
+                    self._leave_constraint(
+                        "the migrate answer was lost, so the target is unknown and "
+                        "Pacemaker's settling cannot be checked"
+                    )
+                # Otherwise every endpoint refused outright: no constraint was created.
+                return
             # A failed switchover after the move: still wait (bounded) for Pacemaker to
             # settle, or clearing the constraint would bounce the primary again.
-            with anyio.move_on_after(self._options.settle_timeout.total_seconds()) as scope:
-                await self._cluster.wait_settled(self.report.target.node)
+            limit = self._options.settle_timeout.total_seconds()
+            try:
+                with anyio.move_on_after(limit) as scope:
+                    await self._cluster.wait_settled(target.node)
+            except Exception as exc:  # noqa: BLE001 - reported; the constraint is kept
+                self._leave_constraint(f"could not check that Pacemaker settled: {exc}")
+                return
             if scope.cancelled_caught:
-                self.report.needs_human.append(
-                    "Pacemaker did not settle before the move constraint was cleared"
-                )
+                self._leave_constraint(f"Pacemaker did not settle on {target.node} in {limit:g}s")
+                return
+            self._settled = True
         await self._unmigrate()
+
+    def _leave_constraint(self, why: str) -> None:
+        log.error("pipeline.unmigrate.skipped", reason=why)
+        self.report.needs_human.append(
+            f"the move constraint was left in place ({why}); clearing it before Pacemaker "
+            f"has settled moves the primary back. Run 'pgcm-failover cleanup' once "
+            f"'pgcm-failover status' shows the new primary settled"
+        )
 
     async def _unmigrate(self) -> None:
         failures: dict[str, Exception] = {}

@@ -68,12 +68,14 @@ class FailoverSettings(PgcmSettings):
     )
     settle_timeout: Duration = Field(
         default=timedelta(seconds=30),
-        description="Bound on Pacemaker settling after the move (target promoted with the "
-        "top score, nobody else, no standby negative) before the constraint is cleared.",
+        description="Bound on Pacemaker settling after the move (PAF: target promoted with "
+        "the top score, nobody else, no standby negative; legacy pgsql agent: target "
+        "promoted and alone with data-status LATEST) before the constraint is cleared.",
     )
     cleanup_grace: Duration = Field(
         default=timedelta(seconds=10),
-        description="Each undo step (resume, unmigrate, unlock) gets this long, also after Ctrl-C.",
+        description="Each undo step (resume, unmigrate, unlock) gets this long, also after "
+        "Ctrl-C; unmigrate gets settle_timeout on top, to wait for Pacemaker to settle.",
     )
     lock_ttl: Duration = Field(
         default=timedelta(seconds=5),

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pgcm_common.errors import EtcdError
+from pgcm_common.etcd import KeyValue, Lease
 from pgcm_common.records import KeyLayout, NodeRole, NodeStatus, ProxyAck, now_utc
 from pgcm_failover.app import Adapters
 from pgcm_failover.cli import main
@@ -45,6 +47,10 @@ class World:
     fail_unmigrate: bool = False
     constraint: bool = False
     proxies: tuple[str, ...] = ("app1",)
+    now: float = 1000.0  # the switchover's monotonic clock; moves only when the world acts
+
+    def clock(self) -> float:
+        return self.now
 
     def roles(self) -> tuple[NodeRole, ...]:
         return tuple(
@@ -108,6 +114,7 @@ class Supervise:
 
     async def migrate(self, target_node: str | None) -> MigrationTarget:
         self.world.calls.append("migrate")
+        self.world.now += 0.75  # Pacemaker takes this long to move the primary
         self.world.primary = target_node or "n2"
         self.world.constraint = True
         await self.world.publish()
@@ -122,7 +129,7 @@ class Supervise:
 
 
 def run(world: World, *argv: str) -> int:
-    return main([*argv, *FAST], adapters=world.adapters)
+    return main([*argv, *FAST], adapters=world.adapters, clock=world.clock)
 
 
 def test_help_describes_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,7 +194,7 @@ def test_successful_switchover_exits_0_with_a_json_report(
     assert report["old_primary"] == "n1"
     assert report["target"] == {"node": "n2", "address": "10.0.0.12"}
     assert report["proxies_acknowledged"] == ["app1"]
-    assert report["paused_seconds"] >= 0
+    assert report["paused_seconds"] == 0.75  # paused exactly while the primary moved
     assert [p["name"] for p in report["phases"]][-1] == "wait_settled"
     assert world.calls[-1] == "unmigrate"
     assert not world.constraint
@@ -284,6 +291,72 @@ def test_cleanup_refuses_while_a_live_holder_has_the_lock(
     assert main(["cleanup", *FAST], adapters=locked) == 1
     assert "cleanup refused" in capsys.readouterr().err
     assert world.calls == []
+
+
+class LockRaceStore:
+    """A FakeEtcdStore whose first read of the lock key misses a holder that is there.
+
+    It stands for a switchover taking the lock just after cleanup looked.
+    """
+
+    def __init__(self, inner: FakeEtcdStore, *, grant_error: EtcdError | None = None) -> None:
+        self._inner = inner
+        self._hidden = True
+        self._grant_error = grant_error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        if key == LAYOUT.lock and self._hidden:
+            self._hidden = False
+            return None
+        return await self._inner.get(key)
+
+    async def grant_lease(self, ttl: timedelta) -> Lease:
+        if self._grant_error is not None:
+            raise self._grant_error
+        return await self._inner.grant_lease(ttl)
+
+
+def racing_adapters(
+    world: World, *, grant_error: EtcdError | None = None
+) -> Callable[[FailoverSettings], AbstractAsyncContextManager[Adapters]]:
+    @asynccontextmanager
+    async def opened(settings: FailoverSettings) -> AsyncIterator[Adapters]:
+        async with world.adapters(settings) as adapters:
+            lease = await world.store.grant_lease(timedelta(seconds=30))
+            await world.store.put(LAYOUT.lock, b'{"holder": "x"}', lease=lease.id)
+            store = LockRaceStore(world.store, grant_error=grant_error)
+            # LockRaceStore delegates the rest of EtcdStore through __getattr__, which
+            # mypy does not count towards a Protocol.
+            yield Adapters(store, adapters.clients)  # type: ignore[arg-type]
+
+    return opened
+
+
+def test_cleanup_without_the_lock_in_time_exits_1_with_a_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World()
+    assert main(["cleanup", *FAST], adapters=racing_adapters(world)) == 1
+    captured = capsys.readouterr()
+    assert "cleanup refused: could not take the failover lock within lock_timeout=1s" in (
+        captured.err
+    )
+    assert "Traceback" not in captured.err + captured.out
+    assert world.calls == []
+
+
+def test_an_etcd_error_inside_the_lock_block_exits_1_with_a_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World()
+    error = EtcdError("etcdserver: permission denied")
+    assert main(["cleanup", *FAST], adapters=racing_adapters(world, grant_error=error)) == 1
+    captured = capsys.readouterr()
+    assert "cleanup failed: etcdserver: permission denied" in captured.err
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_python_dash_m_runs_the_cli() -> None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import pytest
 
+from pgcm_common.pacemaker import ClusterState, Role, parse_crm_mon
 from pgcm_common.records import (
     KeyLayout,
     NodeRole,
@@ -13,7 +15,13 @@ from pgcm_common.records import (
     ReplicationPeer,
     now_utc,
 )
-from pgcm_failover.cluster import NodeStatusCluster, read_snapshot, settle_problems
+from pgcm_failover.cluster import (
+    LEGACY_PGSQL_AGENT,
+    ClusterSnapshot,
+    NodeStatusCluster,
+    read_snapshot,
+    settle_problems,
+)
 from pgcm_failover.errors import FailoverAborted
 from pgcm_testkit.fakes.etcd import FakeEtcdStore
 
@@ -185,3 +193,86 @@ async def test_wait_settled_returns_once_scores_settle() -> None:
         await store.put(LAYOUT.node_status("n2"), status("n2", nodes=late, primary="n2"))
         with anyio.fail_after(5):
             await done.wait()
+
+
+FIXTURES = Path(__file__).parents[4] / "libs" / "pgcm-common" / "tests" / "fixtures" / "pacemaker"
+
+
+def legacy_view(name: str, *, publish_agent: bool) -> ClusterSnapshot:
+    """Build the NodeStatus of a crm_mon fixture the way pgcm-supervise publishes it."""
+    state: ClusterState = parse_crm_mon((FIXTURES / name).read_bytes(), resource_id="pgsql")
+    nodes = []
+    for n in state.nodes:
+        roles = [i.role for i in state.instances if i.node == n.name]
+        legacy = state.legacy_pgsql_of(n.name)
+        nodes.append(
+            NodeRole(
+                name=n.name,
+                online=n.online,
+                role=(roles[0] if roles else Role.STOPPED).value,
+                promotion_score=state.promotion_score(n.name),
+                data_status=None if legacy is None else legacy.data_status_raw,
+            )
+        )
+    view = NodeStatus(
+        node="n3",
+        address="10.0.0.13",
+        observed_at=now_utc(),
+        with_quorum=state.with_quorum,
+        dc=state.dc,
+        primary=state.primary_node,
+        nodes=tuple(nodes),
+        resource_agent=LEGACY_PGSQL_AGENT if publish_agent else None,
+    )
+    return ClusterSnapshot(statuses={"n3": view}, view=view)
+
+
+@pytest.mark.parametrize("publish_agent", [True, False])
+@pytest.mark.parametrize(
+    ("fixture", "target", "settled"),
+    [
+        ("11-stock-pgsql-ra-after-switchover-n2.xml", "n2", True),  # old primary -INFINITY
+        ("11-stock-pgsql-ra-after-switchover-n2.xml", "n1", False),
+        ("10-stock-pgsql-ra-healthy-n1.xml", "n1", True),  # async standby -INFINITY
+        ("10-stock-pgsql-ra-healthy-n1.xml", "n2", False),
+    ],
+)
+def test_legacy_pgsql_agent_settles_on_data_status_not_negative_scores(
+    fixture: str,
+    target: str,
+    settled: bool,  # noqa: FBT001
+    publish_agent: bool,  # noqa: FBT001
+) -> None:
+    problems = settle_problems(legacy_view(fixture, publish_agent=publish_agent), target)
+    assert (problems == []) is settled, problems
+
+
+def test_legacy_pgsql_agent_waits_while_another_node_is_still_latest() -> None:
+    snapshot = legacy_view("11-stock-pgsql-ra-after-switchover-n2.xml", publish_agent=True)
+    assert snapshot.view is not None
+    nodes = tuple(
+        n.model_copy(update={"data_status": "LATEST"}) if n.name == "n1" else n
+        for n in snapshot.view.nodes
+    )
+    view = snapshot.view.model_copy(update={"nodes": nodes})
+    problems = settle_problems(ClusterSnapshot(statuses={"n3": view}, view=view), "n2")
+    assert problems == ["other node(s) with data-status LATEST: n1"]
+
+
+def test_paf_keeps_the_negative_standby_rule() -> None:
+    nodes = (
+        NodeRole(name="n1", online=True, role="Unpromoted", promotion_score=-1000),
+        NodeRole(name="n2", online=True, role="Promoted", promotion_score=1001),
+    )
+    view = NodeStatus(
+        node="n2",
+        address=None,
+        observed_at=now_utc(),
+        with_quorum=True,
+        dc="n1",
+        primary="n2",
+        nodes=nodes,
+        resource_agent="ocf:heartbeat:pgsqlms",
+    )
+    problems = settle_problems(ClusterSnapshot(statuses={"n2": view}, view=view), "n2")
+    assert problems == ["standby with a negative promotion score: n1"]

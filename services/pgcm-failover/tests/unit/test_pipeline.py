@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import anyio
 import pytest
 
-from pgcm_failover.errors import ClientsFailed, ClientUnhealthy, FailoverAborted
+from pgcm_failover.errors import (
+    ClientsFailed,
+    ClientUnhealthy,
+    FailoverAborted,
+    SuperviseRefused,
+    SuperviseUnavailable,
+)
 from pgcm_failover.pipeline import (
     Health,
     MigrationTarget,
@@ -27,6 +33,16 @@ FAST = PipelineOptions(
     settle_timeout=timedelta(seconds=1),
     cleanup_grace=timedelta(seconds=1),
 )
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock that moves only when a test double says so."""
+
+    now: float = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass
@@ -50,6 +66,9 @@ class RecordingClient:
     healthy: bool = True
     fail_on: frozenset[str] = frozenset()
     hang_on: frozenset[str] = frozenset()
+    clock: FakeClock | None = None
+    migrate_error: Exception | None = None
+    migrated_with: list[str | None] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -75,7 +94,12 @@ class RecordingClient:
         await self._act("resume")
 
     async def migrate(self, target_node: str | None) -> MigrationTarget:
+        self.migrated_with.append(target_node)
         await self._act("migrate")
+        if self.clock is not None:
+            self.clock.now += 0.25
+        if self.migrate_error is not None:
+            raise self.migrate_error
         return TARGET
 
     async def unmigrate(self) -> None:
@@ -118,9 +142,17 @@ class RecordingCluster:
             raise FailoverAborted("transaction older than the pause timeout")
         return PreflightResult("n1", TARGET.node, "highest score", notes=("no pg facts",))
 
+    settle_hang: bool = False
+    settle_seconds: float = 0.0  # how long Pacemaker takes to settle (simulated)
+    settled: bool = False
+
     async def wait_settled(self, target_node: str) -> None:
         assert target_node == TARGET.node
         self.journal.calls.append("wait_settled")
+        if self.settle_hang:
+            await anyio.sleep_forever()
+        await anyio.sleep(self.settle_seconds)
+        self.settled = True
 
 
 def make(
@@ -142,7 +174,12 @@ def make(
 async def test_success_runs_every_step_in_order_and_undoes_lifo() -> None:
     journal = Journal()
     clients = [RecordingClient("s1", journal), RecordingClient("s2", journal)]
-    report = await make(journal, clients).run()
+    clock = FakeClock()
+    clients[0].clock = clock
+    pipeline = Pipeline(
+        clients, RecordingCoordinator(journal), RecordingCluster(journal), FAST, clock=clock
+    )
+    report = await pipeline.run()
     assert journal.plain() == [
         "health_check",
         "acquire_lock",
@@ -158,8 +195,8 @@ async def test_success_runs_every_step_in_order_and_undoes_lifo() -> None:
     ]
     assert report.target == TARGET
     assert report.proxies_acknowledged == ["app1", "n1"]
-    assert report.paused_seconds is not None
-    assert report.paused_seconds >= 0
+    # The clock moved 0.25 s during the migrate and nowhere else while paused.
+    assert report.paused_seconds == 0.25
     assert report.needs_human == []
     assert report.old_primary == "n1"
     assert report.notes == ["no pg facts"]
@@ -303,3 +340,116 @@ def test_phase_listener_sees_start_and_end_of_each_phase() -> None:
         ("acquire_lock", False),
         ("acquire_lock", True),
     ]
+
+
+async def test_wait_for_proxies_is_bounded_by_what_is_left_of_the_pause_expiry() -> None:
+    journal = Journal()
+    clock = FakeClock()
+    client = RecordingClient("s1", journal, clock=clock)
+    # Expiry 1 s, 0.25 s used by the migrate, 0.5 s margin: 0.25 s are left.
+    options = replace(FAST, expiry_margin=timedelta(milliseconds=500))
+    pipeline = Pipeline(
+        [client],
+        RecordingCoordinator(journal, acks_hang=True),
+        RecordingCluster(journal),
+        options,
+        clock=clock,
+    )
+    with pytest.raises(TimeoutError, match=r"wait_for_proxies timed out after 0\.25s"):
+        await pipeline.run()
+
+
+def refused(endpoint: str) -> SuperviseRefused:
+    return SuperviseRefused(endpoint, "migrate", "FAILED_PRECONDITION", "node going away")
+
+
+def unavailable(endpoint: str) -> SuperviseUnavailable:
+    return SuperviseUnavailable(endpoint, "migrate", "UNAVAILABLE", "connection reset")
+
+
+async def test_migrate_retry_after_an_ambiguous_failure_pins_the_planned_target() -> None:
+    journal = Journal()
+    first = RecordingClient("s1", journal, migrate_error=unavailable("s1"))
+    second = RecordingClient("s2", journal)
+    report = await make(journal, [first, second]).run()
+    assert first.migrated_with == [None]
+    assert second.migrated_with == [TARGET.node]  # pre-flight's plan, not "any node"
+    assert report.target == TARGET
+
+
+async def test_migrate_retry_after_a_definite_refusal_keeps_the_same_target() -> None:
+    journal = Journal()
+    first = RecordingClient("s1", journal, migrate_error=refused("s1"))
+    second = RecordingClient("s2", journal)
+    await make(journal, [first, second]).run()
+    assert (first.migrated_with, second.migrated_with) == ([None], [None])
+
+
+async def test_unmigrate_undo_waits_settle_timeout_beyond_cleanup_grace() -> None:
+    journal = Journal()
+    # Settling takes longer than cleanup_grace, less than settle_timeout.
+    cluster = RecordingCluster(journal, settle_seconds=0.3)
+    options = replace(
+        FAST, cleanup_grace=timedelta(milliseconds=100), settle_timeout=timedelta(seconds=2)
+    )
+    pipeline = Pipeline(
+        [RecordingClient("s1", journal)],
+        RecordingCoordinator(journal, acks_hang=True),
+        cluster,
+        replace(options, expiry_margin=timedelta(milliseconds=800)),
+    )
+    with pytest.raises(TimeoutError, match="wait_for_proxies"):
+        await pipeline.run()
+    assert cluster.settled
+    assert journal.plain()[-3:] == ["wait_settled", "unmigrate", "release_lock"]
+    assert not any("unmigrate" in item for item in pipeline.report.needs_human)
+
+
+async def test_unmigrate_undo_leaves_the_constraint_when_pacemaker_does_not_settle() -> None:
+    journal = Journal()
+    options = replace(
+        FAST,
+        cleanup_grace=timedelta(milliseconds=100),
+        settle_timeout=timedelta(milliseconds=200),
+        expiry_margin=timedelta(milliseconds=800),
+    )
+    pipeline = Pipeline(
+        [RecordingClient("s1", journal)],
+        RecordingCoordinator(journal, acks_hang=True),
+        RecordingCluster(journal, settle_hang=True),
+        options,
+    )
+    with pytest.raises(TimeoutError, match="wait_for_proxies"):
+        await pipeline.run()
+    assert "unmigrate" not in journal.plain()
+    assert journal.plain()[-2:] == ["wait_settled", "release_lock"]
+    assert any(
+        "move constraint was left in place" in item and "pgcm-failover cleanup" in item
+        for item in pipeline.report.needs_human
+    )
+
+
+async def test_unmigrate_undo_leaves_the_constraint_when_the_target_is_unknown() -> None:
+    journal = Journal()
+    clients = [RecordingClient("s1", journal, migrate_error=unavailable("s1"))]
+    pipeline = Pipeline(
+        clients,
+        RecordingCoordinator(journal),
+        RecordingCluster(journal),
+        replace(FAST, target_node=None),
+    )
+    # pre-flight plans TARGET.node, but no retry endpoint is left: the answer is lost.
+    with pytest.raises(ClientsFailed):
+        await pipeline.run()
+    assert "unmigrate" not in journal.plain()
+    assert any("target is unknown" in item for item in pipeline.report.needs_human)
+
+
+async def test_every_endpoint_refusing_the_migrate_leaves_nothing_to_clear() -> None:
+    journal = Journal()
+    clients = [RecordingClient("s1", journal, migrate_error=refused("s1"))]
+    pipeline = make(journal, clients)
+    with pytest.raises(ClientsFailed):
+        await pipeline.run()
+    assert "unmigrate" not in journal.plain()
+    assert pipeline.report.needs_human == []

@@ -40,7 +40,6 @@ from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
 from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
 from pgcm_supervise.pacemaker_control import CrmResourceControl, CrmResourceOptions
-from pgcm_supervise.pausing import PauseController
 from pgcm_supervise.publisher import PrimaryPublisher, serve_publisher
 from pgcm_supervise.security import SecurityOptions
 from pgcm_supervise.server import FailoverServer, FailoverServerOptions, SystemClock
@@ -48,7 +47,6 @@ from pgcm_supervise.settings import SuperviseSettings
 from pgcm_supervise.status import (
     AsyncpgPostgresProbe,
     NodeStatusPublisher,
-    PausedStateSource,
     PostgresProbe,
 )
 
@@ -128,11 +126,14 @@ class _OwnPauseState:
     paused is the best knowledge there is (a PAUSE sent by hand is not seen).
     """
 
-    def __init__(self, pauser: PauseController) -> None:
-        self._pauser = pauser
+    def __init__(self, api: FailoverServer) -> None:
+        self._api = api
 
     async def paused(self) -> bool | None:
-        return self._pauser.paused
+        return self._api.pauser.paused
+
+    async def resume_for_shutdown(self) -> None:
+        await self._api.resume_for_shutdown()
 
 
 @asynccontextmanager
@@ -145,7 +146,7 @@ async def _open_failover_api(
     crm: CrmMon,
     resolver: NodeAddressResolver,
     metrics: SuperviseMetrics,
-) -> AsyncGenerator[PausedStateSource]:
+) -> AsyncGenerator[_OwnPauseState]:
     """Run the failover gRPC API (after crash recovery); yield its pause state.
 
     The single place where the failover API (server.py, grpc_serve.py) is wired in.
@@ -163,6 +164,7 @@ async def _open_failover_api(
     options = FailoverServerOptions(
         clone_id=settings.clone_id,
         cleanup_timeout=settings.shutdown_grace,
+        reconcile_interval=settings.retry_interval,
         on_pause_state=on_pause_state,
     )
     control = CrmResourceControl(CrmResourceOptions(command_prefix=tuple(settings.command_prefix)))
@@ -175,16 +177,13 @@ async def _open_failover_api(
         clock=SystemClock(),
         options=options,
     )
-    async with server as api:
-        try:
-            with anyio.fail_after(settings.shutdown_grace.total_seconds()):
-                await api.reconcile_on_startup(lock_is_held)
-        except Exception as exc:  # noqa: BLE001 - crash recovery is best effort; health shows it
-            log.warning("pause.reconcile.error", error=str(exc), msg="could not reconcile")
-        async with anyio.create_task_group() as tg:
-            await _start_grpc(tg, api, settings, metrics)
-            yield _OwnPauseState(api.pauser)
-            tg.cancel_scope.cancel()
+    async with server as api, anyio.create_task_group() as tg:
+        # Crash recovery: the first try runs before the API listens; while a failover
+        # lock is held (or etcd is down) it keeps retrying in the background.
+        await tg.start(api.serve_reconcile, lock_is_held)
+        await _start_grpc(tg, api, settings, metrics)
+        yield _OwnPauseState(api)
+        tg.cancel_scope.cancel()
 
 
 async def _start_grpc(
@@ -308,4 +307,8 @@ async def serve(
                     await anyio.sleep_forever()
                 finally:
                     sd_notify("STOPPING=1")
+                    # Resume first (STYLE C7): clients must not wait on a paused
+                    # PgBouncer while gRPC drains and the status lease is revoked.
+                    with anyio.move_on_after(settings.shutdown_grace.total_seconds(), shield=True):
+                        await paused.resume_for_shutdown()
         tg.cancel_scope.cancel()

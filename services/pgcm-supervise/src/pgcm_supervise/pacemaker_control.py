@@ -162,7 +162,8 @@ def choose_target(state: ClusterState, requested: str = "") -> Node:
     With ``requested`` empty: the standby the cluster would promote — the highest
     promotion score among online, unpromoted instances (negative scores never win),
     ties broken by the legacy agent's sync state when known, then by name. With a name:
-    that node, once checked to exist, be online and not be the primary.
+    that node, once checked to exist, be online, not be the primary and run a healthy
+    unpromoted instance with a non-negative promotion score (the automatic bar).
 
     Raises:
         ClusterWithoutQuorum: this partition has no quorum.
@@ -201,4 +202,19 @@ def _check_requested(state: ClusterState, requested: str, promoted: set[str]) ->
         raise NoMigrationTarget(f"node {requested!r} is not online and active")
     if requested in promoted:
         raise NoMigrationTarget(f"node {requested!r} is already the primary")
+    # The same bar as the automatic choice: a running, healthy standby that Pacemaker
+    # would promote. Anything else makes Pacemaker ignore the move or promote a node
+    # whose data it does not trust (PAF's negative score).
+    standby = [
+        i
+        for i in state.instances
+        if i.node == requested and i.role is Role.UNPROMOTED and i.active and not i.failed
+    ]
+    if not standby:
+        raise NoMigrationTarget(f"node {requested!r} runs no healthy unpromoted instance")
+    score = state.promotion_score(requested)
+    if score is None or score < 0:
+        raise NoMigrationTarget(
+            f"node {requested!r} has no non-negative promotion score (got {score})"
+        )
     return node

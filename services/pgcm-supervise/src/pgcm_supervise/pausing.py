@@ -89,11 +89,13 @@ class PauseController:
             Safe: every PgBouncer is resumed (shielded, bounded by ``cleanup_timeout``)
             before the cancellation propagates.
         """
-        self._generation += 1
         with anyio.CancelScope() as scope:
             self._pending = scope
             try:
                 async with self._lock:
+                    # Bumped under the lock: an expiry timer already queued on the lock
+                    # for the previous pause still sees its own generation and fires.
+                    self._generation += 1
                     try:
                         await self._fan_out("pause", lambda admin: admin.pause())
                     except BaseException:
@@ -109,9 +111,11 @@ class PauseController:
     async def _undo_pause(self) -> None:
         # Runs after every PAUSE task has ended (the fan-out's task group has exited), so
         # this RESUME can never race our own PAUSE on one PgBouncer.
+        resumed = False
         with anyio.move_on_after(self._cleanup, shield=True) as cleanup:
             try:
                 await self._fan_out("resume", lambda admin: admin.resume())
+                resumed = True
             except PgBouncersFailed as exc:
                 _log.error(
                     "clients.pgbouncer.resume",
@@ -126,7 +130,9 @@ class PauseController:
                 reason="pause_abandoned",
                 outcome="timeout",
             )
-        self._set_paused(paused=False)
+        # A RESUME that failed leaves some PgBouncer paused, or unknown: keep counting it
+        # as paused so the owner retries the resume and the exit path still sends one.
+        self._set_paused(paused=not resumed)
 
     async def resume(self, *, reason: str, only_generation: int | None = None) -> bool:
         """RESUME every PgBouncer; not being paused is success (idempotent).

@@ -325,7 +325,7 @@ class PrimaryPublisher:
             current is not None
             and current.value != value
             and record is not None
-            and record.observed_at > observation.observed_at
+            and _newer(record, observation)
         ):
             return self._refuse(
                 Refuse(
@@ -358,6 +358,7 @@ class PrimaryPublisher:
                 dc=state.dc if state is not None else None,
                 writer=self._writer,
                 observed_at=observation.observed_at,
+                pacemaker_last_change=state.last_change if state is not None else None,
             )
             if not await store.put_if(layout.master_record, fresh.to_json(), _unchanged(record_kv)):
                 return self._conflict(layout.master_record, node, address)
@@ -399,6 +400,31 @@ class PrimaryPublisher:
             msg="not publishing a primary; etcd keeps its last value",
         )
         return PublishOutcome.REFUSED
+
+
+def _newer(record: PrimaryRecord, observation: Observation) -> bool:
+    """Return whether ``record`` was published from a view newer than ``observation``.
+
+    Ordered by Pacemaker's CIB ``last_change`` first: it is the same value on every node
+    for one CIB version, so no writer's clock skew enters. crm_mon prints no CIB epoch,
+    and ``last_change`` has whole seconds and does not move on every status change, so
+    equal or unknown values fall back to the writers' ``observed_at`` (clock skew between
+    nodes remains a risk there).
+    """
+    ours = observation.state.last_change_time if observation.state is not None else None
+    theirs = _cib_time(record.pacemaker_last_change)
+    if ours is not None and theirs is not None and ours != theirs:
+        return theirs > ours
+    return record.observed_at > observation.observed_at
+
+
+def _cib_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%a %b %d %H:%M:%S %Y")  # noqa: DTZ007 - crm_mon's local time, compared only with itself
+    except ValueError:
+        return None
 
 
 def _unchanged(kv: KeyValue | None) -> Condition:
@@ -452,6 +478,11 @@ async def serve_publisher(
         except EtcdError as exc:
             outcome = None
             log.warning("etcd.master.publish_failed", error=str(exc), msg="retrying")
+        except RecordError as exc:  # pragma: no cover - _parse_record already handles it
+            # A malformed record must never stop the loop: the next cycle overwrites it.
+            outcome = None
+            publisher.force_check()
+            log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
         if status is not None:
             await status.observe(observation)
         if on_cycle is not None:

@@ -21,17 +21,20 @@ from typing import Protocol, Self, final
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from grpclib import GRPCError
 from grpclib.const import Status
 from typing_extensions import override
 
+from pgcm_common.backoff import Backoff
 from pgcm_common.errors import EtcdError, PacemakerError, PgBouncerError, PgcmError
 from pgcm_common.pacemaker import (
     ClusterState,
     CrmMonReader,
+    Node,
     NodeAddressResolver,
     NodeAddressUnknown,
+    PacemakerCommandFailed,
 )
 from pgcm_common.pgbouncer import PgBouncerAdminProtocol
 from pgcm_common.proto.failover import (
@@ -124,6 +127,9 @@ class FailoverServerOptions:
         health_timeout: bound of each health probe (PgBouncer, crm_mon, etcd).
         pacemaker_timeout: bound of a whole migrate/unmigrate (crm_mon + crm_resource).
         cleanup_timeout: bound of the shielded RESUME after a failed pause and on exit.
+        resume_retry_max: longest wait between two tries of a RESUME that failed.
+        reconcile_interval: wait between two tries of the startup reconcile while a
+            failover lock is held or etcd does not answer.
         on_pause_state: called with True/False whenever our pause starts or ends
             holding (wire it to the ``pgcm_supervise_pgbouncer_paused`` gauge).
     """
@@ -132,6 +138,8 @@ class FailoverServerOptions:
     health_timeout: timedelta = timedelta(seconds=2)
     pacemaker_timeout: timedelta = timedelta(seconds=15)
     cleanup_timeout: timedelta = timedelta(seconds=5)
+    resume_retry_max: timedelta = timedelta(seconds=5)
+    reconcile_interval: timedelta = timedelta(seconds=5)
     on_pause_state: Callable[[bool], None] | None = field(default=None, compare=False)
 
 
@@ -188,6 +196,8 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         self._clock = clock
         self._tg: TaskGroup | None = None
         self._expiry: anyio.CancelScope | None = None
+        self._expiry_deadline: float | None = None
+        self._closing = False
 
     @property
     def pauser(self) -> PauseController:
@@ -224,14 +234,21 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             return
         _log.error("shutdown.resume.timeout", msg="PgBouncer may still be paused")
 
-    async def reconcile_on_startup(self, lock_is_held: Callable[[], Awaitable[bool]]) -> bool:
+    async def reconcile_on_startup(
+        self, lock_is_held: Callable[[], Awaitable[bool]], *, only_generation: int | None = None
+    ) -> bool:
         """Resume PgBouncer left paused by a crashed supervise, unless a failover runs.
 
         PgBouncer 1.18 cannot report a global PAUSE, so RESUME is sent unconditionally
         when no failover lock is held ("not paused" counts as success).
 
+        Args:
+            lock_is_held: reads the failover lock.
+            only_generation: skip the RESUME when a pause started since the pause
+                controller's generation had this value.
+
         Returns:
-            True when RESUME was sent and succeeded.
+            True when RESUME was sent and succeeded (or a newer pause made it moot).
 
         Raises:
             PgBouncersFailed: RESUME failed on some PgBouncer.
@@ -244,7 +261,10 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
                 msg="a failover lock is held; leaving PgBouncer as it is",
             )
             return False
-        await self._pauser.resume(reason="startup_reconcile")
+        if not await self._pauser.resume(
+            reason="startup_reconcile", only_generation=only_generation
+        ):
+            return True
         _log.info(
             "pause.reconcile",
             outcome="resumed",
@@ -252,35 +272,120 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         )
         return True
 
+    async def serve_reconcile(
+        self,
+        lock_is_held: Callable[[], Awaitable[bool]],
+        *,
+        task_status: TaskStatus[bool] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Repair a pause orphaned by a crashed supervise, retrying until it is done.
+
+        Each try is :meth:`reconcile_on_startup`, bounded by ``cleanup_timeout``; while a
+        failover lock is held or etcd or PgBouncer fail, it retries every
+        ``reconcile_interval``. It stops, sending nothing, once this process has paused
+        on request itself (that pause owns PgBouncer now). Readiness:
+        ``task_status.started(done)`` after the first try.
+
+        Cancellation:
+            Stops between or inside tries; a RESUME half-sent is harmless.
+        """
+        generation = self._pauser.generation
+        started = False
+        while True:
+            done = await self._reconcile_once(lock_is_held, generation)
+            if not started:
+                started = True
+                task_status.started(done)
+            if done:
+                return
+            await anyio.sleep(self._options.reconcile_interval.total_seconds())
+
+    async def _reconcile_once(
+        self, lock_is_held: Callable[[], Awaitable[bool]], generation: int
+    ) -> bool:
+        if self._pauser.generation != generation:
+            _log.info(
+                "pause.reconcile",
+                outcome="superseded",
+                msg="paused on request since startup; leaving PgBouncer to that pause",
+            )
+            return True
+        try:
+            with anyio.fail_after(self._options.cleanup_timeout.total_seconds()):
+                return await self.reconcile_on_startup(lock_is_held, only_generation=generation)
+        except (PgcmError, TimeoutError) as exc:
+            _log.warning("pause.reconcile.error", error=str(exc), msg="retrying")
+            return False
+
+    async def resume_for_shutdown(self) -> None:
+        """Refuse new pauses and resume a PgBouncer we hold paused, first thing on exit.
+
+        Called before the gRPC server drains and the status lease is revoked (STYLE C7):
+        clients must not wait on a paused PgBouncer while the rest shuts down.
+
+        Cancellation:
+            Shielded, bounded by ``cleanup_timeout`` (STYLE C5).
+        """
+        self._closing = True
+        self._cancel_expiry()
+        await self._resume_on_exit()
+
     # -- timers -------------------------------------------------------------------------
 
     def _cancel_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+            self._expiry_deadline = None
 
-    def _arm_expiry(self, seconds: float) -> None:
+    def _arm_expiry(self, seconds: float, *, reason: str = "expired") -> None:
+        """Replace the pending timer: resume after ``seconds``, retrying until it works."""
         if self._tg is None:
             raise PgcmError("FailoverServer used outside its async context")
         self._cancel_expiry()
         scope = anyio.CancelScope()
         self._expiry = scope
-        self._tg.start_soon(self._expire, scope, seconds, self._pauser.generation)
+        self._expiry_deadline = time.monotonic() + seconds
+        self._tg.start_soon(self._expire, scope, seconds, self._pauser.generation, reason)
 
-    async def _expire(self, scope: anyio.CancelScope, seconds: float, generation: int) -> None:
+    def _keep_protection(self) -> None:
+        """After a failed pause or resume: make sure a paused PgBouncer gets resumed.
+
+        The earlier pause's deadline is kept (re-armed under the current generation,
+        which the failed pause bumped); without one the resume is retried at once.
+        """
+        if not self._pauser.paused:
+            self._cancel_expiry()
+            return
+        deadline = self._expiry_deadline
+        remaining = 0.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        self._arm_expiry(remaining, reason="expired" if deadline is not None else "retry")
+
+    async def _expire(
+        self, scope: anyio.CancelScope, seconds: float, generation: int, reason: str
+    ) -> None:
         with scope:
             await anyio.sleep(seconds)
+            backoff = Backoff(maximum=self._options.resume_retry_max)
+            while True:
+                try:
+                    resumed = await self._pauser.resume(reason=reason, only_generation=generation)
+                except PgcmError as exc:
+                    # Keep trying: a PgBouncer left paused holds every client of the node.
+                    _log.error(
+                        "pause.expiry.error",
+                        error=str(exc),
+                        attempt=backoff.attempt,
+                        msg="PgBouncer may be paused; retrying RESUME",
+                    )
+                    await anyio.sleep(backoff.next_delay())
+                    continue
+                break
             if self._expiry is scope:
-                # From here on this timer is firing; a newer pause must not cancel a
-                # RESUME half-sent, and the generation check keeps it from lifting one.
                 self._expiry = None
-            try:
-                resumed = await self._pauser.resume(reason="expired", only_generation=generation)
-            except PgcmError as exc:
-                _log.error("pause.expiry.error", error=str(exc), msg="PgBouncer may be paused")
-                return
+                self._expiry_deadline = None
             if resumed:
-                _log.info("pause.expiry", msg="pause expired; PgBouncer resumed")
+                _log.info("pause.expiry", reason=reason, msg="pause expired; PgBouncer resumed")
 
     # -- rpcs ---------------------------------------------------------------------------
 
@@ -339,14 +444,16 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             timeout, expiry = _pause_durations(message)
         except InvalidRequest as exc:
             raise grpc_error(exc) from exc
-        # A newer pause owns the expiry from now on (the original lifted it early).
-        self._cancel_expiry()
+        if self._closing:
+            raise GRPCError(Status.UNAVAILABLE, "supervise is shutting down")
         _log.info("clients.pgbouncer.pause.request", timeout=timeout, expiry=expiry)
         started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
                 await self._pauser.pause()
         except (PgcmError, TimeoutError) as exc:
+            # The earlier pause's timer stays the safety net until this one succeeds.
+            self._keep_protection()
             _log.warning(
                 "clients.pgbouncer.pause.failed",
                 error=str(exc) or type(exc).__name__,
@@ -354,6 +461,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             )
             raise grpc_error(exc, timeout_message="exceeded pause timeout") from exc
         created = self._clock.now()
+        # Only now does this pause own the expiry (the original lifted it early).
         self._arm_expiry(expiry)
         return PauseResponse(created_at=created, expires_at=created + timedelta(seconds=expiry))
 
@@ -368,6 +476,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         try:
             await self._pauser.resume(reason="requested")
         except PgcmError as exc:
+            self._keep_protection()
             raise grpc_error(exc) from exc
         return ResumeResponse(created_at=self._clock.now())
 
@@ -385,11 +494,24 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         try:
             with anyio.fail_after(self._options.pacemaker_timeout.total_seconds()):
                 state = await self._crm.read_cluster_state()
+                already = state.node(requested) if requested else None
+                if already is not None and state.primary_node == requested:
+                    # Already in the requested state is success (STYLE E4): a caller
+                    # retrying after a lost answer must not see an error.
+                    return await self._already_primary(already, requested)
                 target = choose_target(state, requested)
                 # Resolve first: a move we could not report is worse than no move.
                 address = await self._addresses.address_of(target)
                 resource = self._clone_id(state)
-                await self._control.move_promoted(resource, target.name)
+                try:
+                    await self._control.move_promoted(resource, target.name)
+                except PacemakerCommandFailed:
+                    # crm_resource refuses ("Requested item already exists", exit 108)
+                    # when the target became the primary since our read: success, but
+                    # only when a fresh read confirms it.
+                    if (await self._crm.read_cluster_state()).primary_node != target.name:
+                        raise
+                    return await self._already_primary(target, requested)
         except (PgcmError, TimeoutError) as exc:
             _log.warning("pacemaker.migrate.failed", requested=requested, error=str(exc))
             raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
@@ -402,6 +524,20 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         )
         return MigrateResponse(
             migrating_to=target.name, address=address, created_at=self._clock.now()
+        )
+
+    async def _already_primary(self, node: Node, requested: str) -> MigrateResponse:
+        address = await self._addresses.address_of(node)
+        _log.info(
+            "pacemaker.migrate",
+            target=node.name,
+            address=address,
+            requested=requested or None,
+            outcome="already_primary",
+            msg="the target already holds the primary role; nothing to move",
+        )
+        return MigrateResponse(
+            migrating_to=node.name, address=address, created_at=self._clock.now()
         )
 
     def _clone_id(self, state: ClusterState | None) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import asyncpg
 import structlog
+from anyio.abc import TaskStatus
 from pydantic import SecretStr
 
 from pgcm_common.errors import EtcdError, PgBouncerError
@@ -35,6 +36,7 @@ from pgcm_common.records import (
     PostgresStatus,
     ReplicationPeer,
 )
+from pgcm_supervise.constraints import ConstraintsUnreadable, MoveConstraintSource
 from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.publisher import Observation
 
@@ -174,8 +176,13 @@ def build_node_status(
     pgbouncer_paused: bool | None,
     postgres: PostgresStatus | None,
     problems: tuple[str, ...] = (),
+    cib_constraints: tuple[str, ...] = (),
 ) -> NodeStatus:
-    """Return the NodeStatus record of one observation (pure)."""
+    """Return the NodeStatus record of one observation (pure).
+
+    ``cib_constraints`` are move constraints read from the CIB: crm_mon's ``<bans>``
+    lists only negative ones, never the ``cli-prefer-*`` a ``--move`` leaves.
+    """
     state = observation.state
     notes = list(problems)
     if state is None:
@@ -199,10 +206,11 @@ def build_node_status(
         dc=state.dc,
         primary=state.primary_node,
         nodes=_node_roles(state),
-        move_constraints=tuple(ban.id for ban in state.bans),
+        move_constraints=tuple(sorted({ban.id for ban in state.bans} | set(cib_constraints))),
         pgbouncer_paused=pgbouncer_paused,
         postgres=postgres,
         problem="; ".join(notes) or None,
+        resource_agent=state.resource_agent,
     )
 
 
@@ -217,9 +225,15 @@ def _node_roles(state: ClusterState) -> tuple[NodeRole, ...]:
                 online=n.online,
                 role=role.value,
                 promotion_score=state.promotion_score(n.name),
+                data_status=_data_status(state, n.name),
             )
         )
     return tuple(roles)
+
+
+def _data_status(state: ClusterState, node: str) -> str | None:
+    legacy = state.legacy_pgsql_of(node)
+    return None if legacy is None else legacy.data_status_raw
 
 
 def _pacemaker_part(status: NodeStatus) -> tuple[object, ...]:
@@ -254,6 +268,7 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         interval: timedelta,
         paused: PausedStateSource | None = None,
         postgres: PostgresProbe | None = None,
+        constraints: MoveConstraintSource | None = None,
         metrics: SuperviseMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -265,6 +280,8 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         self._interval_s = interval.total_seconds()
         self._paused = paused
         self._postgres = postgres
+        self._constraints = constraints
+        self._cib_constraints: tuple[str, ...] = ()
         self._metrics = metrics
         self._monotonic = monotonic
         self._lease: int | None = None
@@ -290,6 +307,11 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive)
+                # Slow facts (PostgreSQL probe, cibadmin, PgBouncer state) refresh in their
+                # own task: the primary-detection loop that calls observe() never waits
+                # for them. Entering waits for the first refresh so the first record
+                # carries them.
+                await tg.start(self._refresh_slow_facts_forever)
                 yield self
                 tg.cancel_scope.cancel()
         finally:
@@ -307,8 +329,6 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         etcd trouble is logged, never raised: the next observation retries.
         """
         due = self._monotonic() - self._last_at >= self._interval_s
-        if due:
-            await self._refresh_slow_facts()
         address = await self._own_address(observation)
         problems = (self._postgres_problem,) if self._postgres_problem else ()
         status = build_node_status(
@@ -318,6 +338,7 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
             pgbouncer_paused=self._paused_value,
             postgres=self._postgres_status,
             problems=problems,
+            cib_constraints=self._cib_constraints,
         )
         if (
             not due
@@ -349,9 +370,24 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
             log.debug("status.address_unknown", error=str(exc))
         return self._address
 
+    async def _refresh_slow_facts_forever(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self._refresh_slow_facts()
+        task_status.started()
+        while True:
+            await anyio.sleep(self._interval_s)
+            await self._refresh_slow_facts()
+
     async def _refresh_slow_facts(self) -> None:
         if self._paused is not None:
             self._paused_value = await self._paused.paused()
+        if self._constraints is not None:
+            try:
+                self._cib_constraints = await self._constraints.move_constraints()
+            except ConstraintsUnreadable as exc:
+                # Keep the last known ids: dropping them would hide a leftover move.
+                log.debug("pacemaker.constraints.unreadable", error=str(exc))
         if self._postgres is None:
             return
         try:

@@ -29,7 +29,7 @@ from pgcm_common.pacemaker import (
     StaticNodeAddresses,
     parse_crm_mon,
 )
-from pgcm_common.records import KeyLayout, PrimaryRecord
+from pgcm_common.records import KeyLayout, PrimaryRecord, RecordError
 from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.nudge import Wakeup
 from pgcm_supervise.publisher import (
@@ -392,3 +392,34 @@ def test_compare_and_put_condition_is_absent_or_the_revision_just_read() -> None
     assert _unchanged(None) == Absent()
     kv = KeyValue(b"k", b"v", create_revision=1, mod_revision=7, version=1)
     assert _unchanged(kv) == ModRevisionIs(7)
+
+
+async def test_newer_cib_view_wins_even_from_a_writer_whose_clock_is_behind() -> None:
+    store = FakeEtcdStore()
+    skewed_ahead, behind = make_publisher(store), make_publisher(store)
+    # 02b: CIB written 17:08:34, n2 primary; 06: CIB written 17:37:41, n1 primary again.
+    early = observed(load("02b-during-switchover.xml"), T0 + timedelta(minutes=5))
+    assert await skewed_ahead.publish(early) is PublishOutcome.WROTE
+    late = observed(load("06-final-healthy-n1.xml"), T0)
+    assert await behind.publish(late) is PublishOutcome.WROTE
+    raw = await value(store, b"/pg/master.json")
+    assert raw is not None
+    record = PrimaryRecord.from_json(b"k", raw)
+    assert (record.node, record.pacemaker_last_change) == ("n1", "Wed Nov 25 17:37:41 2026")
+
+
+async def test_record_with_a_naive_timestamp_is_overwritten_not_a_crash() -> None:
+    store = FakeEtcdStore()
+    await store.put(b"/pg/master", b"10.0.0.12")
+    naive = (
+        b'{"node":"n2","address":"10.0.0.12","with_quorum":true,"dc":"n1",'
+        b'"writer":"n9","observed_at":"2099-01-01T00:00:00"}'
+    )
+    await store.put(b"/pg/master.json", naive)
+    with pytest.raises(RecordError):
+        PrimaryRecord.from_json(b"k", naive)
+    publisher = make_publisher(store)
+    assert await publisher.publish(observed(load("01-healthy-n1-primary.xml"))) is (
+        PublishOutcome.WROTE
+    )
+    assert await value(store, b"/pg/master") == b"10.0.0.11"

@@ -20,6 +20,7 @@ from pgcm_common.pacemaker import (
     NodeAddressUnknown,
     PacemakerCommandFailed,
     PromotionScore,
+    Role,
     StaticNodeAddresses,
 )
 from pgcm_common.pgbouncer import PgBouncerEndpoint, PgBouncerUnreachable
@@ -441,7 +442,7 @@ async def test_migrate_to_empty_target_is_the_cluster_choice() -> None:
 
 @pytest.mark.parametrize(
     ("target", "status"),
-    [("n1", Status.FAILED_PRECONDITION), ("nope", Status.INVALID_ARGUMENT)],
+    [("nope", Status.INVALID_ARGUMENT)],
 )
 async def test_migrate_to_a_bad_target_is_refused_without_moving(
     target: str,
@@ -570,3 +571,186 @@ def test_error_table_maps_domain_errors_to_statuses(error: Exception, status: St
     assert mapped.status is not Status.UNIMPLEMENTED
     if isinstance(error, TimeoutError):
         assert mapped.message == "exceeded pause timeout"
+
+
+# -- review fixes: pause protection, reconcile, migrate checks ------------------------
+
+
+def with_primary_on(state: ClusterState, node: str) -> ClusterState:
+    instances = tuple(
+        dataclasses.replace(i, role=Role.PROMOTED if i.node == node else Role.UNPROMOTED)
+        for i in state.instances
+    )
+    return dataclasses.replace(state, instances=instances)
+
+
+async def test_failing_new_pause_keeps_the_earlier_pause_expiry() -> None:
+    async with open_world() as world:
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry_ms=300))
+            world.bouncers[1].reachable = False
+            await expect_status(
+                Status.UNAVAILABLE, world.stub.pause(PauseRequest(timeout=5, expiry=60))
+            )
+            # The undo could not reach bouncer 2: it is still paused, and so are we.
+            assert world.server.pauser.paused
+            world.bouncers[1].reachable = True
+            await eventually(lambda: _all_resumed(world))
+        assert not world.server.pauser.paused
+
+
+async def test_failed_undo_keeps_paused_and_retries_the_resume() -> None:
+    async with open_world() as world:
+        async with world.bouncers[0].hold_transaction():
+            world.bouncers[1].reachable = True
+            with anyio.fail_after(5):
+                pausing = world.stub.pause(PauseRequest(timeout_ms=200, expiry=60))
+                async with anyio.create_task_group() as tg:
+
+                    async def cut_off_bouncer_two() -> None:
+                        await eventually(lambda: _true(value="PAUSE" in world.bouncers[1].commands))
+                        world.bouncers[1].reachable = False
+
+                    tg.start_soon(cut_off_bouncer_two)
+                    await expect_status(Status.DEADLINE_EXCEEDED, pausing)
+        assert world.bouncers[1].paused
+        assert world.server.pauser.paused
+        assert world.pause_states[-1] is True
+        world.bouncers[1].reachable = True
+        with anyio.fail_after(5):
+            await eventually(lambda: _all_resumed(world))
+            await eventually(lambda: _true(value=not world.server.pauser.paused))
+
+
+async def test_reconcile_retries_while_the_lock_is_held_then_resumes() -> None:
+    bouncer = FakePgBouncerAdmin()
+    bouncer.paused = True
+    answers = [True, True, False]
+
+    async def lock_is_held() -> bool:
+        await anyio.lowlevel.checkpoint()
+        return answers.pop(0) if answers else False
+
+    server = FailoverServer(
+        [bouncer],
+        FakeCrmMonReader(healthy_state()),
+        FakePacemakerControl(),
+        addresses=StaticNodeAddresses(ADDRESSES),
+        etcd_probe=EtcdProbe(),
+        clock=FixedClock(),
+        options=FailoverServerOptions(reconcile_interval=timedelta(milliseconds=10)),
+    )
+    with anyio.fail_after(5):
+        async with server, anyio.create_task_group() as tg:
+            assert await tg.start(server.serve_reconcile, lock_is_held) is False
+            await eventually(lambda: _true(value=not bouncer.paused))
+    assert bouncer.commands == ["RESUME"]
+
+
+async def test_reconcile_never_lifts_a_pause_requested_after_startup() -> None:
+    bouncer = FakePgBouncerAdmin()
+
+    async def lock_is_held() -> bool:
+        await anyio.lowlevel.checkpoint()
+        return True
+
+    server = FailoverServer(
+        [bouncer],
+        FakeCrmMonReader(healthy_state()),
+        FakePacemakerControl(),
+        addresses=StaticNodeAddresses(ADDRESSES),
+        etcd_probe=EtcdProbe(),
+        clock=FixedClock(),
+        options=FailoverServerOptions(reconcile_interval=timedelta(milliseconds=10)),
+    )
+    with anyio.fail_after(5):
+        async with server, anyio.create_task_group() as tg:
+            await tg.start(server.serve_reconcile, lock_is_held)
+            await server.pause(PauseRequest(timeout=5, expiry=60))
+            with capture_logs() as logs:
+                await eventually(
+                    lambda: _true(value=any(e.get("outcome") == "superseded" for e in logs))
+                )
+            assert bouncer.paused
+            assert "RESUME" not in bouncer.commands
+
+
+async def test_resume_for_shutdown_resumes_and_refuses_new_pauses() -> None:
+    async with open_world() as world:
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry=60))
+            await world.server.resume_for_shutdown()
+            assert not any(b.paused for b in world.bouncers)
+            await expect_status(
+                Status.UNAVAILABLE, world.stub.pause(PauseRequest(timeout=5, expiry=60))
+            )
+
+
+async def test_migrate_to_the_current_primary_is_success_without_moving() -> None:
+    async with open_world() as world:
+        with anyio.fail_after(5):
+            response = await world.stub.migrate_to(MigrateRequest(target="n1"))
+        assert (response.migrating_to, response.address) == ("n1", "10.250.0.11")
+        assert world.control.calls == []
+
+
+class RacingControl:
+    """crm_resource refuses because the target was promoted meanwhile (exit 108)."""
+
+    def __init__(self, crm: FakeCrmMonReader, promoted: ClusterState | None) -> None:
+        self.crm, self.promoted = crm, promoted
+
+    async def move_promoted(self, resource: str, node: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.promoted is not None:
+            self.crm.set_state(self.promoted)
+        raise PacemakerCommandFailed(("crm_resource",), 108, "Requested item already exists")
+
+    async def clear(self, resource: str) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("promoted", [True, False])
+async def test_migrate_refused_because_the_target_got_promoted_is_success(
+    *, promoted: bool
+) -> None:
+    crm = FakeCrmMonReader(healthy_state())
+    control = RacingControl(crm, with_primary_on(healthy_state(), "n2") if promoted else None)
+    server = FailoverServer(
+        [FakePgBouncerAdmin()],
+        crm,
+        control,
+        addresses=StaticNodeAddresses(ADDRESSES),
+        etcd_probe=EtcdProbe(),
+        clock=FixedClock(),
+    )
+    async with server, ChannelFor([server]) as channel:
+        stub = FailoverStub(channel)
+        if promoted:
+            with anyio.fail_after(5):
+                response = await stub.migrate_to(MigrateRequest(target="n2"))
+            assert response.migrating_to == "n2"
+        else:
+            await expect_status(Status.UNAVAILABLE, stub.migrate_to(MigrateRequest(target="n2")))
+
+
+@pytest.mark.parametrize("score", [-1000, None])
+def test_choose_target_refuses_a_named_node_without_a_usable_promotion_score(
+    score: int | None,
+) -> None:
+    state = healthy_state()
+    scores = tuple(s for s in state.promotion_scores if s.node != "n3")
+    if score is not None:
+        scores += (PromotionScore("n3", score),)
+    with pytest.raises(NoMigrationTarget, match="promotion score"):
+        choose_target(dataclasses.replace(state, promotion_scores=scores), "n3")
+
+
+def test_choose_target_refuses_a_named_node_without_a_running_standby() -> None:
+    state = healthy_state()
+    instances = tuple(
+        dataclasses.replace(i, role=Role.STOPPED, active=False) if i.node == "n3" else i
+        for i in state.instances
+    )
+    with pytest.raises(NoMigrationTarget, match="unpromoted"):
+        choose_target(dataclasses.replace(state, instances=instances), "n3")

@@ -106,3 +106,19 @@ async def test_status_is_written_on_a_lease_and_revoked_on_exit() -> None:
         assert again is not None
         assert again.lease not in {0, kv.lease}
     assert await store.get(KEY) is None
+
+
+def test_status_carries_the_resource_agent_and_legacy_data_status() -> None:
+    state = state_from_file(FIXTURES / "10-stock-pgsql-ra-healthy-n1.xml", resource_id="pgsql")
+    status = build_node_status(
+        Observation(state, None, T0), node="n1", address=None, pgbouncer_paused=None, postgres=None
+    )
+    assert status.resource_agent == "ocf:heartbeat:pgsql"
+    expected = {a.node: a.data_status_raw for a in state.legacy_pgsql}
+    assert {n.name: n.data_status for n in status.nodes} == expected
+    assert expected["n1"] == "LATEST"
+    paf = build_node_status(
+        healthy(), node="n1", address=None, pgbouncer_paused=None, postgres=None
+    )
+    assert paf.resource_agent == "ocf:heartbeat:pgsqlms"
+    assert all(n.data_status is None for n in paf.nodes)

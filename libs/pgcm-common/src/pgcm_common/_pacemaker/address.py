@@ -13,6 +13,8 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Protocol, final
 
+import anyio
+
 from pgcm_common._pacemaker.errors import NodeAddressUnknown, PacemakerCommandFailed
 from pgcm_common._pacemaker.model import Node
 from pgcm_common._pacemaker.reader import run_command
@@ -66,10 +68,12 @@ class CorosyncNodeAddresses:
         *,
         command_prefix: tuple[str, ...] = (),
         executable: str = "corosync-cfgtool",
+        timeout: timedelta = timedelta(seconds=2),
         kill_grace: timedelta = timedelta(seconds=5),
     ) -> None:
         self._prefix = command_prefix
         self._executable = executable
+        self._timeout = timeout
         self._kill_grace = kill_grace
 
     async def address_of(self, node: Node) -> str:
@@ -86,9 +90,15 @@ class CorosyncNodeAddresses:
             raise NodeAddressUnknown(node.name, f"node id {node.id!r} is not a Corosync node id")
         argv = (*self._prefix, self._executable, "-a", node.id)
         try:
-            output = await run_command(argv, kill_grace=self._kill_grace)
+            with anyio.fail_after(self._timeout.total_seconds()):
+                output = await run_command(argv, kill_grace=self._kill_grace)
         except PacemakerCommandFailed as exc:
             raise NodeAddressUnknown(node.name, str(exc)) from exc
+        except TimeoutError as exc:
+            seconds = self._timeout.total_seconds()
+            raise NodeAddressUnknown(
+                node.name, f"{argv[-3]} did not answer in {seconds:g}s"
+            ) from exc
         if output.returncode != 0:
             stderr = output.stderr_text.strip() or "no output"
             raise NodeAddressUnknown(

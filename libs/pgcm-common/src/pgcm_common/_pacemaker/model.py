@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeAlias, TypeVar, final
 
 __all__ = [
@@ -290,6 +291,22 @@ class ClusterState:
     legacy_pgsql: tuple[LegacyPgsqlAttributes, ...]
     failures: tuple[Failure, ...]
     bans: tuple[Ban, ...]
+    last_change: str | None = None
+    """``summary/last_change/@time``: when the CIB was last written, as crm_mon prints it
+    (``Wed Nov 25 17:08:11 2026``, the printing node's local time, whole seconds). The
+    same CIB version shows the same value on every node; crm_mon prints no CIB epoch."""
+    resource_agent: str | None = None
+    """The promotable primitive's agent (``ocf:heartbeat:pgsqlms``), when crm_mon says."""
+
+    @property
+    def last_change_time(self) -> datetime | None:
+        """Return :attr:`last_change` parsed (naive, local time), or None."""
+        if self.last_change is None:
+            return None
+        try:
+            return datetime.strptime(self.last_change, "%a %b %d %H:%M:%S %Y")  # noqa: DTZ007 - crm_mon prints local time without a zone
+        except ValueError:
+            return None
 
     @property
     def primary(self) -> PrimaryObservation:

@@ -69,6 +69,11 @@ def parse_crm_mon(text: str | bytes, *, resource_id: str) -> ClusterState:
             f"unexpected root element <{root.tag}>; expected <pacemaker-result> or <crm_mon>"
         )
     _check_status(root)
+    # crm_mon prints each section once; a second copy (damaged or forged output) could
+    # contradict the first, and reading only one of them would be a guess.
+    for path in ("summary", "summary/current_dc", "nodes", "resources", "node_attributes"):
+        if len(root.findall(path)) > 1:
+            raise CrmMonParseError(f"<{path}> is printed more than once")
     summary = _child(root, "summary")
     dc_element = _child(summary, "current_dc")
     dc_present = _bool(dc_element, "present")
@@ -92,7 +97,24 @@ def parse_crm_mon(text: str | bytes, *, resource_id: str) -> ClusterState:
         legacy_pgsql=_legacy_pgsql(attributes, primitive),
         failures=_parse_failures(root.find("failures")),
         bans=_parse_bans(root.find("bans")),
+        last_change=_last_change(summary),
+        resource_agent=_resource_agent(root.find("resources"), primitive),
     )
+
+
+def _last_change(summary: Element) -> str | None:
+    element = summary.find("last_change")
+    return None if element is None else element.get("time")
+
+
+def _resource_agent(resources: Element | None, primitive: str) -> str | None:
+    if resources is None:
+        return None
+    for element in resources.iter("resource"):
+        agent = element.get("resource_agent")
+        if agent and _primitive_id(element) == primitive:
+            return agent
+    return None
 
 
 def parse_score(text: str) -> int:
