@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +22,31 @@ pytest_plugins = [
     "pgcm_testkit.pacemaker",
 ]
 
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
 # Only our own code is held to "never block the event loop" (STYLE C10). Test bodies may
 # prepare files synchronously; third-party code is not ours to police.
 _SCANNED_PACKAGES = ("pgcm_common", "pgcm_supervise", "pgcm_proxy", "pgcm_failover")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give every pytest process its own base temp dir, outside /tmp/pytest-of-<user>.
+
+    Servers run as ``postgres`` need their directories traversable, so the fixtures open
+    up the base dir's mode; a concurrent pytest session would close /tmp/pytest-of-root
+    again (pytest resets it to 0700 at start) and break running servers mid-test.
+    """
+    if config.option.basetemp is None:
+        base = Path(tempfile.gettempdir()) / f"pgcm-pytest-{os.getpid()}-{secrets.token_hex(3)}"
+        config.option.basetemp = str(base)
+        config.stash[_OWN_BASETEMP] = base
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove our base temp dir after a green run; keep it (logs) after a failure."""
+    base = session.config.stash.get(_OWN_BASETEMP, None)
+    if base is not None and exitstatus == 0:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
