@@ -15,6 +15,7 @@ import anyio
 
 from pgcm_lab.errors import LabError
 from pgcm_lab.lab import DEFAULT_STATE_DIR, Lab, Service
+from pgcm_lab.pgcm import failover_argv, start_pgcm
 
 __all__ = ["main"]
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring the lab up and wait until it is healthy")
     up.add_argument("--services", type=Path, help="TOML file of [[service]] to start in nodes")
     up.add_argument("--results", type=Path, help="JSON file to record the up time in")
+    up.add_argument("--with-pgcm", action="store_true",
+                    help="also run pgcm: supervise on every Postgres node, proxy on every "
+                    "node (and the Pacemaker alert agent)")  # fmt: skip
     down = sub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--results", type=Path, help="JSON file to record the down time in")
     status = sub.add_parser("status", help="nodes, roles, scores, etcd and pgbouncers")
@@ -58,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     exe = sub.add_parser("exec", help="run a command inside node N: exec N -- CMD")
     exe.add_argument("node")
     exe.add_argument("argv", nargs=argparse.REMAINDER)
+    fail = sub.add_parser(
+        "pgcm-failover", help="run pgcm-failover in the app node: pgcm-failover -- [ARGS]"
+    )
+    fail.add_argument("argv", nargs=argparse.REMAINDER)
     load = sub.add_parser("load", help="pgbench through the app node's PgBouncer")
     load.add_argument("--seconds", type=float, default=10)
     load.add_argument("--clients", type=int, default=4)
@@ -124,6 +132,8 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912
     if command == "up":
         seconds = await lab.up(load_services(args.services))
         record_result(args.results or _default_results(), "up_seconds", seconds)
+        if args.with_pgcm:
+            await start_pgcm(lab)
     elif command == "down":
         seconds = await lab.down()
         record_result(args.results or _default_results(), "down_seconds", seconds)
@@ -157,6 +167,12 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
         return result.returncode
+    elif command == "pgcm-failover":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        done = await anyio.run_process(
+            failover_argv(lab, argv), stdout=None, stderr=None, check=False
+        )
+        return done.returncode
     elif command == "load":
         report = await lab.load(args.seconds, args.clients)
         if args.json:

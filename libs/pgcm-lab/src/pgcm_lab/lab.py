@@ -709,6 +709,9 @@ class Lab:
             # The node's PID namespace died with it: a leftover postmaster.pid names a PID
             # that may belong to another process in the new namespace.
             self.host_path(node.name, f"{PGDATA}/postmaster.pid").unlink(missing_ok=True)
+        # The same for PgBouncer's pidfile in the node's persistent /run: with it left
+        # behind, PgBouncer refuses to start ("pidfile exists, another instance running?").
+        self.host_path(node.name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
         await self._start_init(node.name)
         if not node.is_app:
             await self._start_corosync(node.name)
