@@ -99,7 +99,7 @@ class Daemon(Generic[S]):
         )
         try:
             try:
-                run_until_signalled(serve, settings)
+                signalled = run_until_signalled(serve, settings)
             except BaseExceptionGroup as group:
                 raise most_telling_error(group) from group
         except ConfigError as exc:
@@ -112,6 +112,11 @@ class Daemon(Generic[S]):
             return EXIT_FATAL
         except Exception as exc:
             log.exception("daemon.crash", error=repr(exc))
+            return EXIT_FATAL
+        if not signalled:
+            # serve() runs until cancelled: ending on its own is a bug or a swallowed
+            # cancellation. Exit 1 so that systemd (Restart=on-failure) starts it again.
+            log.error("daemon.stopped_unexpectedly", msg="service loop ended without a signal")
             return EXIT_FATAL
         log.info("shutdown.complete", msg="stopped cleanly")
         return EXIT_OK

@@ -14,6 +14,7 @@ systemd.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -41,6 +42,7 @@ Ts = TypeVarTuple("Ts")
 async def cancel_on_signal(
     scope: anyio.CancelScope,
     *,
+    received: list[signal.Signals] | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Cancel ``scope`` on the first SIGTERM/SIGINT, then stop listening.
@@ -57,31 +59,38 @@ async def cancel_on_signal(
                 signal=signal.Signals(signum).name,
                 msg="received signal, shutting down",
             )
+            if received is not None:
+                received.append(signal.Signals(signum))
             scope.cancel()
             return
 
 
-async def _supervise(main: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
+async def _supervise(
+    received: list[signal.Signals], main: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts
+) -> None:
     async with anyio.create_task_group() as tg:
-        await tg.start(cancel_on_signal, tg.cancel_scope)
+        await tg.start(functools.partial(cancel_on_signal, tg.cancel_scope, received=received))
         await main(*args)
         # main returned by itself: stop listening for signals too.
         tg.cancel_scope.cancel()
 
 
-def run_until_signalled(main: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
+def run_until_signalled(main: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> bool:
     """Run ``main(*args)`` until it returns or the first SIGTERM/SIGINT arrives.
 
-    A signal cancels ``main``; once it has unwound this function returns normally so
-    the caller can exit 0. Exceptions from ``main`` propagate (as an ExceptionGroup
-    with one member is unwrapped to that member).
+    A signal cancels ``main``; once it has unwound this function returns True so the
+    caller can exit 0. It returns False when ``main`` ended without a signal: a daemon
+    must treat that as a failure (a loop ended that should run forever). Exceptions
+    from ``main`` propagate (an ExceptionGroup with one member is unwrapped to it).
     """
+    received: list[signal.Signals] = []
     try:
-        anyio.run(_supervise, main, *args, backend="asyncio")
+        anyio.run(_supervise, received, main, *args, backend="asyncio")
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    return bool(received)
 
 
 def sd_notify(state: str | Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> bool:

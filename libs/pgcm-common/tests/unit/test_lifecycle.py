@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
-from pgcm_common.lifecycle import sd_notify, systemd_watchdog
+from pgcm_common.lifecycle import run_until_signalled, sd_notify, systemd_watchdog
 
 # The child: its main announces readiness on stdout, then waits to be cancelled. With
 # HANG_IN_CLEANUP its (shielded) cleanup never finishes, so only a second signal ends it.
@@ -119,3 +121,10 @@ def test_systemd_watchdog_is_read_for_our_pid_only() -> None:
     assert systemd_watchdog({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "8"}, 7) is None
     assert systemd_watchdog({"WATCHDOG_USEC": "0"}, 7) is None
     assert systemd_watchdog({}, 7) is None
+
+
+def test_main_ending_on_its_own_is_reported_as_not_signalled() -> None:
+    async def main() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    assert run_until_signalled(main) is False

@@ -83,6 +83,13 @@ _OWNED_DIRS: Final = (
 )
 
 
+# Exit 0 is a clean stop and 2 a configuration error: neither is retried.
+_RESTART_ON_FAILURE = (
+    'while :; do "$@"; rc=$?; case $rc in 0|2) exit $rc;; esac; '
+    'echo "lab: $0 exited $rc; restarting in 1 s" >&2; sleep 1; done'
+)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Service:
@@ -90,7 +97,9 @@ class Service:
 
     ``node`` is a node name, ``db`` (every Postgres node) or ``all``. ``{node}`` and
     ``{address}`` in ``argv`` are replaced per node. Output goes to
-    ``<state-dir>/nodes/<node>/services/<name>.log``.
+    ``<state-dir>/nodes/<node>/services/<name>.log``. ``restart`` restarts the process
+    one second after it exits with a failure, as the deploy units' systemd
+    ``Restart=on-failure`` (with ``RestartPreventExitStatus=2``) does.
     """
 
     name: str
@@ -98,6 +107,7 @@ class Service:
     argv: tuple[str, ...]
     user: str = "root"
     env: Mapping[str, str] = field(default_factory=dict)
+    restart: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready dict (saved in the state dir so ``start-node`` restarts it)."""
@@ -107,6 +117,7 @@ class Service:
             "argv": list(self.argv),
             "user": self.user,
             "env": dict(self.env),
+            "restart": self.restart,
         }
 
     @classmethod
@@ -124,6 +135,7 @@ class Service:
             argv=tuple(argv),
             user=str(data.get("user", "root")),
             env={str(k): str(v) for k, v in env.items()},
+            restart=bool(data.get("restart", False)),
         )
 
 
@@ -837,6 +849,8 @@ class Lab:
     async def _spawn_service(self, service: Service, name: str) -> None:
         node = self.topology.node(name)
         argv = [a.format(node=node.name, address=node.address) for a in service.argv]
+        if service.restart:
+            argv = ["sh", "-c", _RESTART_ON_FAILURE, service.name, *argv]
         log = f"services/{service.name}.log"
         await self.spawn(name, argv, log, user=service.user, env=service.env)
 

@@ -197,11 +197,13 @@ def pgcm_services(lab: Lab) -> list[Service]:
             name="pgcm-supervise",
             node="db",
             argv=(venv_script("pgcm-supervise"), "run", "--config-file", config),
+            restart=True,
         ),
         Service(
             name="pgcm-proxy",
             node="all",
             argv=(venv_script("pgcm-proxy"), "run", "--config-file", config),
+            restart=True,
         ),
     ]
 
