@@ -33,6 +33,7 @@ from pgcm_failover.errors import (
     SuperviseRefused,
     SuperviseTooOld,
     SuperviseUnauthorized,
+    SuperviseUnavailable,
 )
 
 __all__ = [
@@ -531,6 +532,13 @@ class Pipeline:
         async with anyio.create_task_group() as tg:
             for client in self._clients:
                 tg.start_soon(one, client)
+        for client in self._clients:
+            # A child ended by a cancellation nobody asked for (a transport library
+            # cancelling its own task) leaves no outcome: never count that as success.
+            if client.endpoint not in results and client.endpoint not in failures:
+                failures[client.endpoint] = SuperviseUnavailable(
+                    client.endpoint, operation, None, "call ended without an answer"
+                )
         if failures:
             raise ClientsFailed(operation, failures)
         return results

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -74,8 +75,13 @@ class RecordingClient:
     def endpoint(self) -> str:
         return self.name
 
+    stray_cancel_on: frozenset[str] = frozenset()
+
     async def _act(self, op: str) -> None:
         self.journal.calls.append(f"{op}@{self.name}")
+        if op in self.stray_cancel_on:
+            # What a transport library does when it cancels its own task.
+            raise asyncio.CancelledError
         if op in self.hang_on:
             await anyio.sleep_forever()
         if op in self.fail_on:
@@ -217,6 +223,19 @@ async def test_unhealthy_endpoint_changes_nothing() -> None:
     clients = [RecordingClient("s1", journal), RecordingClient("s2", journal, healthy=False)]
     with pytest.raises(ClientUnhealthy, match=r"s2 \(pgbouncer down\)"):
         await make(journal, clients).run()
+    assert journal.plain() == ["health_check"]
+
+
+async def test_a_call_ended_by_a_stray_cancellation_is_never_counted_healthy() -> None:
+    journal = Journal()
+    clients = [
+        RecordingClient("s1", journal),
+        RecordingClient("s2", journal, stray_cancel_on=frozenset({"health_check"})),
+    ]
+    with pytest.raises(ClientsFailed) as caught:
+        await make(journal, clients).run()
+    assert set(caught.value.failures) == {"s2"}
+    assert "without an answer" in str(caught.value)
     assert journal.plain() == ["health_check"]
 
 

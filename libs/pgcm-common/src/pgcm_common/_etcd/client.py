@@ -10,8 +10,9 @@ runs unowned asyncio tasks, which STYLE C2 forbids. See docs/adr/0001-etcd-clien
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import NoReturn, Protocol, TypeVar, final
 
@@ -62,6 +63,33 @@ _RETRYABLE = frozenset(
 )
 _CLOSE_GRACE_S = 1.0
 _EVENT_DELETE = 1  # mvccpb.Event.EventType.DELETE
+
+
+class ConnectionClosedUnderCall(EtcdUnavailable):
+    """grpc.aio cancelled a call because its channel was closed by another task."""
+
+
+@contextmanager
+def _foreign_cancellation_as_unavailable(what: str, endpoint: object) -> Iterator[None]:
+    """Turn grpc.aio's own cancellation of a call into EtcdUnavailable.
+
+    grpc.aio cancels every call in flight on a channel when the channel is closed, and
+    the awaiting coroutine then sees ``asyncio.CancelledError`` although nobody
+    cancelled its task. That happens when another task drops a failed connection
+    (endpoint failover). Left alone, that stray cancellation would silently end
+    whichever loop was waiting (anyio counts it as a cancelled task), so it is reported
+    as the connection failure it is. A real cancellation of the task (anyio's cancel
+    scopes call ``Task.cancel()``, so ``cancelling()`` is non-zero) propagates as is.
+    """
+    try:
+        yield
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ConnectionClosedUnderCall(
+            f"etcd {what}: call cancelled by its closed connection to {endpoint}"
+        ) from exc
 
 
 def _status(exc: BaseException) -> grpc.StatusCode | None:
@@ -252,7 +280,11 @@ class AetcdStore:
                 last = exc
                 continue
             try:
-                return await op(client)
+                with _foreign_cancellation_as_unavailable(what, client.endpoint):
+                    return await op(client)
+            except ConnectionClosedUnderCall as exc:
+                last = exc  # whoever closed it already dropped it: the next try reconnects
+                continue
             except EtcdError:
                 raise
             except Exception as exc:
@@ -526,7 +558,8 @@ class _Watch:
 
     async def _next(self) -> _WatchResponse:
         try:
-            response = await self._call.read()
+            with _foreign_cancellation_as_unavailable("watch", self._client.endpoint):
+                response = await self._call.read()
         except (grpc.aio.AioRpcError, grpc.aio.BaseError) as exc:
             await self._broken(exc)
         if response is grpc.aio.EOF:
