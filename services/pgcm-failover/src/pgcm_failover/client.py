@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Self, TypeVar, final
 
+import anyio
 import structlog
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -257,6 +258,36 @@ class SuperviseEndpoint:
         await self._call("unmigrate", lambda: self._stub.unmigrate(Empty()))
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        # When a connection fails, grpclib cancels the task awaiting the call
+        # (grpclib.utils.Wrapper: task.cancel(), never uncancelled) and may raise
+        # StreamTerminatedError or a bare CancelledError that no cancel scope asked
+        # for. On the caller's task that request would stay pending and make the next
+        # anyio cancel scope there re-raise instead of catching its own cancellation,
+        # so the call runs in a child task that takes the stray cancellation with it.
+        # A cancellation of an enclosing scope still propagates: the task group
+        # re-raises it on exit.
+        results: list[T] = []
+        failures: list[Exception] = []
+
+        async def attempt() -> None:
+            try:
+                results.append(await self._call_once(operation, call))
+            except Exception as exc:  # noqa: BLE001 - re-raised in the caller's task below
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt)
+        if failures:
+            raise failures[0]
+        if results:
+            return results[0]
+        # The child ended cancelled although no enclosing scope was cancelled (that
+        # would have been re-raised above): grpclib gave up on the connection.
+        raise SuperviseUnavailable(
+            self._endpoint, operation, None, "call cancelled by grpclib (connection lost)"
+        )
+
+    async def _call_once(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except GRPCError as exc:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -170,3 +174,58 @@ async def test_unreachable_endpoint_is_unavailable() -> None:
         pytest.raises(SuperviseUnavailable, match="resume on"),
     ):
         await endpoint.resume()
+
+
+@asynccontextmanager
+async def tcp_server(
+    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """Serve ``handler`` on a loopback port until exit; yield the port."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio, not Django
+        tg.cancel_scope.cancel()
+
+
+async def hang_up(stream: anyio.abc.SocketStream) -> None:
+    await stream.aclose()
+
+
+async def never_answer(stream: anyio.abc.SocketStream) -> None:
+    async with stream:
+        await anyio.sleep_forever()
+
+
+async def test_connection_closed_by_server_is_unavailable_and_leaves_caller_cancellable() -> None:
+    async with tcp_server(hang_up) as port:
+        with SuperviseEndpoint(f"127.0.0.1:{port}") as endpoint:
+            with anyio.fail_after(5), pytest.raises(SuperviseUnavailable, match="health_check on"):
+                await endpoint.health_check()
+            # grpclib cancels the task awaiting a failed call; that stray request must
+            # not stay on ours, or this scope would re-raise its own cancellation.
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await anyio.sleep(5)
+            assert scope.cancelled_caught
+
+
+async def test_a_stray_cancellation_of_the_call_is_unavailable() -> None:
+    async def cancelled_by_the_library() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # what grpclib.utils.Wrapper does when the connection fails
+        await anyio.sleep(5)
+
+    with SuperviseEndpoint("127.0.0.1:1") as endpoint, anyio.fail_after(5):
+        with pytest.raises(SuperviseUnavailable, match="cancelled by grpclib"):
+            await endpoint._call("resume", cancelled_by_the_library)
+        await anyio.lowlevel.checkpoint()  # raises if the stray cancel reached our task
+
+
+async def test_cancelling_the_caller_still_cancels_a_call_in_flight() -> None:
+    async with tcp_server(never_answer) as port:
+        with SuperviseEndpoint(f"127.0.0.1:{port}") as endpoint, anyio.fail_after(5):
+            with anyio.move_on_after(0.2) as scope:
+                await endpoint.resume()
+            assert scope.cancelled_caught

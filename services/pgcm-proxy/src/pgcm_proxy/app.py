@@ -80,9 +80,10 @@ async def serve(
         ack_key = layout.proxy_ack(settings.proxy_id)
     except ValueError as exc:
         raise ConfigError("proxy_id", str(exc)) from exc
-    metrics = ProxyMetrics()
+    endpoint = settings.metrics_endpoint
+    metrics = ProxyMetrics(export=endpoint is not None)
     with contextlib.ExitStack() as stack:
-        if (endpoint := settings.metrics_endpoint) is not None:
+        if endpoint is not None:
             try:
                 stack.enter_context(serve_metrics(metrics, *endpoint))
             except OSError as exc:

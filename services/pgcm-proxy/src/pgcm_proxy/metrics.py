@@ -2,17 +2,23 @@
 
 A private :class:`~prometheus_client.CollectorRegistry` keeps tests independent (each
 builds its own ``ProxyMetrics``) and keeps library collectors we did not choose out of
-the scrape. The HTTP endpoint is opt-in (``metrics_address``).
+the scrape. The HTTP endpoint is opt-in (``metrics_address``); without it the metrics
+are discarded and prometheus_client is never imported (about 1.6 MB of the proxy's RSS,
+measured after the proxy's other imports).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pgcm_common.metrics import Discarded
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ProxyMetrics", "serve_metrics"]
 
@@ -25,50 +31,87 @@ _APPLY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class ProxyMetrics:
     """Every metric the proxy exports; ``registry`` is what the HTTP endpoint serves."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        """Create the metrics in ``registry`` (a fresh one by default)."""
-        self.registry = registry if registry is not None else CollectorRegistry()
+    primary: Gauge | Discarded
+    applied_revision: Gauge | Discarded
+    reloads: Counter | Discarded
+    rejected: Counter | Discarded
+    last_success: Gauge | Discarded
+    apply_errors: Counter | Discarded
+    apply_seconds: Histogram | Discarded
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, export: bool = True) -> None:
+        """Create the metrics in ``registry`` (a fresh one by default).
+
+        With ``export=False`` every metric is discarded and ``registry`` is unavailable.
+        """
+        self._host: str | None = None
+        self._registry: CollectorRegistry | None = None
+        if not export:
+            discarded = Discarded()
+            self.primary = self.applied_revision = self.last_success = discarded
+            self.reloads = self.rejected = self.apply_errors = discarded
+            self.apply_seconds = discarded
+            return
+        # Imported here so a proxy without metrics_address never loads it.
+        from prometheus_client import (  # noqa: PLC0415
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+        )
+
+        self._registry = registry = registry if registry is not None else CollectorRegistry()
         self.primary = Gauge(
             "pgcm_proxy_primary_host_info",
             "The host PgBouncer routes to (value 1 on the current host's series).",
             ["host"],
-            registry=self.registry,
+            registry=registry,
         )
         self.applied_revision = Gauge(
             "pgcm_proxy_applied_revision",
             "etcd mod revision of the primary address last applied and acknowledged.",
-            registry=self.registry,
+            registry=registry,
         )
         self.reloads = Counter(
             "pgcm_proxy_reloads",
             "RELOAD commands sent to PgBouncer.",
             ["endpoint"],
-            registry=self.registry,
+            registry=registry,
         )
         self.rejected = Counter(
             "pgcm_proxy_rejected_values",
             "etcd values refused before rendering (deleted key, hostile or malformed).",
             ["reason"],
-            registry=self.registry,
+            registry=registry,
         )
         self.last_success = Gauge(
             "pgcm_proxy_last_success_timestamp_seconds",
             "Unix time of the last apply confirmed by SHOW DATABASES and acknowledged.",
-            registry=self.registry,
+            registry=registry,
         )
         self.apply_errors = Counter(
             "pgcm_proxy_apply_errors",
             "Apply attempts that failed and will be retried.",
             ["error"],
-            registry=self.registry,
+            registry=registry,
         )
         self.apply_seconds = Histogram(
             "pgcm_proxy_apply_duration_seconds",
             "Duration of successful applies (render, write, RELOAD, confirm, ack).",
             buckets=_APPLY_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
-        self._host: str | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Return the registry the metrics live in.
+
+        Raises:
+            RuntimeError: the metrics were created with ``export=False``.
+        """
+        if self._registry is None:
+            raise RuntimeError("metrics were created with export=False")
+        return self._registry
 
     def routed_to(self, host: str, revision: int, at: float, duration_s: float) -> None:
         """Record a confirmed, acknowledged apply."""
@@ -92,6 +135,8 @@ def serve_metrics(metrics: ProxyMetrics, host: str, port: int) -> Iterator[int]:
     Raises:
         OSError: the address cannot be bound.
     """
+    from prometheus_client import start_http_server  # noqa: PLC0415 - only with metrics_address
+
     server, thread = start_http_server(port, addr=host or "0.0.0.0", registry=metrics.registry)  # noqa: S104 - an empty host in metrics_address asks for every address
     bound = int(server.server_address[1])
     log.info("metrics.listen", address=f"{host}:{bound}")

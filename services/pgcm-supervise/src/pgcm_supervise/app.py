@@ -230,7 +230,7 @@ async def serve(
         Every part unwinds through its own shielded cleanup: PgBouncer is resumed if we
         paused it, the status lease is revoked, sockets are closed and removed.
     """
-    metrics = SuperviseMetrics()
+    metrics = SuperviseMetrics(export=settings.metrics_address is not None)
     layout = KeyLayout(settings.cluster.namespace, settings.cluster.master_key)
     crm = build_crm_mon(settings)
     resolver = build_resolver(settings)

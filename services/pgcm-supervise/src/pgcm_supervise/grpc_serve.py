@@ -16,7 +16,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio
 import structlog
@@ -26,14 +26,17 @@ from grpclib._typing import IServable
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server, Stream
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from pgcm_common.metrics import Discarded
 from pgcm_supervise.security import (
     Authenticator,
     SecurityOptions,
     check_exposure,
     server_ssl_context,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = ["MUTATING_METHODS", "GrpcServerOptions", "RpcMetrics", "serve_grpc"]
 
@@ -68,9 +71,17 @@ class GrpcServerOptions:
 class RpcMetrics:
     """``pgcm_supervise_rpc_requests_total{method,status}`` and a duration histogram."""
 
+    requests: Counter | Discarded
+    duration: Histogram | Discarded
+
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        """Register the metrics in ``registry`` (None: a private one)."""
-        registry = registry if registry is not None else CollectorRegistry()
+        """Register the metrics in ``registry`` (None: not exported, so discarded)."""
+        if registry is None:
+            self.requests = self.duration = Discarded()
+            return
+        # Imported here so a supervise without metrics_address never loads it.
+        from prometheus_client import Counter, Histogram  # noqa: PLC0415
+
         self.requests = Counter(
             "pgcm_supervise_rpc_requests",
             "Failover API calls by method and gRPC status.",

@@ -2,26 +2,25 @@
 
 The registry is private (not prometheus_client's global one) so tests and several
 servers in one process never share counters. :func:`serve_metrics` is a tiny anyio HTTP
-server: every request gets the text exposition, whatever its path.
+server: every request gets the text exposition, whatever its path. Without
+``metrics_address`` nothing is exported: every metric is discarded and prometheus_client
+is never imported (about 1.6 MB of RSS, measured after supervise's other imports).
 """
 
 from __future__ import annotations
 
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio
 import structlog
 from anyio.abc import SocketStream, TaskStatus
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 
-__all__ = ["SuperviseMetrics", "parse_host_port", "serve_metrics"]
+from pgcm_common.metrics import Discarded
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Discarded", "SuperviseMetrics", "parse_host_port", "serve_metrics"]
 
 log = structlog.get_logger("pgcm.supervise.metrics")
 
@@ -35,9 +34,40 @@ _MAX_REQUEST_BYTES = 16_384
 class SuperviseMetrics:
     """Every metric supervise exports; one instance per process (or per test)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+    crm_mon_reads: Counter | Discarded
+    crm_mon_seconds: Histogram | Discarded
+    publications: Counter | Discarded
+    refusals: Counter | Discarded
+    conflicts: Counter | Discarded
+    etcd_errors: Counter | Discarded
+    published_primary: Gauge | Discarded
+    last_publication: Gauge | Discarded
+    nudges: Counter | Discarded
+    pgbouncer_paused: Gauge | Discarded
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, export: bool = True) -> None:
+        """Create the metrics in ``registry`` (a fresh one by default).
+
+        With ``export=False`` every metric is discarded and :attr:`registry` is None.
+        """
+        self._primary_labels: tuple[str, str] | None = None
+        self.registry: CollectorRegistry | None = None
+        if not export:
+            discarded = Discarded()
+            self.crm_mon_reads = self.publications = self.refusals = discarded
+            self.conflicts = self.etcd_errors = self.nudges = discarded
+            self.crm_mon_seconds = discarded
+            self.published_primary = self.last_publication = self.pgbouncer_paused = discarded
+            return
+        # Imported here so a supervise without metrics_address never loads it.
+        from prometheus_client import (  # noqa: PLC0415
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+        )
+
+        self.registry = r = registry if registry is not None else CollectorRegistry()
         self.crm_mon_reads = Counter(
             "pgcm_supervise_crm_mon_reads",
             "crm_mon reads by outcome (ok, failed, unparseable, timeout).",
@@ -91,7 +121,6 @@ class SuperviseMetrics:
             registry=r,
         )
         self.pgbouncer_paused.set(-1)
-        self._primary_labels: tuple[str, str] | None = None
 
     def set_published_primary(self, node: str, address: str) -> None:
         """Make ``(node, address)`` the only labelled series of the primary gauge."""
@@ -104,7 +133,11 @@ class SuperviseMetrics:
         self._primary_labels = labels
 
     def exposition(self) -> bytes:
-        """Return the text exposition of every metric."""
+        """Return the text exposition of every metric (empty when not exported)."""
+        if self.registry is None:
+            return b""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - see __init__
+
         return generate_latest(self.registry)
 
 
@@ -161,6 +194,8 @@ async def _answer(stream: SocketStream, metrics: SuperviseMetrics) -> None:
     if not request.startswith(b"GET "):
         status, body, content_type = b"405 Method Not Allowed", b"", b"text/plain"
     else:
+        from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415 - only when serving
+
         status, body, content_type = b"200 OK", metrics.exposition(), CONTENT_TYPE_LATEST.encode()
     head = (
         b"HTTP/1.1 "

@@ -4,6 +4,7 @@ import os
 from functools import partial
 
 import anyio
+import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
 
 from pgcm_common.pacemaker import CorosyncNodeAddresses, StaticNodeAddresses

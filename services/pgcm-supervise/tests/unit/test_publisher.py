@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -71,6 +72,12 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "21-one-node-stateful-legacy-as-xml.xml": ("stateful", "pcmk1"),
     "30-synthetic-pacemaker-1.1-master-slave.xml": ("pgsqld", "n1"),
 }
+
+
+def sample(metrics: SuperviseMetrics, name: str, **labels: str) -> float | None:
+    """Read one sample from the exported registry."""
+    assert metrics.registry is not None
+    return metrics.registry.get_sample_value(name, labels)
 
 
 def load(name: str) -> ClusterState:
@@ -208,7 +215,7 @@ async def test_publishes_bare_address_and_record() -> None:
     )
     assert record.with_quorum
     assert record.observed_at == T0
-    assert metrics.published_primary.labels("n1", "10.0.0.11")._value.get() == 1
+    assert sample(metrics, "pgcm_supervise_published_primary", node="n1", address="10.0.0.11") == 1
 
 
 async def test_refusal_keeps_last_value_and_counts_the_reason() -> None:
@@ -225,10 +232,8 @@ async def test_refusal_keeps_last_value_and_counts_the_reason() -> None:
     kv = await store.get(b"/pg/master")
     assert kv is not None
     assert (kv.value, kv.mod_revision) == (b"10.0.0.11", revision)
-    refusals = metrics.refusals
-    assert refusals.labels("no_quorum")._value.get() == 1
-    assert refusals.labels("in_transition")._value.get() == 1
-    assert refusals.labels("crm_mon_failed")._value.get() == 1
+    for reason in ("no_quorum", "in_transition", "crm_mon_failed"):
+        assert sample(metrics, "pgcm_supervise_refusals_total", reason=reason) == 1
 
 
 async def test_unknown_address_is_refused() -> None:
@@ -333,7 +338,7 @@ async def test_compare_and_put_conflict_writes_nothing_and_rechecks_next_cycle()
     healthy = observed(load("01-healthy-n1-primary.xml"))
     assert await publisher.publish(healthy) is PublishOutcome.CONFLICT
     assert await value(store.inner, b"/pg/master") == b"10.9.9.9"
-    assert metrics.conflicts._value.get() == 1
+    assert sample(metrics, "pgcm_supervise_publish_conflicts_total") == 1
     assert await publisher.publish(healthy) is PublishOutcome.WROTE
     assert await value(store.inner, b"/pg/master") == b"10.0.0.11"
 

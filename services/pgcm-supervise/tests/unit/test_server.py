@@ -253,7 +253,8 @@ async def test_pause_failure_on_one_pgbouncer_resumes_the_others() -> None:
 async def test_expiry_resumes_pgbouncer() -> None:
     async with open_world() as world:
         with anyio.fail_after(5):
-            await world.stub.pause(PauseRequest(timeout=5, expiry_ms=50))
+            # Long enough that the PAUSE answer is back first even on a loaded machine.
+            await world.stub.pause(PauseRequest(timeout=5, expiry_ms=300))
             await eventually(lambda: _all_resumed(world))
         assert world.pause_states == [True, False]
 
