@@ -106,6 +106,12 @@ def e2e(session: nox.Session) -> None:
 
 
 @nox.session
+def faults(session: nox.Session) -> None:
+    """Fault-injection suite in the lab (root): 5 switchovers, 20 with PGCM_FAULTS_FULL=1."""
+    session.run("pytest", "tests/faults", *session.posargs)
+
+
+@nox.session
 def protos(session: nox.Session) -> None:
     """Regenerate the betterproto2 code from protos/ and fail when the committed copy is stale."""
     session.run("python", "scripts/gen_protos.py")

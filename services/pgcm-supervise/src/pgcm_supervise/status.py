@@ -123,9 +123,16 @@ class AsyncpgPostgresProbe:
                         for row in rows
                     )
                 oldest = await connection.fetchval(_OLDEST_XACT_SQL)
-        finally:
-            with anyio.move_on_after(_CLEANUP_S, shield=True):
+        except BaseException:
+            # A query cut short leaves the connection mid-operation: close() would
+            # raise InternalClientError ("another operation is in progress").
+            connection.terminate()
+            raise
+        with anyio.move_on_after(_CLEANUP_S, shield=True):
+            try:
                 await connection.close()
+            except Exception:  # noqa: BLE001 - closing is best effort; terminate never fails
+                connection.terminate()
         age = None if oldest is None or math.isnan(oldest) else float(oldest)
         return PostgresStatus(
             in_recovery=in_recovery, replication=peers, oldest_transaction_age_s=age
@@ -393,7 +400,9 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         try:
             self._postgres_status = await self._postgres.probe()
             self._postgres_problem = None
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any probe failure is a fact to publish
+            # asyncpg raises more than its documented types (InternalClientError, for
+            # one); a failed probe must never stop supervise in a switchover.
             self._postgres_status = None
             self._postgres_problem = f"postgres: {exc}"
             log.debug("postgres.probe_failed", error=str(exc))

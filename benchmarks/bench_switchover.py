@@ -1,0 +1,210 @@
+# ruff: noqa: ASYNC110  # polling other processes' state: there is no event to await
+"""P1 + P3 + P6: switchovers under pgbench in the 3-node lab with pgcm.
+
+Brings the lab up with pgcm (``Lab.up`` then ``start_pgcm``, as ``tests/e2e`` does) in
+``/var/tmp/pgcm-lab-bench``, then ``RUNS`` times: pgbench (``CLIENTS`` clients,
+``LOAD_S`` seconds) through the app node's PgBouncer, and once every client is
+connected, ``pgcm-failover --json`` to the next node. Per run it records what the
+clients saw (failed transactions, aborted clients, max latency), the PgBouncer paused
+time and each phase's seconds from the failover report, and Pacemaker's promotion →
+etcd record → last proxy acknowledgement. The lab is always torn down; its up and down
+seconds are P6. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from pgcm_lab.lab import Lab, Progress, lab_leftovers
+from pgcm_lab.pgcm import (
+    MASTER_KEY,
+    NAMESPACE,
+    etcd_get,
+    etcd_get_prefix,
+    failover_argv,
+    start_pgcm,
+    wait_pgcm_ready,
+)
+from pgcm_lab.topology import APP_NODE
+
+DESCRIPTION = (
+    "P1/P3/P6: 5 pgcm-failover switchovers in the 3-node lab under pgbench "
+    "(4 clients, 15 s per run, through the app node's PgBouncer); medians and per-run "
+    "values, plus lab up/down seconds."
+)
+STATE_DIR: Final = Path("/var/tmp/pgcm-lab-bench")  # noqa: S108  # postgres must traverse it
+RUNS: Final = 5
+CLIENTS: Final = 4
+LOAD_S: Final = 15
+_PROMOTE: Final = re.compile(
+    r"^(\w{3} +\d+ [\d:.]+) \S+ +pacemaker-controld.*Result of promote operation for "
+    r"\S+ on (\S+): ok"
+)
+
+
+def _dict(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {value!r}")
+    return value
+
+
+def _float(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _last_promotion(lab: Lab, node: str) -> datetime:
+    """When Pacemaker last logged a successful promote of ``node``."""
+    log = lab.node_dir(node) / "var-log-pacemaker" / "pacemaker.log"
+    found = None
+    for line in log.read_text(errors="replace").splitlines():
+        if (match := _PROMOTE.match(line)) and match.group(2) == node:
+            found = match.group(1)
+    if found is None:
+        raise RuntimeError(f"no promote of {node} in {log}")
+    local = datetime.now().astimezone()
+    # Pacemaker's log has no year and no zone: it is the machine's local time.
+    stamp = datetime.strptime(f"{local.year} {found}", "%Y %b %d %H:%M:%S.%f")  # noqa: DTZ007
+    return stamp.replace(tzinfo=local.tzinfo)
+
+
+async def _promotion_latencies(lab: Lab, node: str) -> dict[str, float]:
+    promoted = _last_promotion(lab, node)
+    raw = await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json")
+    if raw is None:
+        raise RuntimeError("no primary record in etcd")
+    observed = datetime.fromisoformat(str(_dict(json.loads(raw))["observed_at"]))
+    acks = await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/")
+    applied = max(
+        datetime.fromisoformat(str(_dict(json.loads(v))["applied_at"])) for v in acks.values()
+    )
+    return {
+        "promotion_to_etcd_ms": round((observed - promoted).total_seconds() * 1000, 1),
+        "promotion_to_last_ack_ms": round((applied - promoted).total_seconds() * 1000, 1),
+    }
+
+
+async def _pgbench_clients(lab: Lab) -> int:
+    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
+            "pgbouncer", "-qAt", "-c", "SHOW CLIENTS"]  # fmt: skip
+    out = await lab.exec(APP_NODE, argv, user="postgres")
+    return sum(1 for line in out.stdout.splitlines() if "pgbench" in line.split("|"))
+
+
+async def _one_run(lab: Lab, target: str) -> dict[str, object]:
+    """One switchover to ``target`` under load; return its measurements."""
+    box: dict[str, object] = {}
+
+    async def load() -> None:
+        box["load"] = await lab.load(seconds=LOAD_S, clients=CLIENTS)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load)
+        with anyio.fail_after(30):
+            while await _pgbench_clients(lab) < CLIENTS:
+                await anyio.sleep(0.1)
+        result = await lab.run(failover_argv(lab, ["--target", target, "--json"]), check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"pgcm-failover failed: {result.stderr[-2000:]}")
+    report = _dict(json.loads(result.stdout))
+    with anyio.fail_after(60):
+        await wait_pgcm_ready(lab, target)
+    clients = box["load"]
+    from pgcm_lab.load import LoadReport  # noqa: PLC0415  # only for the type check
+
+    if not isinstance(clients, LoadReport):
+        raise TypeError(clients)
+    phases = {
+        str(_dict(p)["name"]): round(_float(_dict(p)["seconds"]), 3)
+        for p in _list(report["phases"])
+    }
+    return {
+        "target": target,
+        "failed_transactions": clients.failed_transactions,
+        "aborted_clients": clients.aborted_clients,
+        "transactions": clients.transactions,
+        "max_latency_ms": clients.latency_max_ms,
+        "paused_s": round(_float(report["paused_seconds"]), 3),
+        "total_s": round(_float(report["total_seconds"]), 3),
+        "phases_s": phases,
+        "errors": list(clients.errors),
+        **await _promotion_latencies(lab, target),
+    }
+
+
+def _median(runs: list[dict[str, object]], key: str) -> float | None:
+    values = [_float(r[key]) for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+async def _bench(lab: Lab) -> dict[str, object]:
+    up_s = await lab.up()
+    pgcm_t0 = time.monotonic()
+    await start_pgcm(lab)
+    pgcm_s = time.monotonic() - pgcm_t0
+    primary = await lab.wait_healthy()
+    await lab.exec(primary, ["pgbench", "-i", "-q", "-s", "1", "-h", "/run/postgresql",
+                             "postgres"], user="postgres")  # fmt: skip
+    names = [n.name for n in lab.topology.nodes]
+    runs: list[dict[str, object]] = []
+    for _ in range(RUNS):
+        with anyio.fail_after(120):
+            current = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, current)
+            target = names[(names.index(current) + 1) % len(names)]
+            runs.append(await _one_run(lab, target))
+        sys.stderr.write(f"switchover run {len(runs)}: {json.dumps(runs[-1])}\n")
+    phase_names = list(_dict(runs[0]["phases_s"]))
+    phases = {
+        name: round(statistics.median(_float(_dict(r["phases_s"])[name]) for r in runs), 3)
+        for name in phase_names
+    }
+    return {
+        "runs": len(runs),
+        "load": f"pgbench -c {CLIENTS} -T {LOAD_S} (TPC-B, scale 1) via app PgBouncer",
+        "failed_transactions_total": sum(int(_float(r["failed_transactions"])) for r in runs),
+        "aborted_clients_total": sum(int(_float(r["aborted_clients"])) for r in runs),
+        "failed_transactions_median": _median(runs, "failed_transactions"),
+        "aborted_clients_median": _median(runs, "aborted_clients"),
+        "max_latency_median_ms": _median(runs, "max_latency_ms"),
+        "paused_median_s": _median(runs, "paused_s"),
+        "switchover_total_median_s": _median(runs, "total_s"),
+        "promotion_to_etcd_median_ms": _median(runs, "promotion_to_etcd_ms"),
+        "promotion_to_last_ack_median_ms": _median(runs, "promotion_to_last_ack_ms"),
+        "phase_median_s": phases,
+        "lab_up_s": round(up_s, 2),
+        "pgcm_start_s": round(pgcm_s, 2),
+        "per_run": runs,
+    }
+
+
+def run() -> dict[str, object]:
+    """Bring the lab up with pgcm, switch over ``RUNS`` times under load, tear it down."""
+    probe = Lab(STATE_DIR, progress=Progress(None))
+    if lab_leftovers(probe):
+        raise RuntimeError(f"a lab is already running: {lab_leftovers(probe)}")
+    lab = Lab(STATE_DIR, progress=Progress(sys.stderr))
+    results: dict[str, object] = {}
+    try:
+        results = anyio.run(_bench, lab)
+    finally:
+        down_s = anyio.run(lab.down)
+    results["lab_down_s"] = round(down_s, 2)
+    results["targets"] = {"failed_transactions_total": "0", "aborted_clients_total": "0"}
+    return results

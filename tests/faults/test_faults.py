@@ -1,0 +1,360 @@
+# ruff: noqa: ASYNC110  # polling other processes' state: there is no event to await
+"""Fault injection in the 3-node lab with pgcm: nothing paused, converged, nothing lost.
+
+One lab (with pgcm) serves every test; each leaves the cluster healthy for the next,
+the node crash comes last. Each test runs an insert load generator through the app
+node's PgBouncer (increasing ids; it prints every id whose commit it saw succeed), does
+its damage, then asserts: every PgBouncer answers a query, one primary with etcd and
+every proxy agreeing on it, and every acknowledged id is in the table on the primary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, final
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.text import TextReceiveStream
+
+from pgcm_lab.lab import Lab
+from pgcm_lab.pgcm import (
+    MASTER_KEY,
+    NAMESPACE,
+    etcd_get,
+    failover_argv,
+    venv_script,
+    wait_pgcm_ready,
+)
+from pgcm_lab.topology import APP_NODE
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
+
+TABLE: Final = "pgcm_faults"
+SWITCHOVERS: Final = 20 if os.environ.get("PGCM_FAULTS_FULL") == "1" else 5
+
+# The load generator: one connection through a PgBouncer, one autocommit INSERT at a
+# time with increasing ids (simple query protocol: no prepared statements, which
+# transaction pooling would break). "ok N" once the commit returned, "err N ..." when
+# it failed (then it reconnects). SIGTERM stops it after the statement in flight.
+_LOADGEN = """
+import asyncio, signal, sys
+import asyncpg
+
+async def main(host, table):
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    n, conn = 0, None
+    print("ready", flush=True)
+    while not stop.is_set():
+        n += 1
+        try:
+            if conn is None:
+                conn = await asyncpg.connect(host=host, port=6432, user="postgres",
+                    database="postgres", statement_cache_size=0, timeout=5)
+            await asyncio.wait_for(conn.execute(f"insert into {table} (id) values ({n})"), 60)
+            print(f"ok {n}", flush=True)
+        except Exception as exc:
+            print(f"err {n} {type(exc).__name__}: {str(exc)[:200]!r}", flush=True)
+            if conn is not None:
+                conn.terminate()
+            conn = None
+            await asyncio.sleep(0.1)
+    if conn is not None:
+        await conn.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+def _dict(value: object) -> dict[str, object]:
+    assert isinstance(value, dict), value
+    return {str(k): v for k, v in value.items()}
+
+
+def address(lab: Lab, node: str) -> str:
+    """The lab address of ``node``."""
+    return str(lab.topology.node(node).address)
+
+
+@final
+@dataclass(slots=True)
+class LoadSeen:
+    """What the load generator's client saw: acknowledged ids and errors."""
+
+    acked: set[int] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def insert_load(lab: Lab) -> AsyncIterator[LoadSeen]:
+    """Run the load generator in the app node until the block ends; yield what it saw."""
+    primary = await lab.wait_healthy()
+    await lab.psql(primary, f"create table if not exists {TABLE} (id bigint, at timestamptz "
+                            "default now())")  # fmt: skip
+    await lab.psql(primary, f"truncate {TABLE}")
+    pid = lab.init_pid(APP_NODE)
+    python = str(Path(venv_script("pgcm-failover")).parent / "python")
+    argv = ["nsenter", "-t", str(pid), "-n", "--", python, "-c", _LOADGEN,
+            address(lab, APP_NODE), TABLE]  # fmt: skip
+    seen = LoadSeen()
+    process = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    async with process, anyio.create_task_group() as tg:
+        ready = anyio.Event()
+
+        async def read() -> None:
+            assert process.stdout is not None
+            buffered = ""
+            async for chunk in TextReceiveStream(process.stdout):
+                buffered += chunk
+                *lines, buffered = buffered.split("\n")
+                for line in lines:
+                    kind, _, rest = line.partition(" ")
+                    if kind == "ok":
+                        seen.acked.add(int(rest))
+                    elif kind == "ready":
+                        ready.set()
+                    else:
+                        seen.errors.append(line)
+
+        tg.start_soon(read)
+        with anyio.fail_after(30):
+            await ready.wait()
+            while len(seen.acked) < 10:  # the load is flowing
+                await anyio.sleep(0.1)
+        try:
+            yield seen
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(70, shield=True):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                with anyio.move_on_after(5, shield=True):
+                    await process.wait()
+
+
+async def routed_host(lab: Lab, node: str) -> str | None:
+    """Where node ``node``'s PgBouncer routes database ``postgres`` (SHOW DATABASES)."""
+    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
+            "pgbouncer", "-qAt", "-c", "SHOW DATABASES"]  # fmt: skip
+    out = await lab.exec(node, argv, user="postgres", check=False)
+    for line in out.stdout.splitlines():
+        fields = line.split("|")
+        if fields[0] == "postgres":
+            return fields[1]
+    return None
+
+
+async def bouncer_answers(lab: Lab, node: str, seconds: int = 5) -> bool:
+    """Whether a query through node ``node``'s PgBouncer completes within ``seconds``."""
+    argv = ["timeout", str(seconds), "psql", "-X", "-h", "/run/pgbouncer", "-p", "6432",
+            "-U", "postgres", "-d", "postgres", "-qAt", "-c", "select 1"]  # fmt: skip
+    result = await lab.exec(node, argv, user="postgres", check=False)
+    return result.returncode == 0 and result.stdout.strip() == "1"
+
+
+async def assert_converged(lab: Lab, seen: LoadSeen) -> str:
+    """Assert nothing is paused, everything names one primary, no ack was lost."""
+    with anyio.fail_after(90):
+        primary = await lab.wait_healthy()
+        await wait_pgcm_ready(lab, primary)
+        want = address(lab, primary)
+        for name in lab.running_nodes():
+            while await routed_host(lab, name) != want:
+                await anyio.sleep(0.1)
+            assert await bouncer_answers(lab, name, seconds=10), f"{name}'s PgBouncer is paused"
+        assert await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}") == want
+        rows = await lab.psql(primary, f"select id from {TABLE}")  # noqa: S608  # constant name
+    stored = {int(line) for line in rows.split()}
+    lost = seen.acked - stored
+    assert not lost, f"{len(lost)} acknowledged commits lost: {sorted(lost)[:20]}"
+    assert seen.acked, "the load generator never committed"
+    return primary
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A finished pgcm-failover run: exit code, its JSON output, its logs."""
+
+    returncode: int
+    data: dict[str, object]
+    logs: str
+
+
+async def failover(lab: Lab, *args: str) -> Run:
+    """Run ``pgcm-failover ARGS --json`` in the app node and parse its output."""
+    result = await lab.run(failover_argv(lab, [*args, "--json"]), check=False)
+    data = json.loads(result.stdout) if result.stdout.strip() else {}
+    return Run(result.returncode, _dict(data), result.stderr)
+
+
+def _pid_ns(pid: int) -> str | None:
+    try:
+        return str(Path(f"/proc/{pid}/ns/pid").readlink())
+    except OSError:
+        return None
+
+
+def node_process(lab: Lab, node: str, script: str) -> int | None:
+    """The host PID of the process of node ``node`` whose program is ``script``.
+
+    Only processes in that node's PID namespace count, and the restart wrapper (``sh``)
+    is skipped: the PID returned is the daemon itself.
+    """
+    init = lab.init_pid(node)
+    assert init is not None
+    namespace = _pid_ns(init)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or _pid_ns(int(entry.name)) != namespace:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"python") and len(argv) > 1 and argv[1].endswith(script.encode()):
+            return int(entry.name)
+        if argv[0].endswith(script.encode()):
+            return int(entry.name)
+    return None
+
+
+async def _wait_phase(process: Process, phase: str) -> None:
+    """Read pgcm-failover's log lines until ``phase`` is done (caller bounds it)."""
+    assert process.stderr is not None
+    errors = BufferedByteReceiveStream(process.stderr)
+    while True:
+        line = await errors.receive_until(b"\n", 1 << 20)
+        event = json.loads(line) if line.startswith(b"{") else {}
+        if event.get("event") == "failover.phase.done" and event.get("phase") == phase:
+            return
+
+
+# --------------------------------------------------------------------------- tests
+async def test_back_to_back_switchovers_under_insert_load_have_no_errors_and_lose_nothing(
+    lab: Lab,
+) -> None:
+    held: list[float] = []
+    async with insert_load(lab) as seen:
+        for _ in range(SWITCHOVERS):
+            with anyio.fail_after(120):
+                current = await lab.wait_healthy()
+                await wait_pgcm_ready(lab, current)
+                run = await failover(lab)
+            assert run.returncode == 0, run.logs[-3000:]
+            held.append(float(str(run.data["paused_seconds"])))
+    print(f"\n[faults] {SWITCHOVERS} switchovers, paused s: {held}, acked {len(seen.acked)}")  # noqa: T201
+    assert seen.errors == []
+    await assert_converged(lab, seen)
+
+
+async def test_supervise_killed_while_pgbouncer_is_paused_does_not_leave_it_paused(
+    lab: Lab,
+) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(120):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            argv = failover_argv(lab, ["--pause-expiry", "8s", "--json"])
+            process = await anyio.open_process(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            async with process:
+                await _wait_phase(process, "pause")
+                victim = node_process(lab, primary, "pgcm-supervise")
+                assert victim is not None
+                os.kill(victim, signal.SIGKILL)
+                # The switchover may fail or succeed: what matters is what is left.
+                await process.wait()
+            # The restart wrapper starts supervise again.
+            while node_process(lab, primary, "pgcm-supervise") in {None, victim}:
+                await anyio.sleep(0.1)
+            for name in lab.running_nodes():
+                while not await bouncer_answers(lab, name, seconds=2):
+                    await anyio.sleep(0.2)
+            # A failed switchover may leave its move constraint: cleanup clears it.
+            while (await failover(lab, "cleanup")).returncode != 0:
+                await anyio.sleep(0.5)
+    await assert_converged(lab, seen)
+
+
+async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
+    lab: Lab,
+) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(120):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            node = next(n.name for n in lab.topology.others(primary))
+            victim = node_process(lab, node, "pgbouncer")
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            while node_process(lab, node, "pgbouncer") is not None:
+                await anyio.sleep(0.1)
+            await lab.spawn(node, ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
+                            "pgbouncer.out", user="postgres")  # fmt: skip
+            while not await bouncer_answers(lab, node, seconds=2):
+                await anyio.sleep(0.2)
+            # And a switchover afterwards reaches the restarted PgBouncer too.
+            run = await failover(lab)
+            assert run.returncode == 0, run.logs[-3000:]
+    assert seen.errors == []
+    await assert_converged(lab, seen)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="intermittent bug (1 of 3 runs): with one etcd member SIGSTOPped (it accepts "
+    "TCP but never answers) pgcm-failover's health_check timed out (2 s) and the "
+    "switchover rolled back; the etcd client does not move on to another member in time",
+)
+async def test_switchover_succeeds_with_one_etcd_member_stopped(lab: Lab) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(150):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            # Stop n1's etcd, the first endpoint of every pgcm config: the clients must
+            # move on to the other two members.
+            victim = node_process(lab, "n1", "etcd")
+            assert victim is not None
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                run = await failover(lab)
+            finally:
+                os.kill(victim, signal.SIGCONT)
+            assert run.returncode == 0, run.logs[-3000:]
+    assert seen.errors == []
+    await assert_converged(lab, seen)
+
+
+async def test_primary_node_crash_promotes_a_standby_and_the_old_primary_rejoins(
+    lab: Lab,
+) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(240):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            await lab.kill_node(primary)
+            while (new := await lab.primary()) in {None, primary}:
+                await anyio.sleep(0.2)
+            await wait_pgcm_ready(lab, str(new))
+            # The clients reconnect through the app PgBouncer to the new primary.
+            acked = len(seen.acked)
+            while len(seen.acked) < acked + 10:
+                await anyio.sleep(0.1)
+            # The ex-primary comes back as a standby (the load keeps running).
+            await lab.rejoin(primary)
+    print(f"\n[faults] node crash: {len(seen.errors)} client errors")  # noqa: T201
+    assert sorted(lab.running_nodes()) == sorted(["n1", "n2", "n3", APP_NODE])
+    assert await assert_converged(lab, seen) == new
