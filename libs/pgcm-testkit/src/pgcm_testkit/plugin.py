@@ -43,10 +43,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove our base temp dir after a green run; keep it (logs) after a failure."""
+    """Remove our base temp dir (server data and logs) at the end of the session.
+
+    Failing fixtures print their server's log tail, so nothing is lost by default; set
+    ``PGCM_KEEP_TEST_DIRS=1`` to keep the directory of a failed run for a closer look.
+    """
     base = session.config.stash.get(_OWN_BASETEMP, None)
-    if base is not None and exitstatus == 0:
+    keep = exitstatus != 0 and os.environ.get("PGCM_KEEP_TEST_DIRS") == "1"
+    if base is not None and not keep:
         shutil.rmtree(base, ignore_errors=True)
+        if exitstatus != 0:
+            session.config.get_terminal_writer().line(
+                f"pgcm: removed {base} (PGCM_KEEP_TEST_DIRS=1 keeps it after a failure)"
+            )
 
 
 @pytest.fixture(autouse=True)
