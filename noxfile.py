@@ -67,7 +67,12 @@ def unit(session: nox.Session) -> None:
     suite at full size.
     """
     session.run(
-        "pytest", *_test_dirs("unit"), *_test_dirs("contract"), "tests/fuzz", *session.posargs
+        "pytest",
+        *_test_dirs("unit"),
+        *_test_dirs("contract"),
+        "tests/cli",
+        "tests/fuzz",
+        *session.posargs,
     )
 
 

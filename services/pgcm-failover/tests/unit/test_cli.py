@@ -4,12 +4,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -142,46 +140,6 @@ def test_help_describes_the_commands(capsys: pytest.CaptureFixture[str]) -> None
     assert "--failover-api-endpoints" in out
     assert "--dry-run" in out
     assert "--target" in out
-
-
-def test_show_config_prints_toml_that_loads_back(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    assert main(["show-config"]) == 0
-    text = capsys.readouterr().out
-    doc = tomllib.loads(text)
-    assert set(doc) == {"failover", "cluster", "etcd"}
-    path = tmp_path / "pgcm.toml"
-    path.write_text(text)
-    assert main(["show-config", "--config-file", str(path)]) == 0
-    assert capsys.readouterr().out.split("\n", 1)[1] == text.split("\n", 1)[1]
-
-
-def test_flags_after_the_subcommand_override_the_file(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    path = tmp_path / "pgcm.toml"
-    path.write_text('[cluster]\nnamespace = "/file"\n[supervise]\nanything = 1\n')
-    assert main(["--config-file", str(path), "show-config", "--etcd-namespace", "/flag"]) == 0
-    assert tomllib.loads(capsys.readouterr().out)["cluster"]["namespace"] == "/flag"
-
-
-def test_unknown_key_exits_2_naming_the_key(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    path = tmp_path / "pgcm.toml"
-    path.write_text("[failover]\nno_such_key = 1\n")
-    assert main(["show-config", "--config-file", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err == "pgcm-failover: invalid setting 'no_such_key': unknown key\n"
-
-
-def test_bad_value_exits_2_naming_the_key(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PGCM_PAUSE_TIMEOUT", "5x")
-    assert main(["show-config"]) == 2
-    assert "invalid setting 'pause_timeout'" in capsys.readouterr().err
 
 
 def test_successful_switchover_exits_0_with_a_json_report(

@@ -1,0 +1,108 @@
+"""The command-line contract every pgcm service shares, checked once for all three.
+
+Service-specific options and run behaviour stay in each service's own tests/unit.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgcm_failover.cli import main as failover_main
+from pgcm_proxy.cli import main as proxy_main
+from pgcm_supervise.cli import main as supervise_main
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    prog: str
+    main: Callable[[Sequence[str]], int]
+    tables: frozenset[str]
+    other_table: str
+    bad_env: tuple[str, str]
+    bad_key: str
+
+
+SERVICES = [
+    Service(
+        "pgcm-proxy",
+        proxy_main,
+        frozenset({"proxy", "cluster", "etcd", "pgbouncer"}),
+        "failover",
+        ("PGCM_POLL_INTERVAL", "often"),
+        "poll_interval",
+    ),
+    Service(
+        "pgcm-supervise",
+        supervise_main,
+        frozenset({"supervise", "cluster", "etcd", "pgbouncer"}),
+        "proxy",
+        ("PGCM_CRM_MON_INTERVAL", "-1s"),
+        "crm_mon_interval",
+    ),
+    Service(
+        "pgcm-failover",
+        failover_main,
+        frozenset({"failover", "cluster", "etcd"}),
+        "supervise",
+        ("PGCM_PAUSE_TIMEOUT", "5x"),
+        "pause_timeout",
+    ),
+]
+
+
+@pytest.fixture(params=SERVICES, ids=[s.prog for s in SERVICES])
+def service(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Service:
+    for name in list(os.environ):
+        if name.upper().startswith("PGCM_"):
+            monkeypatch.delenv(name)
+    chosen: Service = request.param
+    return chosen
+
+
+def test_show_config_prints_toml_that_loads_back(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert service.main(["show-config"]) == 0
+    text = capsys.readouterr().out
+    assert set(tomllib.loads(text)) == service.tables
+    path = tmp_path / "pgcm.toml"
+    path.write_text(text)
+    assert service.main(["show-config", "--config-file", str(path)]) == 0
+    # The first line names the file the configuration came from; the rest is identical.
+    assert capsys.readouterr().out.split("\n", 1)[1] == text.split("\n", 1)[1]
+
+
+def test_flags_after_the_subcommand_override_the_file_and_other_tables_are_ignored(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "pgcm.toml"
+    path.write_text(f'[cluster]\nnamespace = "/file"\n[{service.other_table}]\nanything = 1\n')
+    argv = ["--config-file", str(path), "show-config", "--etcd-namespace", "/flag"]
+    assert service.main(argv) == 0
+    assert tomllib.loads(capsys.readouterr().out)["cluster"]["namespace"] == "/flag"
+
+
+def test_unknown_key_exits_2_naming_the_key(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "pgcm.toml"
+    own_table = service.prog.removeprefix("pgcm-")
+    path.write_text(f"[{own_table}]\nno_such_key = 1\n")
+    assert service.main(["show-config", "--config-file", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"{service.prog}: invalid setting 'no_such_key': unknown key\n"
+    )
+
+
+def test_bad_value_exits_2_naming_the_key(
+    service: Service, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(*service.bad_env)
+    assert service.main(["show-config"]) == 2
+    assert f"invalid setting '{service.bad_key}'" in capsys.readouterr().err
