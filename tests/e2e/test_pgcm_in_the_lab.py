@@ -15,7 +15,6 @@ import re
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -36,6 +35,12 @@ from pgcm_lab.pgcm import (
     failover_argv,
     venv_script,
     wait_pgcm_ready,
+)
+from pgcm_lab.testing import (
+    address,
+    bouncer_answers,
+    routed_host,
+    run_failover,
 )
 from pgcm_lab.topology import APP_NODE, CLONE
 
@@ -60,53 +65,11 @@ def _list(value: object) -> list[object]:
     return value
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Run:
-    """A finished pgcm-failover run: exit code, its JSON output, its logs."""
-
-    returncode: int
-    data: dict[str, object]
-    logs: str
-
-
-async def failover(lab: Lab, *args: str) -> Run:
-    """Run ``pgcm-failover ARGS --json`` in the app node and parse its output."""
-    result = await lab.run(failover_argv(lab, [*args, "--json"]), check=False)
-    data = json.loads(result.stdout) if result.stdout.strip() else {}
-    return Run(result.returncode, _dict(data), result.stderr)
-
-
 async def status(lab: Lab) -> dict[str, object]:
     """``pgcm-failover status --json``."""
-    run = await failover(lab, "status")
+    run = await run_failover(lab, "status")
     assert run.returncode == 0, run.logs[-2000:]
     return run.data
-
-
-def address(lab: Lab, node: str) -> str:
-    """The lab address of ``node``."""
-    return str(lab.topology.node(node).address)
-
-
-async def routed_host(lab: Lab, node: str) -> str | None:
-    """Where node ``node``'s PgBouncer routes database ``postgres`` (SHOW DATABASES)."""
-    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
-            "pgbouncer", "-qAt", "-c", "SHOW DATABASES"]  # fmt: skip
-    out = await lab.exec(node, argv, user="postgres")
-    for line in out.stdout.splitlines():
-        fields = line.split("|")
-        if fields[0] == "postgres":
-            return fields[1]
-    return None
-
-
-async def bouncer_answers(lab: Lab, node: str, seconds: int = 5) -> bool:
-    """Whether a query through node ``node``'s PgBouncer completes within ``seconds``."""
-    argv = ["timeout", str(seconds), "psql", "-X", "-h", "/run/pgbouncer", "-p", "6432",
-            "-U", "postgres", "-d", "postgres", "-qAt", "-c", "select 1"]  # fmt: skip
-    result = await lab.exec(node, argv, user="postgres", check=False)
-    return result.returncode == 0 and result.stdout.strip() == "1"
 
 
 def live_nodes(lab: Lab) -> list[str]:
@@ -429,7 +392,7 @@ async def test_after_the_transaction_ends_the_same_connection_reaches_the_new_pr
         assert await client.query("select pg_is_in_recovery(), inet_server_addr();") == [
             f"f|{address(lab, primary)}"
         ]
-        run = await failover(lab)
+        run = await run_failover(lab)
         assert run.returncode == 0, run.logs[-3000:]
         target = str(_dict(run.data["target"])["node"])
         assert target != primary
@@ -462,7 +425,7 @@ async def test_switchover_under_pgbench_has_zero_failed_transactions(lab: Lab) -
             # Switch once every pgbench client is connected through the app PgBouncer.
             while await _app_clients(lab) < 4:  # the 4 pgbench clients
                 await anyio.sleep(0.1)
-            run = await failover(lab)
+            run = await run_failover(lab)
             results["run"] = run
         report = results["load"]
         assert run.returncode == 0, run.logs[-3000:]
@@ -501,7 +464,7 @@ async def test_switchovers_to_each_node_in_turn_all_succeed(lab: Lab) -> None:
         start = names.index(primary)
         for target in names[start + 1 :] + names[: start + 1]:
             await lab.wait_healthy()
-            run = await failover(lab, "--target", target)
+            run = await run_failover(lab, "--target", target)
             assert run.returncode == 0, run.logs[-3000:]
             assert _dict(run.data["target"])["node"] == target
             await wait_everything_routes_to(lab, target)
@@ -551,7 +514,7 @@ async def test_killed_failover_leaves_nothing_that_cleanup_cannot_remove(lab: La
         held = {name: pause_held_for(lab, name) for name in ("n1", "n2", "n3")}
         # cleanup clears the move once Pacemaker has settled (it says so until then).
         while True:
-            run = await failover(lab, "cleanup")
+            run = await run_failover(lab, "cleanup")
             if run.returncode == 0 and not _list((await status(lab))["move_constraints"]):
                 break
             await anyio.sleep(0.5)

@@ -35,6 +35,12 @@ from pgcm_lab.pgcm import (
     venv_script,
     wait_pgcm_ready,
 )
+from pgcm_lab.testing import (
+    address,
+    bouncer_answers,
+    routed_host,
+    run_failover,
+)
 from pgcm_lab.topology import APP_NODE
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
@@ -77,16 +83,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 
 # --------------------------------------------------------------------------- helpers
-def _dict(value: object) -> dict[str, object]:
-    assert isinstance(value, dict), value
-    return {str(k): v for k, v in value.items()}
-
-
-def address(lab: Lab, node: str) -> str:
-    """The lab address of ``node``."""
-    return str(lab.topology.node(node).address)
-
-
 @final
 @dataclass(slots=True)
 class LoadSeen:
@@ -144,26 +140,6 @@ async def insert_load(lab: Lab) -> AsyncIterator[LoadSeen]:
                     await process.wait()
 
 
-async def routed_host(lab: Lab, node: str) -> str | None:
-    """Where node ``node``'s PgBouncer routes database ``postgres`` (SHOW DATABASES)."""
-    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
-            "pgbouncer", "-qAt", "-c", "SHOW DATABASES"]  # fmt: skip
-    out = await lab.exec(node, argv, user="postgres", check=False)
-    for line in out.stdout.splitlines():
-        fields = line.split("|")
-        if fields[0] == "postgres":
-            return fields[1]
-    return None
-
-
-async def bouncer_answers(lab: Lab, node: str, seconds: int = 5) -> bool:
-    """Whether a query through node ``node``'s PgBouncer completes within ``seconds``."""
-    argv = ["timeout", str(seconds), "psql", "-X", "-h", "/run/pgbouncer", "-p", "6432",
-            "-U", "postgres", "-d", "postgres", "-qAt", "-c", "select 1"]  # fmt: skip
-    result = await lab.exec(node, argv, user="postgres", check=False)
-    return result.returncode == 0 and result.stdout.strip() == "1"
-
-
 async def assert_converged(lab: Lab, seen: LoadSeen) -> str:
     """Assert nothing is paused, everything names one primary, no ack was lost."""
     with anyio.fail_after(90):
@@ -181,23 +157,6 @@ async def assert_converged(lab: Lab, seen: LoadSeen) -> str:
     assert not lost, f"{len(lost)} acknowledged commits lost: {sorted(lost)[:20]}"
     assert seen.acked, "the load generator never committed"
     return primary
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Run:
-    """A finished pgcm-failover run: exit code, its JSON output, its logs."""
-
-    returncode: int
-    data: dict[str, object]
-    logs: str
-
-
-async def failover(lab: Lab, *args: str) -> Run:
-    """Run ``pgcm-failover ARGS --json`` in the app node and parse its output."""
-    result = await lab.run(failover_argv(lab, [*args, "--json"]), check=False)
-    data = json.loads(result.stdout) if result.stdout.strip() else {}
-    return Run(result.returncode, _dict(data), result.stderr)
 
 
 def _pid_ns(pid: int) -> str | None:
@@ -251,7 +210,7 @@ async def test_back_to_back_switchovers_under_insert_load_have_no_errors_and_los
             with anyio.fail_after(120):
                 current = await lab.wait_healthy()
                 await wait_pgcm_ready(lab, current)
-                run = await failover(lab)
+                run = await run_failover(lab)
             assert run.returncode == 0, run.logs[-3000:]
             held.append(float(str(run.data["paused_seconds"])))
     print(f"\n[faults] {SWITCHOVERS} switchovers, paused s: {held}, acked {len(seen.acked)}")  # noqa: T201
@@ -284,7 +243,7 @@ async def test_supervise_killed_while_pgbouncer_is_paused_does_not_leave_it_paus
                 while not await bouncer_answers(lab, name, seconds=2):
                     await anyio.sleep(0.2)
             # A failed switchover may leave its move constraint: cleanup clears it.
-            while (await failover(lab, "cleanup")).returncode != 0:
+            while (await run_failover(lab, "cleanup")).returncode != 0:
                 await anyio.sleep(0.5)
     await assert_converged(lab, seen)
 
@@ -307,7 +266,7 @@ async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
             while not await bouncer_answers(lab, node, seconds=2):
                 await anyio.sleep(0.2)
             # And a switchover afterwards reaches the restarted PgBouncer too.
-            run = await failover(lab)
+            run = await run_failover(lab)
             assert run.returncode == 0, run.logs[-3000:]
     assert seen.errors == []
     await assert_converged(lab, seen)
@@ -330,7 +289,7 @@ async def test_switchover_succeeds_with_one_etcd_member_stopped(lab: Lab) -> Non
             assert victim is not None
             os.kill(victim, signal.SIGSTOP)
             try:
-                run = await failover(lab)
+                run = await run_failover(lab)
             finally:
                 os.kill(victim, signal.SIGCONT)
             assert run.returncode == 0, run.logs[-3000:]
