@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import final
 
 import anyio
+import prometheus_client  # noqa: F401 - loaded here: a first import inside the event loop reads files
 import pytest
 import structlog
 
@@ -219,12 +220,13 @@ async def test_sync_retries_with_backoff_and_newest_target_wins(ini: Path) -> No
             state.offer(kv(b"10.0.0.3", 3))
             bouncer.fake.reachable = True
 
-            async def acked() -> bool:
+            async def acked_and_ready() -> bool:
+                # The ack is written inside apply; readiness is signalled just after it.
                 ack = await read_ack(store)
-                return ack is not None and ack.revision == 3
+                return ack is not None and ack.revision == 3 and bool(ready)
 
             with anyio.fail_after(5):
-                await eventually(acked, interval_s=0.001)
+                await eventually(acked_and_ready, interval_s=0.001)
         tg.cancel_scope.cancel()
     assert "app = host=10.0.0.3 " in ini.read_text()
     assert ready == [True]
