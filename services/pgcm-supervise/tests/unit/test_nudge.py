@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import grp
 import os
+import socket
 import stat
-import sys
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,7 @@ FIXTURES = ROOT / "libs" / "pgcm-common" / "tests" / "fixtures" / "pacemaker"
 async def run_agent(socket: Path, **env: str) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CRM_alert_")}
     result = await anyio.run_process(
-        [sys.executable, str(AGENT)],
+        [str(AGENT)],
         env={**base, "CRM_alert_recipient": str(socket), **env},
         check=False,
     )
@@ -83,6 +83,28 @@ async def test_alert_agent_nudges_only_for_role_changes_of_the_resource(tmp_path
 async def test_alert_agent_without_listener_exits_0(tmp_path: Path) -> None:
     with anyio.fail_after(10):
         await run_agent(tmp_path / "nobody.sock", **promote_env())
+
+
+async def test_alert_agent_with_a_stale_socket_file_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    # A socket file nobody is bound to any more: what a killed supervise leaves behind.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bound:
+        bound.bind(str(path))
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    with anyio.fail_after(10):
+        await run_agent(path, **promote_env())
+
+
+async def test_alert_agent_sends_one_printable_line(tmp_path: Path) -> None:
+    path = tmp_path / "supervise.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        with anyio.fail_after(10):
+            await run_agent(path, **{**promote_env(), "CRM_alert_node": "n2\nevil=1\x1b"})
+        listener.settimeout(0)  # non-blocking: the agent has exited: the datagram is queued
+        datagram = listener.recv(1024).decode()
+    assert "task=promote rsc=pgsqld node=n2evil=1 rc=0" in datagram
+    assert datagram.isprintable()
 
 
 async def test_alert_agent_makes_a_running_publisher_re_read(tmp_path: Path) -> None:
