@@ -1,5 +1,9 @@
 """etcd for pgcm: a failover client, a resilient watch, a revision gate and a lease lock.
 
+Writes are plain puts, compare-and-puts of one key (``put_if`` with a :data:`Condition`)
+or multi-key transactions (``put_all_if`` with :class:`Guard` s and :class:`Write` s,
+all applied at one revision or none).
+
 The seam is :class:`EtcdStore` (a Protocol): :func:`open_etcd` yields the real one
 (aetcd underneath, see docs/adr/0001-etcd-client.md) and ``pgcm_testkit.fakes.etcd``
 has the in-memory fake; both pass ``tests/contract/test_etcd_store_contract.py``.
@@ -17,14 +21,17 @@ from pgcm_common._etcd.model import (
     EtcdCompacted,
     EtcdLeaseExpired,
     EtcdStore,
+    Guard,
     KeyValue,
     Lease,
     Listing,
     ModRevisionIs,
+    TxnResult,
     ValueIs,
     WatchBatch,
     WatchEvent,
     WatchHandle,
+    Write,
 )
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 from pgcm_common._etcd.watch import watch_keys
@@ -43,6 +50,7 @@ __all__ = [
     "EtcdSettings",
     "EtcdStore",
     "EtcdUnavailable",
+    "Guard",
     "KeyValue",
     "Lease",
     "Listing",
@@ -50,10 +58,12 @@ __all__ = [
     "LockStatus",
     "ModRevisionIs",
     "RevisionGate",
+    "TxnResult",
     "ValueIs",
     "WatchBatch",
     "WatchEvent",
     "WatchHandle",
+    "Write",
     "lock_key",
     "open_etcd",
     "read_lock_status",

@@ -15,10 +15,13 @@ from pgcm_common.etcd import (
     EtcdLeaseExpired,
     EtcdLock,
     EtcdStore,
+    Guard,
     KeyValue,
     ModRevisionIs,
+    TxnResult,
     ValueIs,
     WatchEvent,
+    Write,
     open_etcd,
     watch_keys,
 )
@@ -96,6 +99,109 @@ async def test_put_if_value_compares_the_exact_bytes(store: EtcdStore, prefix: b
         await store.put(key, b"10.0.0.1")
         assert not await store.put_if(key, b"x", ValueIs(b"10.0.0.2"))
         assert await store.put_if(key, b"10.0.0.3", ValueIs(b"10.0.0.1"))
+
+
+async def test_put_all_if_writes_every_key_at_one_revision(store: EtcdStore, prefix: bytes) -> None:
+    a, b, guard_only = prefix + b"/a", prefix + b"/b", prefix + b"/guard"
+    with anyio.fail_after(5):
+        old = await store.put(a, b"old")
+        result = await store.put_all_if(
+            [Guard(a, ModRevisionIs(old)), Guard(b, Absent()), Guard(guard_only, Absent())],
+            [Write(a, b"new-a"), Write(b, b"new-b")],
+        )
+        kv_a, kv_b = await store.get(a), await store.get(b)
+        assert await store.get(guard_only) is None
+    assert result == TxnResult(succeeded=True, revision=old + 1)
+    assert kv_a == KeyValue(a, b"new-a", create_revision=old, mod_revision=old + 1, version=2)
+    assert kv_b == KeyValue(b, b"new-b", create_revision=old + 1, mod_revision=old + 1, version=1)
+
+
+async def test_put_all_if_writes_nothing_when_one_guard_fails(
+    store: EtcdStore, prefix: bytes
+) -> None:
+    a, b = prefix + b"/a", prefix + b"/b"
+    with anyio.fail_after(5):
+        rev_a = await store.put(a, b"10.0.0.1")
+        stale_b = await store.put(b, b"record-1")
+        rev_b = await store.put(b, b"record-2")  # a concurrent writer got there first
+        result = await store.put_all_if(
+            [Guard(a, ModRevisionIs(rev_a)), Guard(b, ModRevisionIs(stale_b))],
+            [Write(a, b"10.0.0.2"), Write(b, b"record-3")],
+        )
+        by_value = await store.put_all_if(
+            [Guard(a, ValueIs(b"10.0.0.1")), Guard(b, ValueIs(b"record-1"))],
+            [Write(a, b"10.0.0.2"), Write(b, b"record-3")],
+        )
+        absent = await store.put_all_if(
+            [Guard(a, ModRevisionIs(rev_a)), Guard(b, Absent())], [Write(a, b"10.0.0.2")]
+        )
+        kv_a, kv_b = await store.get(a), await store.get(b)
+    assert result == by_value == absent == TxnResult(succeeded=False, revision=rev_b)
+    assert kv_a is not None
+    assert (kv_a.value, kv_a.mod_revision) == (b"10.0.0.1", rev_a)
+    assert kv_b is not None
+    assert (kv_b.value, kv_b.mod_revision) == (b"record-2", rev_b)
+
+
+async def test_put_all_if_without_guards_writes_unconditionally(
+    store: EtcdStore, prefix: bytes
+) -> None:
+    a, b = prefix + b"/a", prefix + b"/b"
+    with anyio.fail_after(5):
+        await store.put(a, b"old")
+        result = await store.put_all_if([], [Write(a, b"1"), Write(b, b"2")])
+        listing = await store.get_prefix(prefix + b"/")
+    assert result.succeeded
+    assert [(kv.value, kv.mod_revision) for kv in listing.items] == [
+        (b"1", result.revision),
+        (b"2", result.revision),
+    ]
+
+
+async def test_a_watch_sees_all_writes_of_a_transaction_in_one_response(
+    store: EtcdStore, prefix: bytes
+) -> None:
+    a, b = prefix + b"/a", prefix + b"/b"
+    with anyio.fail_after(5):
+        async with store.open_watch(prefix, prefix=True, start_revision=0) as watch:
+            result = await store.put_all_if(
+                [Guard(a, Absent()), Guard(b, Absent())], [Write(a, b"1"), Write(b, b"2")]
+            )
+            batch = await watch.read()
+            while not batch.events:  # skip progress notifications
+                batch = await watch.read()
+    rev = result.revision
+    assert batch.events == (KeyValue(a, b"1", rev, rev, 1), KeyValue(b, b"2", rev, rev, 1))
+
+
+async def test_put_all_if_refuses_to_write_a_key_twice(store: EtcdStore, prefix: bytes) -> None:
+    a = prefix + b"/a"
+    with anyio.fail_after(5), pytest.raises(ValueError, match="twice"):
+        await store.put_all_if([], [Write(a, b"1"), Write(a, b"2")])
+    with anyio.fail_after(5):
+        assert await store.get(a) is None
+
+
+async def test_put_all_if_attaches_leases_and_a_revoked_one_writes_nothing(
+    store: EtcdStore, prefix: bytes
+) -> None:
+    a, b = prefix + b"/a", prefix + b"/b"
+    with anyio.fail_after(5):
+        lease = await store.grant_lease(timedelta(seconds=10))
+        await store.put_all_if([], [Write(b, b"0", lease=lease.id)])
+        leased = await store.get(b)
+        assert leased is not None
+        assert leased.lease == lease.id
+        await store.revoke_lease(lease.id)
+        writes = [Write(a, b"1"), Write(b, b"2", lease=lease.id)]
+        with pytest.raises(EtcdLeaseExpired) as caught:
+            await store.put_all_if([Guard(a, Absent())], writes)
+        # A failed guard decides first: the lease is never looked at.
+        failed = await store.put_all_if([Guard(a, ValueIs(b"x"))], writes)
+        assert await store.get(a) is None
+        assert await store.get(b) is None
+    assert caught.value.lease_id == lease.id
+    assert not failed.succeeded
 
 
 async def test_delete_reports_whether_the_key_existed(store: EtcdStore, prefix: bytes) -> None:

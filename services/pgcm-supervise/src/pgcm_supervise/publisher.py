@@ -6,12 +6,15 @@ Every supervise of a cluster runs this concurrently. They agree without flapping
   exactly one instance is promoted, nothing is promoting or demoting, and the promoted
   instance is active, not failed, on an online and clean node. Anything else is a
   :class:`Refuse` and nothing is written: the last good value stays.
-* every write is a compare-and-put against the revision just read, so two writers never
-  lose each other's update; the loser re-reads on its next cycle.
-* the :class:`~pgcm_common.records.PrimaryRecord` beside the address carries
-  ``observed_at``, the time the writer *started* its crm_mon read. A writer whose view is
-  older than the record's never overwrites a different address (``stale_view``): a slow
-  crm_mon cannot move the published primary backwards.
+* the address and the :class:`~pgcm_common.records.PrimaryRecord` beside it are written
+  in ONE etcd transaction (``put_all_if``), guarded on both keys' revisions just read:
+  both change at one revision or neither does, so a reader never sees an address and a
+  record that disagree, and two writers never lose each other's update (the loser
+  writes nothing and re-reads on its next cycle).
+* the record carries ``observed_at``, the time the writer *started* its crm_mon read
+  (and Pacemaker's CIB ``last_change``). A writer whose view is older than the record's
+  never changes the address or the record's primary (``stale_view``): a slow crm_mon
+  cannot move the published primary backwards, not even after the address was deleted.
 
 The key is re-checked at least every ``reassert_interval`` and re-written when missing
 or different, so a deleted key heals (the original never did).
@@ -31,7 +34,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from pgcm_common.errors import EtcdError, PacemakerError
-from pgcm_common.etcd import Absent, Condition, EtcdStore, KeyValue, ModRevisionIs
+from pgcm_common.etcd import Absent, Condition, EtcdStore, Guard, KeyValue, ModRevisionIs, Write
 from pgcm_common.pacemaker import (
     ClusterState,
     CrmMonParseError,
@@ -319,27 +322,38 @@ class PrimaryPublisher:
         record_kv = await store.get(layout.master_record)
         record = _parse_record(record_kv)
         value = address.encode()
-        # Someone published another primary from a view newer than ours: ours is stale
-        # (a slow crm_mon), and writing it would move the primary backwards.
-        if (
-            current is not None
-            and current.value != value
-            and record is not None
-            and _newer(record, observation)
-        ):
+        if record is not None and _backwards(current, record, observation, node, address):
+            shown = "nothing" if current is None else repr(current.value)
             return self._refuse(
                 Refuse(
                     RefusalReason.STALE_VIEW,
-                    f"etcd has {current.value!r} from {record.writer} observed at "
-                    f"{record.observed_at.isoformat()}, after our read at "
-                    f"{observation.observed_at.isoformat()}",
+                    f"etcd has {shown} and a record of {record.node} ({record.address}) "
+                    f"from {record.writer} observed at {record.observed_at.isoformat()}, "
+                    f"after our read at {observation.observed_at.isoformat()}",
                 )
             )
-        wrote = False
-        if current is None or current.value != value:
-            if not await store.put_if(layout.master, value, _unchanged(current)):
-                return self._conflict(layout.master, node, address)
-            wrote = True
+        write_master = current is None or current.value != value
+        write_record = record is None or (record.node, record.address) != (node, address)
+        writes: list[Write] = []
+        if write_master:
+            writes.append(Write(layout.master, value))
+        if write_record:
+            writes.append(Write(layout.master_record, self._record(observation, node, address)))
+        if not writes:
+            return PublishOutcome.UNCHANGED
+        # One transaction guarded on both keys as just read, even when only one is
+        # written: a reader never sees the address and the record disagree, and a
+        # concurrent writer's change to either key makes ours a no-op (re-read next cycle).
+        result = await store.put_all_if(
+            (
+                Guard(layout.master, _unchanged(current)),
+                Guard(layout.master_record, _unchanged(record_kv)),
+            ),
+            writes,
+        )
+        if not result.succeeded:
+            return self._conflict(node, address, result.revision)
+        if write_master:
             self._count("master")
             log.info(
                 "etcd.master.publish",
@@ -347,39 +361,47 @@ class PrimaryPublisher:
                 node=node,
                 address=address,
                 previous=None if current is None else current.value.decode("utf-8", "replace"),
+                revision=result.revision,
                 msg="published the primary's address",
             )
-        if record is None or (record.node, record.address) != (node, address):
-            state = observation.state
-            fresh = PrimaryRecord(
-                node=node,
-                address=address,
-                with_quorum=state.with_quorum if state is not None else False,
-                dc=state.dc if state is not None else None,
-                writer=self._writer,
-                observed_at=observation.observed_at,
-                pacemaker_last_change=state.last_change if state is not None else None,
-            )
-            if not await store.put_if(layout.master_record, fresh.to_json(), _unchanged(record_kv)):
-                return self._conflict(layout.master_record, node, address)
-            wrote = True
+        if write_record:
             self._count("record")
-            log.debug("etcd.master_record.publish", key=layout.master_record.decode(), node=node)
-        return PublishOutcome.WROTE if wrote else PublishOutcome.UNCHANGED
+            log.debug(
+                "etcd.master_record.publish",
+                key=layout.master_record.decode(),
+                node=node,
+                revision=result.revision,
+            )
+        return PublishOutcome.WROTE
+
+    def _record(self, observation: Observation, node: str, address: str) -> bytes:
+        state = observation.state
+        return PrimaryRecord(
+            node=node,
+            address=address,
+            with_quorum=state.with_quorum if state is not None else False,
+            dc=state.dc if state is not None else None,
+            writer=self._writer,
+            observed_at=observation.observed_at,
+            pacemaker_last_change=state.last_change if state is not None else None,
+        ).to_json()
 
     def _count(self, key: str) -> None:
         if self._metrics is not None:
             self._metrics.publications.labels(key).inc()
 
-    def _conflict(self, key: bytes, node: str, address: str) -> PublishOutcome:
+    def _conflict(self, node: str, address: str, revision: int) -> PublishOutcome:
         if self._metrics is not None:
             self._metrics.conflicts.inc()
         log.info(
             "etcd.master.conflict",
-            key=key.decode(),
+            key=self._layout.master.decode(),
+            record_key=self._layout.master_record.decode(),
             node=node,
             address=address,
-            msg="another writer changed the key between our read and our write; re-reading",
+            revision=revision,
+            msg="another writer changed the address or its record between our read and our "
+            "write; nothing written, re-reading",
         )
         self.force_check()
         return PublishOutcome.CONFLICT
@@ -400,6 +422,26 @@ class PrimaryPublisher:
             msg="not publishing a primary; etcd keeps its last value",
         )
         return PublishOutcome.REFUSED
+
+
+def _backwards(
+    current: KeyValue | None,
+    record: PrimaryRecord,
+    observation: Observation,
+    node: str,
+    address: str,
+) -> bool:
+    """Return whether publishing ``(node, address)`` would move etcd back to an older view.
+
+    True when ``record`` comes from a newer view than ours and we would change either
+    the address (to a different one) or the record's primary. Healing a deleted address
+    that the newer record agrees with is not backwards.
+    """
+    if not _newer(record, observation):
+        return False
+    changes_address = current is not None and current.value != address.encode()
+    changes_record = (record.node, record.address) != (node, address)
+    return changes_address or changes_record
 
 
 def _newer(record: PrimaryRecord, observation: Observation) -> bool:

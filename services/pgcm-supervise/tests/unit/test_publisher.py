@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,16 +11,20 @@ import prometheus_client  # noqa: F401 - first import outside the loop (blockbus
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from pgcm_common.etcd import (
     Absent,
     Condition,
     EtcdStore,
+    Guard,
     KeyValue,
     Lease,
     Listing,
     ModRevisionIs,
+    TxnResult,
     WatchHandle,
+    Write,
 )
 from pgcm_common.pacemaker import (
     ClusterState,
@@ -287,11 +292,11 @@ async def test_older_view_never_overwrites_a_newer_record() -> None:
 
 
 class RacingStore:
-    """Another writer changes the key between our read and our compare-and-put."""
+    """Another writer acts once between our reads and our transaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, interfere: Callable[[FakeEtcdStore], Awaitable[object]]) -> None:
         self.inner = FakeEtcdStore()
-        self.raced = False
+        self._interfere: Callable[[FakeEtcdStore], Awaitable[object]] | None = interfere
 
     async def get(self, key: bytes) -> KeyValue | None:
         return await self.inner.get(key)
@@ -305,10 +310,13 @@ class RacingStore:
     async def put_if(
         self, key: bytes, value: bytes, condition: Condition, *, lease: int = 0
     ) -> bool:
-        if not self.raced and key == b"/pg/master":
-            self.raced = True
-            await self.inner.put(key, b"10.9.9.9")
         return await self.inner.put_if(key, value, condition, lease=lease)
+
+    async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
+        if self._interfere is not None:
+            interfere, self._interfere = self._interfere, None
+            await interfere(self.inner)
+        return await self.inner.put_all_if(guards, writes)
 
     async def delete(self, key: bytes) -> bool:
         return await self.inner.delete(key)
@@ -331,16 +339,121 @@ class RacingStore:
         return self.inner.open_watch(key, prefix=prefix, start_revision=start_revision)
 
 
+async def record_of(store: FakeEtcdStore) -> PrimaryRecord | None:
+    raw = await value(store, b"/pg/master.json")
+    return None if raw is None else PrimaryRecord.from_json(b"/pg/master.json", raw)
+
+
 async def test_compare_and_put_conflict_writes_nothing_and_rechecks_next_cycle() -> None:
-    store = RacingStore()
+    async def other_address(inner: FakeEtcdStore) -> None:
+        await inner.put(b"/pg/master", b"10.9.9.9")
+
+    store = RacingStore(other_address)
     metrics = SuperviseMetrics()
     publisher = make_publisher(store, metrics=metrics)
     healthy = observed(load("01-healthy-n1-primary.xml"))
-    assert await publisher.publish(healthy) is PublishOutcome.CONFLICT
+    with capture_logs() as logs:
+        assert await publisher.publish(healthy) is PublishOutcome.CONFLICT
     assert await value(store.inner, b"/pg/master") == b"10.9.9.9"
+    assert await store.inner.get(b"/pg/master.json") is None  # the record was not written
     assert sample(metrics, "pgcm_supervise_publish_conflicts_total") == 1
+    assert sample(metrics, "pgcm_supervise_publications_total", key="record") is None
+    assert [e["event"] for e in logs] == ["etcd.master.conflict"]
     assert await publisher.publish(healthy) is PublishOutcome.WROTE
     assert await value(store.inner, b"/pg/master") == b"10.0.0.11"
+
+
+async def test_address_and_record_change_together_at_one_revision() -> None:
+    store = FakeEtcdStore()
+    metrics = SuperviseMetrics()
+    publisher = make_publisher(store, metrics=metrics)
+    views = [
+        (observed(load("01-healthy-n1-primary.xml"), T0), "n1", b"10.0.0.11"),
+        (
+            observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1)),
+            "n2",
+            b"10.0.0.12",
+        ),
+    ]
+    with anyio.fail_after(5):
+        async with store.open_watch(b"/pg/master", prefix=True, start_revision=0) as watch:
+            for observation, node, address in views:
+                with capture_logs() as logs:
+                    assert await publisher.publish(observation) is PublishOutcome.WROTE
+                batch = await watch.read()
+                # Both keys arrive in one watch response: no reader sees one without the other.
+                assert [(e.key, e.mod_revision) for e in batch.events] == [
+                    (b"/pg/master", store.revision),
+                    (b"/pg/master.json", store.revision),
+                ]
+                record = await record_of(store)
+                assert record is not None
+                assert (record.node, record.address.encode()) == (node, address)
+                assert await value(store, b"/pg/master") == address
+                assert [(e["event"], e["revision"]) for e in logs] == [
+                    ("etcd.master.publish", store.revision),
+                    ("etcd.master_record.publish", store.revision),
+                ]
+    for key in ("master", "record"):
+        assert sample(metrics, "pgcm_supervise_publications_total", key=key) == 2
+
+
+async def test_a_concurrent_writers_newer_record_is_not_overwritten() -> None:
+    newer = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1))
+
+    async def faster_supervise(inner: FakeEtcdStore) -> None:
+        other = PrimaryPublisher(
+            store=inner,
+            layout=KeyLayout("/pg"),
+            resolver=StaticNodeAddresses(ADDRESSES),
+            writer="n3",
+            reassert_interval=timedelta(seconds=10),
+        )
+        assert await other.publish(newer) is PublishOutcome.WROTE
+
+    store = RacingStore(faster_supervise)
+    publisher = make_publisher(store)
+    stale = observed(load("01-healthy-n1-primary.xml"), T0)
+    assert await publisher.publish(stale) is PublishOutcome.CONFLICT
+    written = await store.inner.get(b"/pg/master")
+    # Our next cycle with the same (older) view reads the newer record and refuses.
+    assert await publisher.publish(stale) is PublishOutcome.REFUSED
+    assert await store.inner.get(b"/pg/master") == written
+    record = await record_of(store.inner)
+    assert record is not None
+    assert (record.node, record.address, record.writer) == ("n2", "10.0.0.12", "n3")
+    assert await value(store.inner, b"/pg/master") == b"10.0.0.12"
+
+
+async def test_a_record_fix_is_dropped_when_the_address_changed_meanwhile() -> None:
+    async def other_address(inner: FakeEtcdStore) -> None:
+        await inner.put(b"/pg/master", b"10.9.9.9")
+
+    store = RacingStore(other_address)
+    await store.inner.put(b"/pg/master", b"10.0.0.11")  # the address is right, no record
+    publisher = make_publisher(store)
+    assert await publisher.publish(observed(load("01-healthy-n1-primary.xml"))) is (
+        PublishOutcome.CONFLICT
+    )
+    # The record alone would have named n1 beside 10.9.9.9: the guard on the unwritten
+    # address key kept them from disagreeing.
+    assert await store.inner.get(b"/pg/master.json") is None
+    assert await value(store.inner, b"/pg/master") == b"10.9.9.9"
+
+
+async def test_a_deleted_address_is_not_healed_from_a_view_older_than_the_record() -> None:
+    store = FakeEtcdStore()
+    fast, slow = make_publisher(store), make_publisher(store)
+    await fast.publish(observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1)))
+    await store.delete(b"/pg/master")
+    assert await slow.publish(observed(load("01-healthy-n1-primary.xml"), T0)) is (
+        PublishOutcome.REFUSED
+    )
+    assert await store.get(b"/pg/master") is None
+    fast.force_check()
+    later = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=2))
+    assert await fast.publish(later) is PublishOutcome.WROTE
+    assert await value(store, b"/pg/master") == b"10.0.0.12"
 
 
 async def test_malformed_record_is_overwritten() -> None:

@@ -11,7 +11,7 @@ runs unowned asyncio tasks, which STYLE C2 forbids. See docs/adr/0001-etcd-clien
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import NoReturn, Protocol, TypeVar, final
@@ -32,13 +32,17 @@ from pgcm_common._etcd.model import (
     Deleted,
     EtcdCompacted,
     EtcdLeaseExpired,
+    Guard,
     KeyValue,
     Lease,
     Listing,
     ModRevisionIs,
+    TxnResult,
     ValueIs,
     WatchBatch,
     WatchEvent,
+    Write,
+    check_writes,
     lease_seconds,
 )
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
@@ -364,6 +368,46 @@ class AetcdStore:
             return bool(succeeded)
 
         return await self._call("put_if", op)
+
+    async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
+        """Apply every write in one etcd transaction only if every guard holds; else none.
+
+        The request goes to the KV stub directly (aetcd's compare builders, our own
+        request) because ``aetcd.Client.transaction`` drops the response header, and
+        with it the revision of the writes.
+
+        Raises:
+            ValueError: a key is written twice.
+            EtcdLeaseExpired: a write's lease does not exist (named: the first write
+                with a lease; etcd's error does not say which one it was).
+            EtcdUnavailable: no endpoint answered.
+        """
+        check_writes(writes)
+        compares = [_compare(guard.key, guard.condition).build_message() for guard in guards]
+        puts = [
+            aetcd.rpc.RequestOp(
+                request_put=aetcd.rpc.PutRequest(key=w.key, value=w.value, lease=w.lease)
+            )
+            for w in writes
+        ]
+        request = aetcd.rpc.TxnRequest(compare=compares, success=puts, failure=[])
+        first_lease = next((w.lease for w in writes if w.lease), 0)
+
+        async def op(client: _ChannelClient) -> TxnResult:
+            try:
+                response = await client.kvstub.Txn(
+                    request,
+                    timeout=self._settings.request_timeout.total_seconds(),
+                    metadata=client.metadata,
+                )
+            except grpc.aio.AioRpcError as exc:
+                _raise_lease_error(exc, first_lease)
+                raise
+            return TxnResult(
+                succeeded=bool(response.succeeded), revision=int(response.header.revision)
+            )
+
+        return await self._call("put_all_if", op)
 
     async def delete(self, key: bytes) -> bool:
         """Delete the key; return whether it existed.

@@ -10,6 +10,7 @@ Error tree added here (below ``pgcm_common.errors``)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,14 +25,17 @@ __all__ = [
     "EtcdCompacted",
     "EtcdLeaseExpired",
     "EtcdStore",
+    "Guard",
     "KeyValue",
     "Lease",
     "Listing",
     "ModRevisionIs",
+    "TxnResult",
     "ValueIs",
     "WatchBatch",
     "WatchEvent",
     "WatchHandle",
+    "Write",
 ]
 
 
@@ -154,6 +158,41 @@ Condition: TypeAlias = ModRevisionIs | ValueIs | Absent
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """One comparison of a multi-key transaction: ``condition`` must hold for ``key``."""
+
+    key: bytes
+    condition: Condition
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One put of a multi-key transaction (attached to ``lease`` when non-zero)."""
+
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """What a multi-key transaction did.
+
+    Attributes:
+        succeeded: every guard held and every write was applied.
+        revision: the store revision after the transaction: the one revision shared by
+            all its writes when it succeeded and wrote something, otherwise the
+            revision the guards were evaluated at.
+    """
+
+    succeeded: bool
+    revision: int
+
+
+@final
 class EtcdCompacted(EtcdError):
     """A watch asked for revisions that compaction already removed."""
 
@@ -210,6 +249,18 @@ class EtcdStore(Protocol):
         """Write the key only when ``condition`` holds (one transaction); return whether."""
         ...
 
+    async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
+        """Apply every write in one transaction only if every guard holds; else none.
+
+        All writes share one revision, so no reader (get, watch) ever sees some of them
+        without the others. Guards may name keys that are not written.
+
+        Raises:
+            ValueError: a key is written twice (etcd refuses that transaction).
+            EtcdLeaseExpired: the guards held but a write's lease does not exist.
+        """
+        ...
+
     async def delete(self, key: bytes) -> bool:
         """Delete the key; return whether it existed."""
         ...
@@ -247,6 +298,19 @@ class EtcdStore(Protocol):
 def lease_seconds(ttl: timedelta) -> int:
     """Return ``ttl`` as etcd's whole seconds, at least 1."""
     return max(1, round(ttl.total_seconds()))
+
+
+def check_writes(writes: Sequence[Write]) -> None:
+    """Refuse a transaction that writes one key twice, as etcd does, before sending it.
+
+    Raises:
+        ValueError: a key appears in more than one write.
+    """
+    keys = [write.key for write in writes]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        msg = f"a transaction cannot write a key twice: {duplicates}"
+        raise ValueError(msg)
 
 
 def condition_holds(condition: Condition, current: KeyValue | None) -> bool:

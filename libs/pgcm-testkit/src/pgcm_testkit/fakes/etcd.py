@@ -9,7 +9,7 @@ and watches the way etcd 3.4 does, and lets a unit test break things on purpose:
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -19,18 +19,21 @@ import anyio
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pgcm_common._etcd.model import condition_holds, lease_seconds
+from pgcm_common._etcd.model import check_writes, condition_holds, lease_seconds
 from pgcm_common.etcd import (
     Condition,
     Deleted,
     EtcdCompacted,
     EtcdLeaseExpired,
     EtcdUnavailable,
+    Guard,
     KeyValue,
     Lease,
     Listing,
+    TxnResult,
     WatchBatch,
     WatchEvent,
+    Write,
 )
 
 __all__ = ["FakeEtcdStore"]
@@ -125,6 +128,21 @@ class FakeEtcdStore:
         self._put(key, value, lease)
         return True
 
+    async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
+        """See :meth:`EtcdStore.put_all_if`."""
+        check_writes(writes)
+        await self._ready()
+        if not all(condition_holds(g.condition, self._data.get(g.key)) for g in guards):
+            return TxnResult(succeeded=False, revision=self.revision)
+        # etcd checks every lease before applying anything: a bad one writes nothing.
+        for write in writes:
+            if write.lease and write.lease not in self._leases:
+                raise EtcdLeaseExpired(write.lease)
+        if writes:
+            self.revision += 1
+            self._emit(*(self._store(w.key, w.value, w.lease) for w in writes))
+        return TxnResult(succeeded=True, revision=self.revision)
+
     async def delete(self, key: bytes) -> bool:
         """See :meth:`EtcdStore.delete`."""
         await self._ready()
@@ -196,6 +214,10 @@ class FakeEtcdStore:
         if lease and lease not in self._leases:
             raise EtcdLeaseExpired(lease)
         self.revision += 1
+        self._emit(self._store(key, value, lease))
+
+    def _store(self, key: bytes, value: bytes, lease: int) -> KeyValue:
+        """Set the key at the current revision (the caller advanced it) and return it."""
         old = self._data.get(key)
         if old is None:
             kv = KeyValue(key, value, self.revision, self.revision, 1, lease)
@@ -204,7 +226,7 @@ class FakeEtcdStore:
                 old, value=value, mod_revision=self.revision, version=old.version + 1, lease=lease
             )
         self._data[key] = kv
-        self._emit(kv)
+        return kv
 
     def _delete(self, key: bytes) -> None:
         del self._data[key]
@@ -220,8 +242,12 @@ class FakeEtcdStore:
             for key in attached:
                 self._delete(key)
 
-    def _emit(self, event: WatchEvent) -> None:
-        self._history.append(event)
+    def _emit(self, *events: WatchEvent) -> None:
+        """Record events and send them; events of one transaction go in one batch, as etcd does."""
+        self._history.extend(events)
         for watch in self._watches:
-            if watch.matches(event.key) and event.mod_revision >= watch.start_revision:
-                watch.push(WatchBatch(revision=self.revision, events=(event,)))
+            seen = tuple(
+                e for e in events if watch.matches(e.key) and e.mod_revision >= watch.start_revision
+            )
+            if seen:
+                watch.push(WatchBatch(revision=self.revision, events=seen))
