@@ -293,6 +293,7 @@ async def serve(
                         wakeup=wakeup,
                         interval=settings.crm_mon_interval,
                         retry_interval=settings.retry_interval,
+                        transition_interval=settings.crm_mon_transition_interval,
                         status=status,
                         metrics=metrics,
                         on_cycle=heartbeat.beat,

@@ -23,11 +23,12 @@ or different, so a deleted key heals (the original never did).
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeAlias, final
+from typing import Final, Protocol, TypeAlias, final
 
 import anyio
 import structlog
@@ -55,6 +56,7 @@ from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.nudge import Wakeup
 
 __all__ = [
+    "FAST_FOLLOW_WINDOW",
     "Observation",
     "PrimaryPublisher",
     "Publish",
@@ -68,6 +70,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("pgcm.supervise.publisher")
+
+FAST_FOLLOW_WINDOW: Final = timedelta(seconds=10)
+"""How long after a nudge or a change crm_mon is re-read fast while nothing is publishable."""
 
 
 class RefusalReason(enum.StrEnum):
@@ -498,6 +503,7 @@ async def serve_publisher(
     wakeup: Wakeup,
     interval: timedelta,
     retry_interval: timedelta,
+    transition_interval: timedelta | None = None,
     status: StatusSink | None = None,
     metrics: SuperviseMetrics | None = None,
     on_cycle: Callable[[], None] | None = None,
@@ -508,10 +514,20 @@ async def serve_publisher(
     Readiness: ``task_status.started`` after the first cycle, with its outcome (None when
     etcd failed). An etcd failure waits ``retry_interval`` (a nudge still wakes it).
 
+    Fast follow: while the view is not publishable (no primary yet, a promotion in
+    flight) within :data:`FAST_FOLLOW_WINDOW` of a nudge or of the view turning
+    unpublishable, crm_mon is re-read every ``transition_interval`` instead. A
+    switchover's clients are paused until etcd names the new primary, and the alert
+    for a promote can arrive just before the CIB records it: waiting a whole
+    ``interval`` for the next read would hold them that much longer. The window bounds
+    the extra reads when the cluster stays without a primary.
+
     Cancellation:
         Stops between or inside cycles; crm_mon is killed by the reader.
     """
     started = False
+    fast_until = -math.inf
+    last_outcome: PublishOutcome | None = None
     while True:
         observation = await read_observation(reader, metrics=metrics)
         outcome: PublishOutcome | None
@@ -532,7 +548,14 @@ async def serve_publisher(
         if not started:
             started = True
             task_status.started(outcome)
+        if outcome is PublishOutcome.REFUSED and last_outcome is not PublishOutcome.REFUSED:
+            fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
+        last_outcome = outcome
         pause = interval if outcome is not None else max(interval, retry_interval)
+        following = outcome is PublishOutcome.REFUSED and anyio.current_time() < fast_until
+        if following and transition_interval is not None:
+            pause = min(pause, transition_interval)
         if await wakeup.wait(pause.total_seconds()):
             # A nudge means Pacemaker just changed something: check etcd at once too.
             publisher.force_check()
+            fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()

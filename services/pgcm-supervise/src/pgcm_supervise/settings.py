@@ -103,6 +103,11 @@ class SuperviseSettings(PgcmSettings):
         description="Read Pacemaker's state and publish this often (a nudge from the alert "
         "agent reads at once).",
     )
+    crm_mon_transition_interval: Duration = Field(
+        default=timedelta(milliseconds=100),
+        description="While no primary can be published (a promotion in flight), re-read "
+        "Pacemaker this often, for up to 10s after a nudge or a change.",
+    )
     crm_mon_timeout: Duration = Field(
         default=timedelta(seconds=5),
         description="Kill a crm_mon that has not answered within this time.",
@@ -184,6 +189,8 @@ class SuperviseSettings(PgcmSettings):
     def _check_intervals(self) -> Self:
         if self.crm_mon_interval <= timedelta(0):
             raise ValueError("crm_mon_interval must be positive")
+        if self.crm_mon_transition_interval <= timedelta(0):
+            raise ValueError("crm_mon_transition_interval must be positive")
         if self.status_lease_ttl < timedelta(seconds=2):
             raise ValueError("status_lease_ttl must be at least 2s (etcd leases are whole seconds)")
         if self.status_interval * 2 > self.status_lease_ttl:

@@ -506,6 +506,73 @@ async def test_loop_publishes_then_follows_a_nudged_promotion() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_after_a_nudge_an_unpublishable_view_is_re_read_fast_until_it_settles() -> None:
+    store = FakeEtcdStore()
+    reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
+    wakeup = Wakeup()
+    publisher = make_publisher(store)
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            await tg.start(
+                lambda task_status: serve_publisher(
+                    reader=reader,
+                    publisher=publisher,
+                    wakeup=wakeup,
+                    interval=timedelta(hours=1),
+                    retry_interval=timedelta(hours=1),
+                    transition_interval=timedelta(milliseconds=10),
+                    task_status=task_status,
+                )
+            )
+        # The nudge arrives while the CIB still shows the promotion in flight ...
+        reader.fail_with(CrmMonParseError("no promoted instance yet"))
+        reads = reader.reads
+        wakeup.set()
+
+        async def re_read_twice() -> bool:
+            return reader.reads >= reads + 2
+
+        with anyio.fail_after(5):
+            await eventually(re_read_twice)
+        # ... and the promotion lands with no further nudge: the fast re-read finds it.
+        reader.set_state(load("02b-during-switchover.xml"))
+
+        async def moved() -> bool:
+            return await value(store, b"/pg/master") == b"10.0.0.12"
+
+        with anyio.fail_after(5):
+            await eventually(moved)
+        tg.cancel_scope.cancel()
+
+
+async def test_without_a_transition_interval_an_unpublishable_view_waits_for_the_interval() -> None:
+    store = FakeEtcdStore()
+    reader = FakeCrmMonReader(CrmMonParseError("no promoted instance yet"))
+    wakeup = Wakeup()
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            await tg.start(
+                lambda task_status: serve_publisher(
+                    reader=reader,
+                    publisher=make_publisher(store),
+                    wakeup=wakeup,
+                    interval=timedelta(hours=1),
+                    retry_interval=timedelta(hours=1),
+                    task_status=task_status,
+                )
+            )
+        wakeup.set()
+
+        async def nudged_read() -> bool:
+            return reader.reads >= 2
+
+        with anyio.fail_after(5):
+            await eventually(nudged_read)
+        await anyio.sleep(0.2)  # room for reads that must not happen
+        assert reader.reads == 2
+        tg.cancel_scope.cancel()
+
+
 def test_compare_and_put_condition_is_absent_or_the_revision_just_read() -> None:
     assert _unchanged(None) == Absent()
     kv = KeyValue(b"k", b"v", create_revision=1, mod_revision=7, version=1)
