@@ -6,19 +6,17 @@ Brings the lab up with pgcm (``Lab.up`` then ``start_pgcm``, as ``tests/e2e`` do
 ``LOAD_S`` seconds) through the app node's PgBouncer, and once every client is
 connected, ``pgcm-failover --json`` to the next node. Per run it records what the
 clients saw (failed transactions, aborted clients, max latency), the PgBouncer paused
-time and each phase's seconds from the failover report, and Pacemaker's promotion →
-etcd record → last proxy acknowledgement. The lab is always torn down; its up and down
-seconds are P6. Needs root.
+time and each phase's seconds from the failover report, and the promoted PostgreSQL
+accepting writes → etcd record → last proxy acknowledgement. The lab is always torn
+down; its up and down seconds are P6. Needs root.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -26,14 +24,11 @@ import anyio
 
 from pgcm_lab.lab import Lab, Progress, lab_leftovers
 from pgcm_lab.pgcm import (
-    MASTER_KEY,
-    NAMESPACE,
-    etcd_get,
-    etcd_get_prefix,
     failover_argv,
     start_pgcm,
     wait_pgcm_ready,
 )
+from pgcm_lab.testing import promotion_latencies
 from pgcm_lab.topology import APP_NODE
 
 DESCRIPTION = (
@@ -45,10 +40,6 @@ STATE_DIR: Final = Path("/var/tmp/pgcm-lab-bench")  # noqa: S108  # postgres mus
 RUNS: Final = 5
 CLIENTS: Final = 4
 LOAD_S: Final = 15
-_PROMOTE: Final = re.compile(
-    r"^(\w{3} +\d+ [\d:.]+) \S+ +pacemaker-controld.*Result of promote operation for "
-    r"\S+ on (\S+): ok"
-)
 
 
 def _dict(value: object) -> dict[str, object]:
@@ -67,37 +58,6 @@ def _float(value: object) -> float:
     if not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {value!r}")
     return float(value)
-
-
-def _last_promotion(lab: Lab, node: str) -> datetime:
-    """When Pacemaker last logged a successful promote of ``node``."""
-    log = lab.node_dir(node) / "var-log-pacemaker" / "pacemaker.log"
-    found = None
-    for line in log.read_text(errors="replace").splitlines():
-        if (match := _PROMOTE.match(line)) and match.group(2) == node:
-            found = match.group(1)
-    if found is None:
-        raise RuntimeError(f"no promote of {node} in {log}")
-    local = datetime.now().astimezone()
-    # Pacemaker's log has no year and no zone: it is the machine's local time.
-    stamp = datetime.strptime(f"{local.year} {found}", "%Y %b %d %H:%M:%S.%f")  # noqa: DTZ007
-    return stamp.replace(tzinfo=local.tzinfo)
-
-
-async def _promotion_latencies(lab: Lab, node: str) -> dict[str, float]:
-    promoted = _last_promotion(lab, node)
-    raw = await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json")
-    if raw is None:
-        raise RuntimeError("no primary record in etcd")
-    observed = datetime.fromisoformat(str(_dict(json.loads(raw))["observed_at"]))
-    acks = await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/")
-    applied = max(
-        datetime.fromisoformat(str(_dict(json.loads(v))["applied_at"])) for v in acks.values()
-    )
-    return {
-        "promotion_to_etcd_ms": round((observed - promoted).total_seconds() * 1000, 1),
-        "promotion_to_last_ack_ms": round((applied - promoted).total_seconds() * 1000, 1),
-    }
 
 
 async def _pgbench_clients(lab: Lab) -> int:
@@ -144,7 +104,7 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
         "total_s": round(_float(report["total_seconds"]), 3),
         "phases_s": phases,
         "errors": list(clients.errors),
-        **await _promotion_latencies(lab, target),
+        **await promotion_latencies(lab, target),
     }
 
 

@@ -11,7 +11,6 @@ here asserts on them.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from pgcm_lab.pgcm import (
 from pgcm_lab.testing import (
     address,
     bouncer_answers,
+    promotion_latencies,
     routed_host,
     run_failover,
 )
@@ -97,41 +97,6 @@ def record(key: str, value: object) -> None:
     data[key] = value
     data[f"{key}_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-_PROMOTE = re.compile(
-    r"^(\w{3} +\d+ [\d:.]+) \S+ +pacemaker-controld.*Result of promote operation for "
-    r"\S+ on (\S+): ok"
-)
-
-
-def last_promotion(lab: Lab, node: str) -> datetime:
-    """When Pacemaker last reported a successful promote on ``node`` (its log)."""
-    log = lab.node_dir(node) / "var-log-pacemaker" / "pacemaker.log"
-    found = None
-    for line in log.read_text(errors="replace").splitlines():
-        if (match := _PROMOTE.match(line)) and match.group(2) == node:
-            found = match.group(1)
-    assert found is not None, f"no promote in {log}"
-    local = datetime.now().astimezone()
-    stamp = datetime.strptime(f"{local.year} {found}", "%Y %b %d %H:%M:%S.%f")  # noqa: DTZ007
-    return stamp.replace(tzinfo=local.tzinfo)
-
-
-async def promotion_latencies(lab: Lab, node: str) -> dict[str, float]:
-    """Milliseconds from Pacemaker's promote of ``node`` to etcd and to the last ack."""
-    promoted = last_promotion(lab, node)
-    record_raw = await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json")
-    assert record_raw is not None
-    observed = datetime.fromisoformat(str(_dict(json.loads(record_raw))["observed_at"]))
-    acks = await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/")
-    applied = [
-        datetime.fromisoformat(str(_dict(json.loads(v))["applied_at"])) for v in acks.values()
-    ]
-    return {
-        "promotion_to_etcd_ms": round((observed - promoted).total_seconds() * 1000, 1),
-        "promotion_to_last_ack_ms": round((max(applied) - promoted).total_seconds() * 1000, 1),
-    }
 
 
 def pause_held_for(lab: Lab, node: str) -> float:

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +200,50 @@ async def _wait_phase(process: Process, phase: str) -> None:
             return
 
 
+async def failover_with_fault(
+    lab: Lab, after_phase: str, fault: Callable[[], Awaitable[None]], *args: str
+) -> tuple[int, str]:
+    """Run pgcm-failover; once ``after_phase`` is done, do ``fault`` while it goes on.
+
+    The log is drained all along (a full pipe would stall the switchover). Returns the
+    exit code and the log. The caller bounds the time.
+    """
+    argv = failover_argv(lab, [*args, "--json"])
+    process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    logs: list[str] = []
+    async with process, anyio.create_task_group() as tg:
+        reached = anyio.Event()
+
+        async def read() -> None:
+            assert process.stderr is not None
+            lines = BufferedByteReceiveStream(process.stderr)
+            while True:
+                try:
+                    line = await lines.receive_until(b"\n", 1 << 20)
+                except (anyio.EndOfStream, anyio.IncompleteRead):
+                    return
+                logs.append(line.decode(errors="replace"))
+                event = json.loads(line) if line.startswith(b"{") else {}
+                if (
+                    event.get("event") == "failover.phase.done"
+                    and event.get("phase") == after_phase
+                ):
+                    reached.set()
+
+        tg.start_soon(read)
+        await reached.wait()
+        await fault()
+        returncode = await process.wait()
+    return returncode, "\n".join(logs)
+
+
+async def wait_nothing_paused(lab: Lab) -> None:
+    """Wait (caller bounds it) until a query passes through every running PgBouncer."""
+    for name in lab.running_nodes():
+        while not await bouncer_answers(lab, name, seconds=2):
+            await anyio.sleep(0.2)
+
+
 # --------------------------------------------------------------------------- tests
 async def test_back_to_back_switchovers_under_insert_load_have_no_errors_and_lose_nothing(
     lab: Lab,
@@ -272,6 +316,52 @@ async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
     await assert_converged(lab, seen)
 
 
+async def test_operator_killed_while_pgbouncers_are_paused_leaves_nothing_paused(
+    lab: Lab,
+) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(120):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            argv = failover_argv(lab, ["--pause-expiry", "8s", "--json"])
+            process = await anyio.open_process(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            async with process:
+                await _wait_phase(process, "pause")
+                process.kill()  # SIGKILL: no undo runs; only the pause expiry and lease
+                await process.wait()
+            await wait_nothing_paused(lab)
+            # The lock's lease dies within its TTL; cleanup then removes what is left.
+            while (await run_failover(lab, "cleanup")).returncode != 0:
+                await anyio.sleep(0.5)
+    # The clients were held until the expiry, never refused.
+    assert seen.errors == []
+    await assert_converged(lab, seen)
+
+
+async def test_switchover_succeeds_while_an_etcd_member_restarts(lab: Lab) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(150):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+
+            async def restart_first_etcd_member() -> None:
+                # n1's member is the first endpoint of every pgcm config.
+                victim = node_process(lab, "n1", "etcd")
+                assert victim is not None
+                os.kill(victim, signal.SIGTERM)
+                while node_process(lab, "n1", "etcd") is not None:
+                    await anyio.sleep(0.05)
+                await lab.start_etcd("n1")
+
+            returncode, logs = await failover_with_fault(lab, "pause", restart_first_etcd_member)
+            assert returncode == 0, logs[-3000:]
+            await lab.wait_etcd_healthy()
+    assert seen.errors == []
+    await assert_converged(lab, seen)
+
+
 @pytest.mark.xfail(
     strict=False,
     reason="intermittent bug (1 of 3 runs): with one etcd member SIGSTOPped (it accepts "
@@ -295,6 +385,32 @@ async def test_switchover_succeeds_with_one_etcd_member_stopped(lab: Lab) -> Non
             assert run.returncode == 0, run.logs[-3000:]
     assert seen.errors == []
     await assert_converged(lab, seen)
+
+
+async def test_partitioned_primary_is_replaced_and_rejoins_after_the_heal(lab: Lab) -> None:
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(240):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            survivor = next(n.name for n in lab.topology.others(primary))
+            await lab.partition(primary)
+            try:
+                # The majority side promotes a standby; the cut-off node loses quorum.
+                while (new := (await lab.view(survivor)).primary) in {None, primary}:
+                    await anyio.sleep(0.2)
+                await wait_pgcm_ready(lab, str(new), unreachable={primary})
+                acked = len(seen.acked)
+                while len(seen.acked) < acked + 10:  # clients commit on the new primary
+                    await anyio.sleep(0.1)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await lab.heal(primary)  # leave the lab whole for the next test
+                raise
+            # rejoin bans the ex-primary, heals the link, pg_rewinds it and clears the
+            # ban: it comes back as a standby under the load.
+            await lab.rejoin(primary)
+    print(f"\n[faults] partition: {len(seen.errors)} client errors, new primary {new}")  # noqa: T201
+    assert await assert_converged(lab, seen) == new
 
 
 async def test_primary_node_crash_promotes_a_standby_and_the_old_primary_rejoins(

@@ -519,6 +519,10 @@ class Lab:
         node = self.topology.node(name)
         await self.spawn(name, etcd_argv(self.topology, node), "etcd.log")
 
+    async def start_etcd(self, name: str) -> None:
+        """Start node ``name``'s etcd member again (after a test stopped it)."""
+        await self._start_etcd(self.topology.node(name).name)
+
     async def _start_pgbouncer(self, name: str) -> None:
         argv = ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
         await self.spawn(name, argv, "pgbouncer.out", user="postgres")

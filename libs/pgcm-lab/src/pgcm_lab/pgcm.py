@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -282,10 +282,15 @@ async def pgcm_view(lab: Lab) -> tuple[str | None, dict[str, str]]:
     return master, hosts
 
 
-async def wait_pgcm_ready(lab: Lab, primary: str) -> None:
-    """Wait (caller bounds it) until etcd names ``primary`` and every proxy acknowledged it."""
+async def wait_pgcm_ready(lab: Lab, primary: str, *, unreachable: Collection[str] = ()) -> None:
+    """Wait (caller bounds it) until etcd names ``primary`` and every proxy acknowledged it.
+
+    Proxies of nodes in ``unreachable`` (cut off by a partition) are not waited for.
+    """
     address = str(lab.topology.node(primary).address)
-    proxies = {n.name for n in lab.topology.all_nodes if lab.init_pid(n.name)}
+    proxies = {
+        n.name for n in lab.topology.all_nodes if lab.init_pid(n.name) and n.name not in unreachable
+    }
     while True:
         try:
             master, hosts = await pgcm_view(lab)

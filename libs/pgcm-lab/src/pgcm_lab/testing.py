@@ -6,11 +6,13 @@ Package code rather than a conftest so that both suites import one copy.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import final
 
@@ -18,12 +20,21 @@ import anyio
 
 from pgcm_lab.errors import LabError
 from pgcm_lab.lab import Lab, Progress
-from pgcm_lab.pgcm import failover_argv, start_pgcm
+from pgcm_lab.pgcm import (
+    MASTER_KEY,
+    NAMESPACE,
+    etcd_get,
+    etcd_get_prefix,
+    failover_argv,
+    start_pgcm,
+)
 
 __all__ = [
     "FailoverRun",
     "address",
     "bouncer_answers",
+    "last_promotion",
+    "promotion_latencies",
     "routed_host",
     "run_failover",
     "running_lab_with_pgcm",
@@ -116,3 +127,63 @@ async def bouncer_answers(lab: Lab, node: str, seconds: int = 5) -> bool:
             "-U", "postgres", "-d", "postgres", "-qAt", "-c", "select 1"]  # fmt: skip
     result = await lab.exec(node, argv, user="postgres", check=False)
     return result.returncode == 0 and result.stdout.strip() == "1"
+
+
+# PostgreSQL's log (log_line_prefix '%m [%p] ': milliseconds, with the zone).
+_PG_STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+) \[\d+\] "
+_PROMOTE_REQUEST = re.compile(_PG_STAMP + r"LOG:  received promote request")
+_ACCEPTS_WRITES = re.compile(_PG_STAMP + r"LOG:  database system is ready to accept connections")
+
+
+def last_promotion(lab: Lab, node: str) -> datetime:
+    """When ``node``'s PostgreSQL last became writable after a promote (its own log).
+
+    The first "ready to accept connections" after the last "received promote request":
+    the moment clients could write to the new primary. Pacemaker's "Result of promote"
+    log line comes later (PAF checks the promoted instance first) and only to the
+    millisecond of a clock without a zone.
+
+    Raises:
+        LabError: the log shows no completed promotion.
+    """
+    log = lab.node_dir(node) / "var-log-postgresql" / "postgresql.log"
+    requested = writable = None
+    for line in log.read_text(errors="replace").splitlines():
+        if _PROMOTE_REQUEST.match(line):
+            requested, writable = line, None
+        elif requested is not None and writable is None and (match := _ACCEPTS_WRITES.match(line)):
+            writable = match.group(1)
+    if writable is None:
+        raise LabError(f"no completed promotion in {log}")
+    day_time, zone = writable.rsplit(" ", 1)
+    if zone != "UTC":
+        raise LabError(f"{log}: expected UTC timestamps, got {zone}")
+    return datetime.fromisoformat(f"{day_time}+00:00")
+
+
+def _object(raw: str) -> dict[str, object]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise LabError(f"expected a JSON object, got {raw[:80]!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+async def promotion_latencies(lab: Lab, node: str) -> dict[str, float]:
+    """Milliseconds from ``node`` becoming writable to etcd's record and the last ack.
+
+    Raises:
+        LabError: no promotion logged, no primary record or no acknowledgement in etcd.
+    """
+    promoted = last_promotion(lab, node)
+    raw = await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json")
+    if raw is None:
+        raise LabError("no primary record in etcd")
+    observed = datetime.fromisoformat(str(_object(raw)["observed_at"]))
+    acks = await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/")
+    if not acks:
+        raise LabError("no proxy acknowledgement in etcd")
+    applied = max(datetime.fromisoformat(str(_object(v)["applied_at"])) for v in acks.values())
+    return {
+        "promotion_to_etcd_ms": round((observed - promoted).total_seconds() * 1000, 1),
+        "promotion_to_last_ack_ms": round((applied - promoted).total_seconds() * 1000, 1),
+    }
