@@ -82,3 +82,12 @@ def test_settings_are_frozen() -> None:
     settings = EtcdSettings()
     with pytest.raises(ValidationError):
         settings.username = "x"  # type: ignore[misc]  # the point: frozen
+
+
+def test_hedge_delay_defaults_to_half_a_second_and_must_be_positive() -> None:
+    assert EtcdSettings().hedge_delay == timedelta(milliseconds=500)
+    assert EtcdSettings(hedge_delay=timedelta(milliseconds=200)).hedge_delay == timedelta(
+        milliseconds=200
+    )
+    with pytest.raises(ValidationError, match="must be positive"):
+        EtcdSettings(hedge_delay=timedelta(0))

@@ -15,11 +15,13 @@ import ssl
 import threading
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
 
+import anyio
+import anyio.to_thread
 import pytest
 from blockbuster import BlockBuster
 
@@ -149,6 +151,10 @@ class EtcdMember:
         """SIGCONT a frozen member."""
         self.process.send_signal(signal.SIGCONT)
 
+    def wait_healthy(self, deadline_s: float = _READY_DEADLINE_S) -> None:
+        """Wait until the member is healthy again (after a thaw or a restart)."""
+        self.process.wait_ready(self.healthy, deadline_s=deadline_s)
+
     def settings(self, **overrides: object) -> EtcdSettings:
         """Return client settings for this member alone."""
         return _settings([self], overrides)
@@ -173,6 +179,26 @@ class EtcdCluster:
     def healthy(self) -> bool:
         """Return whether every running member is healthy."""
         return all(m.healthy() for m in self.members if m.process.running)
+
+    def wait_healthy(self, deadline_s: float = _READY_DEADLINE_S) -> None:
+        """Wait until every member is healthy (a thawed leader forces an election)."""
+        for member in self.members:
+            member.wait_healthy(deadline_s)
+
+    @contextlib.asynccontextmanager
+    async def frozen(self, member: EtcdMember) -> AsyncIterator[EtcdMember]:
+        """SIGSTOP ``member`` for the block; then SIGCONT it and wait until all are healthy.
+
+        The member is thawed also when the block fails or is cancelled (shielded; the
+        blocking signal and health calls run in a worker thread).
+        """
+        await anyio.to_thread.run_sync(member.freeze)
+        try:
+            yield member
+        finally:
+            with anyio.move_on_after(3 * _READY_DEADLINE_S + 5, shield=True):
+                await anyio.to_thread.run_sync(member.thaw)
+                await anyio.to_thread.run_sync(self.wait_healthy)
 
 
 def _settings(members: Sequence[EtcdMember], overrides: dict[str, object]) -> EtcdSettings:

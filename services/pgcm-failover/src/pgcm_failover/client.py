@@ -180,7 +180,9 @@ class SuperviseEndpoint:
         Raises:
             SuperviseError: the call failed (see the module docstring).
         """
-        response = await self._call("health_check", lambda: self._stub.health_check(Empty()))
+        response = await self._call(
+            "health_check", lambda: self._stub.health_check(Empty(), timeout=_remaining())
+        )
         healthy = response.status is HealthCheckResponseStatus.HEALTHY
         reasons = tuple(response.reasons)
         if not healthy and not reasons:
@@ -202,7 +204,7 @@ class SuperviseEndpoint:
             timeout_ms=request.timeout_ms,
             expiry_ms=request.expiry_ms,
         )
-        await self._call("pause", lambda: self._stub.pause(request))
+        await self._call("pause", lambda: self._stub.pause(request, timeout=_remaining()))
 
     async def resume(self) -> None:
         """RESUME the endpoint's PgBouncer (success when it was not paused).
@@ -211,7 +213,7 @@ class SuperviseEndpoint:
             SuperviseError: the call failed.
         """
         log.info("clients.pgbouncer.resume", endpoint=self._endpoint)
-        await self._call("resume", lambda: self._stub.resume(Empty()))
+        await self._call("resume", lambda: self._stub.resume(Empty(), timeout=_remaining()))
 
     async def migrate(self, target_node: str | None) -> MigrationTarget:
         """Ask Pacemaker (through this endpoint) to move the primary.
@@ -225,11 +227,15 @@ class SuperviseEndpoint:
         """
         log.info("clients.pacemaker.migrate", endpoint=self._endpoint, target=target_node)
         if target_node is None:
-            response = await self._call("migrate", lambda: self._stub.migrate(Empty()))
+            response = await self._call(
+                "migrate", lambda: self._stub.migrate(Empty(), timeout=_remaining())
+            )
         else:
             request = MigrateRequest(target=target_node)
             try:
-                response = await self._call("migrate_to", lambda: self._stub.migrate_to(request))
+                response = await self._call(
+                    "migrate_to", lambda: self._stub.migrate_to(request, timeout=_remaining())
+                )
             except SuperviseTooOld as exc:
                 raise SuperviseTooOld(
                     self._endpoint,
@@ -255,7 +261,7 @@ class SuperviseEndpoint:
             SuperviseError: the call failed.
         """
         log.info("clients.pacemaker.unmigrate", endpoint=self._endpoint)
-        await self._call("unmigrate", lambda: self._stub.unmigrate(Empty()))
+        await self._call("unmigrate", lambda: self._stub.unmigrate(Empty(), timeout=_remaining()))
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         # When a connection fails, grpclib cancels the task awaiting the call
@@ -296,6 +302,19 @@ class SuperviseEndpoint:
             raise SuperviseUnavailable(
                 self._endpoint, operation, None, str(exc) or type(exc).__name__
             ) from exc
+
+
+def _remaining() -> float | None:
+    """Seconds left before the caller's anyio deadline, sent as the call's gRPC timeout.
+
+    The server then knows the deadline too (grpclib's ``stream.deadline``): supervise's
+    health check bounds its probes by it and answers UNHEALTHY with its reasons in time
+    instead of missing the deadline. None (no timeout) outside any deadline.
+    """
+    deadline = anyio.current_effective_deadline()
+    if math.isinf(deadline):
+        return None
+    return max(deadline - anyio.current_time(), 0.001)
 
 
 def _translate(endpoint: str, operation: str, exc: GRPCError) -> Exception:

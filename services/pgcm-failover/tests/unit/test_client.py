@@ -10,8 +10,9 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
-from grpclib.const import Status
+from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
 from pgcm_common.proto.failover import (
@@ -120,6 +121,38 @@ async def test_health_check_returns_the_servers_reasons(
         assert await endpoint.health_check() == Health(
             healthy=False, reasons=("pgbouncer unreachable",)
         )
+
+
+@dataclass
+class DeadlineRecorder(Servicer):
+    """Records the gRPC deadline each health_check arrived with (grpclib's raw stream)."""
+
+    deadlines: list[float | None] = field(default_factory=list)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        mapping = super().__mapping__()
+        path = "/failover.Failover/health_check"
+        mapping[path] = mapping[path]._replace(func=self._raw_health_check)
+        return mapping
+
+    async def _raw_health_check(self, stream: Stream[Empty, HealthCheckResponse]) -> None:
+        await stream.recv_message()
+        deadline = stream.deadline
+        self.deadlines.append(None if deadline is None else deadline.time_remaining())
+        await stream.send_message(HealthCheckResponse(status=HealthCheckResponseStatus.HEALTHY))
+
+
+async def test_the_callers_deadline_travels_as_the_grpc_timeout() -> None:
+    recorder = DeadlineRecorder()
+    async with ChannelFor([recorder]) as channel:
+        endpoint = SuperviseEndpoint("pg1:8080", channel=channel)
+        with anyio.fail_after(2):
+            await endpoint.health_check()
+        await endpoint.health_check()  # no enclosing deadline: none sent
+    first, second = recorder.deadlines
+    assert first is not None
+    assert 0 < first <= 2
+    assert second is None
 
 
 async def test_pause_sends_both_precisions(servicer: Servicer, endpoint: SuperviseEndpoint) -> None:

@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from pgcm_common.backoff import Backoff
 from pgcm_common.errors import ConfigError, EtcdError
 from pgcm_common.etcd import Deleted, EtcdStore, open_etcd, watch_keys
-from pgcm_common.lifecycle import sd_notify
+from pgcm_common.lifecycle import sd_notify, settle_memory
 from pgcm_common.pgbouncer import admins_for
 from pgcm_common.records import KeyLayout
 from pgcm_proxy.ack import AckPublisher
@@ -192,6 +192,8 @@ def _ready_once() -> Callable[[], None]:
             ready = True
             sd_notify("READY=1")
             log.info("proxy.ready", msg="first apply confirmed; ready")
+            # Start-up is over: drop its garbage and keep full collections short.
+            settle_memory()
 
     return on_success
 

@@ -33,7 +33,7 @@ from pgcm_proxy.address import PrimaryAddress, parse_primary_address
 from pgcm_proxy.errors import PgBouncersFailed, RejectedAddress, RoutingNotConfirmed
 from pgcm_proxy.metrics import ProxyMetrics
 from pgcm_proxy.template import ConfigTemplate
-from pgcm_proxy.writer import write_if_changed
+from pgcm_proxy.writer import replace_if_changed, sync_to_disk
 
 __all__ = [
     "Accepted",
@@ -181,6 +181,7 @@ class AckSink(Protocol):
 
 
 ConfigWriter = Callable[[Path, str], Awaitable[bool]]
+ConfigSyncer = Callable[[Path], Awaitable[None]]
 
 
 @final
@@ -196,10 +197,15 @@ class Reconciler:
         admins: Sequence[PgBouncerAdminProtocol],
         acks: AckSink,
         metrics: ProxyMetrics,
-        writer: ConfigWriter = write_if_changed,
+        writer: ConfigWriter = replace_if_changed,
+        syncer: ConfigSyncer = sync_to_disk,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
-        """Render ``template`` into ``config_file`` for the PgBouncers behind ``admins``."""
+        """Render ``template`` into ``config_file`` for the PgBouncers behind ``admins``.
+
+        ``writer`` replaces the file atomically (not yet durably); ``syncer`` makes the
+        replacement durable and runs beside the RELOAD (see :mod:`pgcm_proxy.writer`).
+        """
         self._proxy_id = proxy_id
         self._template = template
         self._config_file = config_file
@@ -207,6 +213,10 @@ class Reconciler:
         self._acks = acks
         self._metrics = metrics
         self._writer = writer
+        self._syncer = syncer
+        # A rewrite whose fsync has not succeeded yet: retried by the next apply, even
+        # when that apply finds the content unchanged.
+        self._unsynced = False
         self._clock = clock
         self._databases = template.routed_databases()
 
@@ -215,10 +225,11 @@ class Reconciler:
 
         Idempotent: the file is rewritten only when its content differs; a PgBouncer
         is RELOADed when the file changed or when ``SHOW DATABASES`` disagrees (it
-        missed an earlier RELOAD, or restarted); the ack is written last.
+        missed an earlier RELOAD, or restarted); the rewrite is fsynced while the
+        PgBouncers reload; the ack is written last.
 
         Raises:
-            OSError: the file could not be written.
+            OSError: the file could not be written or flushed to disk.
             PgBouncersFailed: a PgBouncer was unreachable, refused, or does not route
                 to the target after RELOAD.
             EtcdError: the acknowledgement was not written.
@@ -231,25 +242,14 @@ class Reconciler:
         host = target.address.host
         changed = await self._writer(self._config_file, self._template.render(target.address))
         if changed:
+            self._unsynced = True
             log.info(
                 "pgbouncer.config.write",
                 path=str(self._config_file),
                 host=host,
                 revision=target.revision,
             )
-        failures: dict[str, Exception] = {}
-
-        async def one(admin: PgBouncerAdminProtocol) -> None:
-            try:
-                await self._route(admin, host, reload_first=changed)
-            except PgcmError as exc:
-                failures[str(admin.endpoint)] = exc
-
-        async with anyio.create_task_group() as tg:
-            for admin in self._admins:
-                tg.start_soon(one, admin)
-        if failures:
-            raise PgBouncersFailed(failures)
+        await self._route_all_and_sync(host, reload_first=changed)
         applied_at = self._clock()
         await self._acks.publish(
             ProxyAck(
@@ -269,6 +269,42 @@ class Reconciler:
             reloaded=changed,
             elapsed=round(elapsed, 6),
         )
+
+    async def _route_all_and_sync(self, host: str, *, reload_first: bool) -> None:
+        """Route every PgBouncer to ``host`` while a pending rewrite is fsynced.
+
+        Raises:
+            PgBouncersFailed: a PgBouncer failed (every endpoint's error kept).
+            OSError: the fsync failed (retried by the next apply).
+        """
+        failures: dict[str, Exception] = {}
+        sync_errors: list[OSError] = []
+
+        async def one(admin: PgBouncerAdminProtocol) -> None:
+            try:
+                await self._route(admin, host, reload_first=reload_first)
+            except PgcmError as exc:
+                failures[str(admin.endpoint)] = exc
+
+        async def sync() -> None:
+            try:
+                await self._syncer(self._config_file)
+            except OSError as exc:
+                sync_errors.append(exc)
+            else:
+                self._unsynced = False
+
+        async with anyio.create_task_group() as tg:
+            if self._unsynced:
+                # PgBouncer reads the renamed file from the page cache: the fsync only
+                # has to finish before the acknowledgement, not before the RELOAD.
+                tg.start_soon(sync)
+            for admin in self._admins:
+                tg.start_soon(one, admin)
+        if failures:
+            raise PgBouncersFailed(failures)
+        if sync_errors:
+            raise sync_errors[0]
 
     async def _route(self, admin: PgBouncerAdminProtocol, host: str, *, reload_first: bool) -> None:
         if not reload_first and not self._misrouted(await admin.show_databases(), host):

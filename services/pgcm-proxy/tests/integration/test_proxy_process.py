@@ -291,6 +291,29 @@ async def test_key_change_makes_new_client_connections_reach_the_other_server(
         assert await proxy.terminate() == 0
 
 
+async def test_a_burst_of_changes_converges_on_the_last_and_the_proxy_keeps_running(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        # Back to back, without waiting for acks: each new revision cancels the apply
+        # (and the ack write) still in flight for the previous one.
+        last = first
+        for flip in range(40):
+            last = await store.put(
+                rig.layout.master, (HOST_B if flip % 2 == 0 else HOST_A).encode()
+            )
+        with anyio.fail_after(20):
+            ack = await rig.wait_ack(store, HOST_A, last)
+        assert ack.revision == last
+        assert await rig.client_reaches() == "alpha"
+        assert not proxy.saw("daemon.stopped_unexpectedly")
+        assert await proxy.terminate() == 0
+
+
 async def test_unchanged_content_sends_no_reload_but_a_change_does(
     rig: ProxyRig, store: AetcdStore
 ) -> None:

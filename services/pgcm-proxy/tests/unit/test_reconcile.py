@@ -254,3 +254,36 @@ async def test_ack_lease_lost_is_regranted_and_revoke_deletes_the_key() -> None:
     assert again.lease != first.lease
     await acks.revoke()
     assert await store.get(ACK_KEY) is None
+
+
+async def test_failed_fsync_blocks_the_ack_and_the_next_apply_flushes_again(ini: Path) -> None:
+    store = FakeEtcdStore()
+    bouncer = FileBackedBouncer(ini)
+    synced: list[Path] = []
+    broken = [True]
+
+    async def syncer(path: Path) -> None:
+        if broken[0]:
+            raise OSError(5, "Input/output error")
+        synced.append(path)
+
+    reconciler = Reconciler(
+        proxy_id="p1",
+        template=TEMPLATE,
+        config_file=ini,
+        admins=[bouncer],
+        acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
+        metrics=ProxyMetrics(),
+        syncer=syncer,
+    )
+    with anyio.fail_after(5), pytest.raises(OSError, match="Input/output"):
+        await reconciler.apply(target(b"10.0.0.2", 7))
+    assert "host=10.0.0.2" in ini.read_text()  # renamed into place before the fsync
+    assert await read_ack(store) is None
+    broken[0] = False
+    with anyio.fail_after(5):
+        await reconciler.apply(target(b"10.0.0.2", 7))  # content unchanged, still unsynced
+    assert synced == [ini]
+    ack = await read_ack(store)
+    assert ack is not None
+    assert (ack.host, ack.revision) == ("10.0.0.2", 7)

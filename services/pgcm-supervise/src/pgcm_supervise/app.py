@@ -25,7 +25,7 @@ from anyio.abc import TaskStatus
 from grpclib._typing import IServable
 
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
-from pgcm_common.lifecycle import sd_notify
+from pgcm_common.lifecycle import sd_notify, settle_memory
 from pgcm_common.pacemaker import (
     CorosyncNodeAddresses,
     CrmMon,
@@ -301,6 +301,8 @@ async def serve(
                 )
                 sd_notify("READY=1")
                 log.info("supervise.ready", node=settings.node_name)
+                # Start-up is over: drop its garbage and keep full collections short.
+                settle_memory()
                 if watchdog is not None:
                     loops.start_soon(_serve_watchdog, heartbeat, watchdog)
                 task_status.started()

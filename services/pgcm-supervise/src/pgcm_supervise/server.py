@@ -23,7 +23,9 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
+from grpclib.metadata import Deadline
+from grpclib.server import Stream
 from typing_extensions import override
 
 from pgcm_common.backoff import Backoff
@@ -73,6 +75,12 @@ _log = structlog.get_logger("pgcm_supervise.server")
 
 EtcdProbe = Callable[[], Awaitable[object]]
 """Ask etcd something cheap; raise (any ``Exception``) when it does not answer."""
+
+_HEALTH_CHECK_PATH = "/failover.Failover/health_check"
+# Part of the caller's deadline kept for sending the answer back: the probes stop this
+# much earlier, so an UNHEALTHY answer with reasons arrives instead of a timeout.
+_REPLY_MARGIN_S = 0.2
+_REPLY_MARGIN_SHARE = 0.25  # of the remaining time, for very short deadlines
 
 # Checked in order, first match wins: subclasses before their bases. UNIMPLEMENTED is
 # never answered for an rpc of the proto (every one is implemented).
@@ -124,7 +132,8 @@ class FailoverServerOptions:
     Attributes:
         clone_id: the promotable clone ``crm_resource`` moves; None means the clone that
             crm_mon reports for the configured resource.
-        health_timeout: bound of each health probe (PgBouncer, crm_mon, etcd).
+        health_timeout: bound of each health probe (PgBouncer, crm_mon, etcd); a caller's
+            shorter gRPC deadline shortens it (see :meth:`FailoverServer.health_check`).
         pacemaker_timeout: bound of a whole migrate/unmigrate (crm_mon + crm_resource).
         cleanup_timeout: bound of the shielded RESUME after a failed pause and on exit.
         resume_retry_max: longest wait between two tries of a RESUME that failed.
@@ -390,26 +399,64 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
     # -- rpcs ---------------------------------------------------------------------------
 
     @override
+    def __mapping__(self) -> dict[str, Handler]:
+        """Serve health_check through :meth:`_rpc_health_check`, which sees the deadline."""
+        mapping = super().__mapping__()
+        mapping[_HEALTH_CHECK_PATH] = mapping[_HEALTH_CHECK_PATH]._replace(
+            func=self._rpc_health_check
+        )
+        return mapping
+
+    async def _rpc_health_check(self, stream: Stream[Empty, HealthCheckResponse]) -> None:
+        request = await stream.recv_message()
+        if request is None:  # pragma: no cover - grpclib always delivers a unary request
+            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+        await stream.send_message(await self.check_health(stream.deadline))
+
+    @override
     async def health_check(self, message: Empty) -> HealthCheckResponse:
         """Answer HEALTHY only when PgBouncer, Pacemaker (with quorum) and etcd answer."""
-        reasons = await self._health_reasons()
+        return await self.check_health(None)
+
+    async def check_health(self, deadline: Deadline | None) -> HealthCheckResponse:
+        """Probe PgBouncer, Pacemaker (with quorum) and etcd in parallel; report.
+
+        Every probe is bounded by ``health_timeout`` and, when the caller sent a gRPC
+        deadline, by that deadline less a margin to send the answer: a probe that has
+        not answered by then (a frozen etcd member that the store has not yet moved
+        away from, a hung crm_mon) makes the answer UNHEALTHY with its reason, rather
+        than letting the whole call miss the caller's deadline.
+        """
+        limit = self._options.health_timeout.total_seconds()
+        if deadline is not None:
+            remaining = deadline.time_remaining()
+            margin = min(_REPLY_MARGIN_S, remaining * _REPLY_MARGIN_SHARE)
+            limit = max(min(limit, remaining - margin), 0.0)
+        reasons = await self._health_reasons(limit)
         if reasons:
             _log.warning("health_check.unhealthy", reasons=reasons)
             return HealthCheckResponse(status=HealthCheckResponseStatus.UNHEALTHY, reasons=reasons)
         return HealthCheckResponse(status=HealthCheckResponseStatus.HEALTHY)
 
-    async def _health_reasons(self) -> list[str]:
+    async def _health_reasons(self, limit: float) -> list[str]:
         reasons: list[str] = []
-        limit = self._options.health_timeout.total_seconds()
 
         async def probe(name: str, check: Callable[[], Awaitable[str | None]]) -> None:
-            try:
-                with anyio.fail_after(limit):
-                    problem = await check()
-            except TimeoutError:
-                problem = f"no answer within {limit:g}s"
-            except Exception as exc:  # noqa: BLE001 - any failure makes the check fail
-                problem = str(exc) or type(exc).__name__
+            outcome: list[str | None] = []
+
+            async def run() -> None:
+                try:
+                    outcome.append(await check())
+                except Exception as exc:  # noqa: BLE001 - any failure makes the check fail
+                    outcome.append(str(exc) or type(exc).__name__)
+
+            # The check runs in a child task: a gRPC call (etcd) cancelled by the time
+            # limit ends with a cancellation anyio does not recognise as its own, which
+            # would otherwise escape the limit's scope and cancel the sibling probes.
+            with anyio.move_on_after(limit):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run)
+            problem = outcome[0] if outcome else f"no answer within {limit:g}s"
             if problem is not None:
                 reasons.append(f"{name}: {problem}")
 

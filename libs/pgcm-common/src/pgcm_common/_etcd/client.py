@@ -6,15 +6,32 @@ pass our keepalive options and wait (bounded) for the connection before the firs
 request. Everything else (request building, auth token metadata, stubs) stays aetcd's.
 Watches and lease keepalives use aetcd's generated stubs directly: aetcd's own watcher
 runs unowned asyncio tasks, which STYLE C2 forbids. See docs/adr/0001-etcd-client.md.
+
+A frozen member (SIGSTOP, a stuck VM) is the hard case: the kernel still accepts its
+TCP connections and buffers our requests, but nothing ever answers, so only timeouts
+tell. Waiting for ``request_timeout`` on it made every caller with a shorter deadline
+(supervise's health check) fail. So a request that stays unanswered for ``hedge_delay``
+is handled by kind:
+
+* reads (``get``, ``get_prefix``, ``keepalive_lease``) are *hedged*: the same request
+  also goes to the next endpoint, on a connection of its own, and the first answer
+  wins; when that was another endpoint, the store adopts its connection and drops the
+  slow one, so later calls (and watches) go to the member that answered;
+* writes and watch set-ups are never sent twice at once (a write may apply twice):
+  the member must answer a cheap local read (serializable, no Raft round) within
+  ``hedge_delay``; if it does not, the write is abandoned on it and tried on the next
+  endpoint, exactly as after ``request_timeout`` before. A member that is alive but slow
+  (an election, a slow disk) answers that probe, so its write is awaited as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
-from typing import NoReturn, Protocol, TypeVar, final
+from typing import Generic, NoReturn, Protocol, TypeVar, final
 
 import aetcd
 import aetcd.exceptions
@@ -65,12 +82,30 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.UNAUTHENTICATED,
     }
 )
+# Statuses that mean the member did not answer a probe (anything else is an answer).
+_NO_ANSWER = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 _CLOSE_GRACE_S = 1.0
 _EVENT_DELETE = 1  # mvccpb.Event.EventType.DELETE
+# Any key does for a liveness probe: a count-only serializable read of it is answered
+# from the member's own store, without a Raft round, so even a member that lost its
+# leader answers at once; permission errors (RBAC) are answers too.
+_PROBE_KEY = b"\x00pgcm-liveness-probe"
 
 
 class ConnectionClosedUnderCall(EtcdUnavailable):
     """grpc.aio cancelled a call because its channel was closed by another task."""
+
+
+@final
+class MemberUnresponsive(Exception):
+    """A request stalled and the member did not answer a liveness probe either."""
+
+    def __init__(self, endpoint: EtcdEndpoint, waited_s: float) -> None:
+        self.endpoint = endpoint
+        self.waited_s = waited_s
+        super().__init__(f"{endpoint} did not answer a liveness probe within {waited_s:g}s")
 
 
 @contextmanager
@@ -124,7 +159,8 @@ def _retryable(exc: BaseException) -> bool:
         | grpc.aio.UsageError
         | aetcd.exceptions.ConnectionFailedError
         | aetcd.exceptions.ConnectionTimeoutError
-        | aetcd.exceptions.UnauthenticatedError,
+        | aetcd.exceptions.UnauthenticatedError
+        | MemberUnresponsive,
     ):
         return True
     return _status(exc) in _RETRYABLE
@@ -139,6 +175,8 @@ class _ChannelClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type
         endpoint: EtcdEndpoint,
         settings: EtcdSettings,
         credentials: grpc.ChannelCredentials | None,
+        *,
+        index: int,
     ) -> None:
         password = settings.password.get_secret_value() if settings.password else None
         super().__init__(
@@ -150,6 +188,7 @@ class _ChannelClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type
             options=dict(settings.grpc_options()),
         )
         self.endpoint = endpoint
+        self.index = index  # position in EtcdSettings.endpoints
         self._credentials = credentials
         self._dial_timeout_s = settings.dial_timeout.total_seconds()
 
@@ -220,7 +259,8 @@ class AetcdStore:
     A failed connection is dropped and the next endpoint is used; a request fails with
     ``EtcdUnavailable`` only after every endpoint failed it once. Retrying a write whose
     response was lost can apply it twice; ``put_if`` callers read back to be sure (the
-    lock does).
+    lock does). Writes are never hedged (sent to two members at once); reads are, after
+    ``hedge_delay`` (see the module docstring), on short-lived extra connections.
     """
 
     def __init__(self, settings: EtcdSettings, credentials: grpc.ChannelCredentials | None) -> None:
@@ -230,6 +270,7 @@ class AetcdStore:
         self._index = 0
         self._client: _ChannelClient | None = None
         self._connecting = anyio.Lock()
+        self._hedge_delay_s = settings.hedge_delay.total_seconds()
 
     @property
     def endpoint(self) -> EtcdEndpoint:
@@ -250,14 +291,35 @@ class AetcdStore:
     async def _connected(self) -> _ChannelClient:
         async with self._connecting:
             if self._client is None:
-                client = _ChannelClient(self.endpoint, self._settings, self._credentials)
-                try:
-                    await client.connect()
-                except Exception:
-                    self._index = (self._index + 1) % len(self._endpoints)
-                    raise
+                client = await self._dial(self._index)
+                adopted = self._in_use()
+                if adopted is not None:
+                    # A hedged read adopted another connection while we dialled.
+                    await _close(client)
+                    return adopted
                 self._client = client
             return self._client
+
+    def _in_use(self) -> _ChannelClient | None:
+        # A method, not the attribute: mypy would keep the narrowing across an await.
+        return self._client
+
+    async def _dial(self, index: int) -> _ChannelClient:
+        """Open a connection to the endpoint at ``index``; on failure move past it.
+
+        Raises:
+            TimeoutError: no connection within dial_timeout (see ``_ChannelClient``).
+        """
+        client = _ChannelClient(
+            self._endpoints[index], self._settings, self._credentials, index=index
+        )
+        try:
+            await client.connect()
+        except Exception:
+            if self._index == index and self._client is None:
+                self._index = (index + 1) % len(self._endpoints)
+            raise
+        return client
 
     async def _drop(self, client: _ChannelClient, exc: BaseException) -> None:
         """Forget a failing connection and move on to the next endpoint."""
@@ -270,8 +332,95 @@ class AetcdStore:
                 next_endpoint=str(self.endpoint),
                 error=_details(exc),
             )
-        with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
-            await client.close()
+        await _close(client)
+
+    async def _adopt(self, client: _ChannelClient, replaced: _ChannelClient | None) -> bool:
+        """Make ``client`` (a hedge that answered first) the connection in use.
+
+        Only when the connection in use is still ``replaced`` (or none): if another call
+        moved on meanwhile, its choice stands. The replaced connection is closed, which
+        also ends the calls and watch streams still waiting on it (they retry here).
+
+        Returns:
+            Whether ``client`` was adopted (if not, the caller still owns it).
+        """
+        if self._client is not replaced and self._client is not None:
+            return False
+        old, self._client = self._client, client
+        previous = self._endpoints[self._index] if old is None else old.endpoint
+        self._index = client.index
+        log.warning(
+            "etcd.endpoint.failover",
+            endpoint=str(previous),
+            next_endpoint=str(client.endpoint),
+            error=f"no answer within hedge_delay ({self._hedge_delay_s:g}s)",
+            msg="the next endpoint answered a hedged read first; using it from now on",
+        )
+        if old is not None:
+            await _close(old)
+        return True
+
+    async def _answers(self, client: _ChannelClient) -> bool:
+        """Return whether the member answers a local read within ``hedge_delay``.
+
+        Bounded by gRPC's own deadline, not a cancel scope: grpc.aio replaces the
+        cancellation of a call by one anyio does not recognise as its own.
+        """
+        request = aetcd.rpc.RangeRequest(key=_PROBE_KEY, serializable=True, count_only=True)
+        try:
+            with _foreign_cancellation_as_unavailable("probe", client.endpoint):
+                await client.kvstub.Range(
+                    request, timeout=self._hedge_delay_s, metadata=client.metadata
+                )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() not in _NO_ANSWER
+        except (grpc.aio.UsageError, EtcdUnavailable):
+            return False  # the connection was closed meanwhile
+        return True
+
+    async def _guarded(self, client: _ChannelClient, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Await ``work`` on ``client``; abandon it if it stalls on an unresponsive member.
+
+        After ``hedge_delay`` without an answer the member is probed (:meth:`_answers`)
+        on the same connection; ``work`` is cancelled only when the probe is not
+        answered either, so a slow but live member is still waited for. Work and probe
+        run in child tasks: a gRPC call cancelled under a cancel scope ends with a
+        cancellation anyio does not recognise, which a child task absorbs.
+
+        Raises:
+            MemberUnresponsive: the member answered neither ``work`` nor the probe.
+            ConnectionClosedUnderCall: another task closed the connection under us.
+        """
+        results: list[_T] = []
+        errors: list[Exception] = []
+        stalled: list[bool] = []
+
+        async def run(race: anyio.CancelScope) -> None:
+            try:
+                with _foreign_cancellation_as_unavailable("request", client.endpoint):
+                    results.append(await work())
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                errors.append(exc)
+            race.cancel()
+
+        async def watchdog(race: anyio.CancelScope) -> None:
+            await anyio.sleep(self._hedge_delay_s)
+            if not await self._answers(client):
+                stalled.append(True)
+                race.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, tg.cancel_scope)
+            tg.start_soon(watchdog, tg.cancel_scope)
+        if results:
+            return results[0]
+        if errors:
+            raise errors[0]
+        if stalled:
+            raise MemberUnresponsive(client.endpoint, 2 * self._hedge_delay_s)
+        # Both children ended cancelled without our scope or an outer one asking:
+        # grpc.aio cancelled the call (its channel was closed by another task).
+        raise ConnectionClosedUnderCall(f"etcd request to {client.endpoint}: call cancelled")
 
     async def _call(self, what: str, op: Callable[[_ChannelClient], Awaitable[_T]]) -> _T:
         last: Exception | None = None
@@ -284,8 +433,7 @@ class AetcdStore:
                 last = exc
                 continue
             try:
-                with _foreign_cancellation_as_unavailable(what, client.endpoint):
-                    return await op(client)
+                return await self._guarded(client, functools.partial(op, client))
             except ConnectionClosedUnderCall as exc:
                 last = exc  # whoever closed it already dropped it: the next try reconnects
                 continue
@@ -299,6 +447,21 @@ class AetcdStore:
         endpoints = ", ".join(map(str, self._endpoints))
         raise EtcdUnavailable(f"etcd {what}: no endpoint answered ({endpoints})") from last
 
+    async def _read(self, what: str, op: Callable[[_ChannelClient], Awaitable[_T]]) -> _T:
+        """Run an idempotent request, hedged: the first endpoint to answer wins.
+
+        The request goes to the connection in use. Whenever no answer came within
+        ``hedge_delay`` (or an attempt failed), the same request is also sent to the
+        next endpoint on a connection of its own, until every endpoint was asked once.
+        The first answer cancels the others; if it came from a hedge connection, the
+        store adopts that connection (:meth:`_adopt`); other hedges are closed.
+
+        Raises:
+            EtcdError: an endpoint gave a definite, non-retryable answer (an error).
+            EtcdUnavailable: no endpoint answered.
+        """
+        return await _HedgedRead(self, what, op).run()
+
     async def get(self, key: bytes) -> KeyValue | None:
         """Return the key, or None when it does not exist.
 
@@ -310,7 +473,7 @@ class AetcdStore:
             found = await client.get(key)
             return None if found is None else KeyValue.from_etcd(found)
 
-        return await self._call("get", op)
+        return await self._read("get", op)
 
     async def get_prefix(self, prefix: bytes) -> Listing:
         """Return every key under ``prefix`` in key order and the revision read at.
@@ -324,7 +487,7 @@ class AetcdStore:
             items = tuple(KeyValue.from_etcd(kv) for kv in result.kvs)
             return Listing(revision=int(result.header.revision), items=items)
 
-        return await self._call("get_prefix", op)
+        return await self._read("get_prefix", op)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Write the key; return the revision of the write.
@@ -457,7 +620,8 @@ class AetcdStore:
                 raise EtcdLeaseExpired(lease_id)
             return timedelta(seconds=int(reply.TTL))
 
-        return await self._call("keepalive_lease", op)
+        # Refreshing a lease twice is harmless: hedged like a read.
+        return await self._read("keepalive_lease", op)
 
     async def revoke_lease(self, lease_id: int) -> None:
         """Revoke the lease and delete its keys; a lease already gone is fine.
@@ -517,17 +681,145 @@ class AetcdStore:
                 start_revision=start_revision,
                 progress_notify=True,
             )
-            await watch.establish(
-                aetcd.rpc.WatchRequest(create_request=create),
-                self._settings.request_timeout.total_seconds(),
-            )
+            try:
+                await self._guarded(
+                    client,
+                    lambda: watch.establish(
+                        aetcd.rpc.WatchRequest(create_request=create),
+                        self._settings.request_timeout.total_seconds(),
+                    ),
+                )
+            except MemberUnresponsive as exc:
+                await self._drop(client, exc)
+                raise EtcdUnavailable(f"etcd watch: {exc}") from exc
             yield watch
         finally:
             call.cancel()
 
 
+@final
+class _HedgedRead(Generic[_T]):
+    """One hedged read (see :meth:`AetcdStore._read`): attempts race, first answer wins.
+
+    Attempt 0 uses the store's connection; attempt ``k`` a connection of its own to the
+    ``k``-th endpoint after it. While some attempt is still waiting (a frozen member
+    holds it), hedges that failed transiently are asked again every ``hedge_delay``
+    until ``request_timeout`` after the start: freezing the Raft leader makes the other
+    members answer "leader changed" until they elected a new one, about a second.
+    """
+
+    def __init__(
+        self, store: AetcdStore, what: str, op: Callable[[_ChannelClient], Awaitable[_T]]
+    ) -> None:
+        self._store = store
+        self._what = what
+        self._op = op
+        self._count = len(store._endpoints)  # noqa: SLF001 - same module, our store
+        self._start = store._index  # noqa: SLF001
+        self._won: list[tuple[_ChannelClient, _T]] = []
+        self._failures: list[Exception] = []
+        self._fatal: list[Exception] = []
+        self._hedges: dict[int, _ChannelClient] = {}
+        self._shared: list[_ChannelClient] = []
+        self._retry: list[int] = []
+        self._in_flight = 0
+        self._failed = anyio.Event()
+
+    async def run(self) -> _T:
+        store = self._store
+        delay = store._hedge_delay_s  # noqa: SLF001
+        give_up_at = anyio.current_time() + store._settings.request_timeout.total_seconds()  # noqa: SLF001
+        try:
+            async with anyio.create_task_group() as tg:
+                pending = list(range(self._count))
+                while pending or (self._in_flight and anyio.current_time() < give_up_at):
+                    if self._in_flight:
+                        with anyio.move_on_after(delay):
+                            await self._failed.wait()
+                    self._failed = anyio.Event()
+                    if pending:
+                        self._launch(tg, pending.pop(0))
+                    elif self._retry and self._in_flight:
+                        self._launch(tg, self._retry.pop(0))
+            if self._won:
+                return await self._settle(*self._won[0])
+        finally:
+            with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+                for hedge in self._hedges.values():
+                    await _close(hedge)
+        if self._fatal:
+            raise self._fatal[0]
+        endpoints = ", ".join(map(str, store._endpoints))  # noqa: SLF001
+        last = self._failures[-1] if self._failures else None
+        raise EtcdUnavailable(f"etcd {self._what}: no endpoint answered ({endpoints})") from last
+
+    async def _settle(self, client: _ChannelClient, result: _T) -> _T:
+        """Adopt the winning hedge connection (if it is one) and return its answer."""
+        replaced = self._shared[0] if self._shared else None
+        for offset, hedge in list(self._hedges.items()):
+            if hedge is client and await self._store._adopt(client, replaced):  # noqa: SLF001
+                del self._hedges[offset]
+        return result
+
+    def _launch(self, tg: anyio.abc.TaskGroup, offset: int) -> None:
+        self._in_flight += 1
+        tg.start_soon(self._attempt, offset, tg.cancel_scope)
+
+    async def _attempt(self, offset: int, race: anyio.CancelScope) -> None:
+        try:
+            await self._ask(offset, race)
+        finally:
+            self._in_flight -= 1
+            self._failed.set()  # do not wait out hedge_delay: ask the next endpoint now
+
+    async def _ask(self, offset: int, race: anyio.CancelScope) -> None:
+        client: _ChannelClient | None = None
+        try:
+            client = await self._connection(offset)
+            with _foreign_cancellation_as_unavailable(self._what, client.endpoint):
+                result = await self._op(client)
+        except ConnectionClosedUnderCall as exc:
+            self._failures.append(exc)  # whoever closed it dropped it: the others go on
+        except EtcdError as exc:
+            self._fatal.append(exc)  # etcd's own answer, such as an expired lease
+            race.cancel()
+        except Exception as exc:  # noqa: BLE001 - classified and kept for the caller
+            if not _retryable(exc):
+                error = EtcdError(f"etcd {self._what} failed: {_details(exc)}")
+                error.__cause__ = exc
+                self._fatal.append(error)
+                race.cancel()
+                return
+            self._failures.append(exc)
+            if offset == 0:
+                if client is not None:
+                    await self._store._drop(client, exc)  # noqa: SLF001
+            else:
+                self._retry.append(offset)
+        else:
+            self._won.append((client, result))
+            race.cancel()
+
+    async def _connection(self, offset: int) -> _ChannelClient:
+        if offset == 0:
+            client = await self._store._connected()  # noqa: SLF001
+            self._shared.append(client)
+            return client
+        hedge = self._hedges.get(offset)
+        if hedge is None:
+            index = (self._start + offset) % self._count
+            hedge = self._hedges[offset] = await self._store._dial(index)  # noqa: SLF001
+        return hedge
+
+
 async def _connected_client(client: _ChannelClient) -> _ChannelClient:
     return client
+
+
+async def _close(client: _ChannelClient) -> None:
+    """Close a connection, shielded and bounded (calls still on it end as cancelled)."""
+    with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+        await client.close()
 
 
 def _raise_lease_error(exc: Exception, lease: int) -> None:

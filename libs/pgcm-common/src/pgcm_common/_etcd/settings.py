@@ -88,6 +88,14 @@ class EtcdSettings(BaseModel):
     request_timeout: Duration = Field(
         default=timedelta(seconds=5), description="bound on one unary etcd request"
     )
+    hedge_delay: Duration = Field(
+        default=timedelta(milliseconds=500),
+        description=(
+            "a read unanswered this long is also sent to the next endpoint (first answer"
+            " wins, later calls go there); a write or watch unanswered this long makes the"
+            " member prove it is alive within the same time, else the next endpoint is used"
+        ),
+    )
     keepalive_time: Duration = Field(
         default=timedelta(seconds=6),
         description="gRPC keepalive ping period; at least 5s or etcd drops the stream",
@@ -111,7 +119,7 @@ class EtcdSettings(BaseModel):
             raise ValueError("must be at least 5s: etcd drops streams that ping more often")
         return value
 
-    @field_validator("dial_timeout", "request_timeout", "keepalive_timeout")
+    @field_validator("dial_timeout", "request_timeout", "keepalive_timeout", "hedge_delay")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -145,8 +153,11 @@ class EtcdSettings(BaseModel):
             ("grpc.keepalive_timeout_ms", timeout_ms),
             # Newer gRPC cores also bound every ping (not only keepalive ones).
             ("grpc.http2.ping_timeout_ms", timeout_ms),
-            # Keep pinging an idle watch stream: a SIGSTOPped etcd sends nothing at all.
-            ("grpc.keepalive_permit_without_calls", 1),
+            # An open watch stream is a call, so it is pinged (a SIGSTOPped etcd sends
+            # nothing at all). A connection with no call is not: etcd's default
+            # enforcement counts such pings as abuse and answers GOAWAY too_many_pings;
+            # the next request's hedge notices a dead member instead.
+            ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 0),
             # Reconnect quickly after a member restarts instead of the default 1-120 s backoff.
             ("grpc.initial_reconnect_backoff_ms", 200),
