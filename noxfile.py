@@ -56,6 +56,7 @@ def typecheck(session: nox.Session) -> None:
         session.run("mypy", *targets)
     if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
         session.run("mypy", "tests")
+    session.run("mypy", "benchmarks")
     session.run("mypy", "noxfile.py")
 
 
@@ -112,7 +113,7 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session
 def faults(session: nox.Session) -> None:
-    """Fault-injection suite in the lab (root): 5 switchovers, 20 with PGCM_FAULTS_FULL=1."""
+    """Fault-injection suite in the lab (root): 20 switchovers under load, then each fault."""
     session.run("pytest", "tests/faults", *session.posargs)
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import tomli_w
+from deployed import deployed_script
 
 from pgcm_testkit.etcd import start_etcd
 from pgcm_testkit.pacemaker import start_pacemaker_node
@@ -34,7 +34,6 @@ DESCRIPTION = (
 )
 IDLE_S = 60.0
 WARMUP_S = 10.0
-BIN = Path(sys.executable).parent
 
 
 def _rss_mb(pid: int) -> float:
@@ -116,8 +115,10 @@ def run() -> dict[str, object]:
             )
         )
         common = ["--log-format", "json", "run", "--config-file", str(config)]
-        supervise = _spawn(stack, [str(BIN / "pgcm-supervise"), *common], base / "supervise.log")
-        proxy = _spawn(stack, [str(BIN / "pgcm-proxy"), *common], base / "proxy.log")
+        supervise = _spawn(
+            stack, [str(deployed_script("pgcm-supervise")), *common], base / "supervise.log"
+        )
+        proxy = _spawn(stack, [str(deployed_script("pgcm-proxy")), *common], base / "proxy.log")
         time.sleep(WARMUP_S)  # a benchmark, not a test: a fixed warm-up is the point
         for name, process in (("supervise", supervise), ("proxy", proxy)):
             if process.poll() is not None:

@@ -1,7 +1,8 @@
 """pgcm-proxy: etcd put -> pgbouncer.ini rewritten -> PgBouncer routing, RSS, idle CPU.
 
 Starts its own etcd, two PostgreSQL servers (127.0.0.1:P and 127.0.0.2:P), a
-PgBouncer and ``pgcm-proxy run`` as a subprocess (the console script of this venv),
+PgBouncer and ``pgcm-proxy run`` as a subprocess (installed alone from its wheel, as
+deployed: :mod:`deployed`),
 then flips the primary's key between the two hosts ``CHANGES`` times. For each change:
 
 * put_ms: the etcd put's round trip, seen by the writer;
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import anyio
 import tomli_w
+from deployed import deployed_script
 
 from pgcm_common.etcd import open_etcd
 from pgcm_common.pgbouncer import PgBouncerAdmin
@@ -42,7 +43,6 @@ DESCRIPTION = (
 CHANGES = 240
 IDLE_S = 20.0
 HOSTS = ("127.0.0.1", "127.0.0.2")
-PROXY_BIN = Path(sys.executable).parent / "pgcm-proxy"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -183,8 +183,9 @@ def run() -> dict[str, object]:
         )
         log = stack.enter_context((base / "proxy.log").open("wb"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+        proxy_bin = deployed_script("pgcm-proxy")
         proxy = subprocess.Popen(
-            [str(PROXY_BIN), "--log-format", "json", "run", "--config-file", str(config)],
+            [str(proxy_bin), "--log-format", "json", "run", "--config-file", str(config)],
             stdout=log,
             stderr=log,
             env=env,

@@ -1,0 +1,56 @@
+"""The services as an operator deploys them: each wheel alone in a venv of its own.
+
+Memory and start-up numbers must not include what only the development venv holds
+(pytest, import-linter's rich and pygments — structlog loads rich whenever it can
+import it — mypy, nox). :func:`deployed_script` builds the workspace's wheels once per
+benchmark run and installs one service with its runtime dependencies only, as the
+``build`` nox session does; the venvs are removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+_venvs: dict[str, Path] = {}
+_workdir: Path | None = None
+
+
+def _scratch() -> Path:
+    global _workdir  # noqa: PLW0603  # one scratch directory per benchmark process
+    if _workdir is None:
+        _workdir = Path(tempfile.mkdtemp(prefix="pgcm-bench-deployed-"))
+        atexit.register(shutil.rmtree, _workdir, ignore_errors=True)
+        subprocess.run(
+            ["uv", "build", "--all-packages", "--no-sources", "--quiet",
+             "--out-dir", str(_workdir / "dist")],
+            cwd=ROOT, check=True,
+        )  # fmt: skip
+    return _workdir
+
+
+def deployed_script(service: str) -> Path:
+    """Return the console script of ``service`` installed alone in a fresh venv.
+
+    The venv is world-readable so that a service can run as another user (postgres).
+
+    Raises:
+        subprocess.CalledProcessError: building or installing failed.
+    """
+    if service not in _venvs:
+        work = _scratch()
+        venv = work / f"venv-{service}"
+        subprocess.run(["uv", "venv", "--quiet", str(venv)], check=True)
+        subprocess.run(
+            ["uv", "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+             "--find-links", str(work / "dist"), service],
+            check=True,
+        )  # fmt: skip
+        work.chmod(0o755)
+        _venvs[service] = venv
+    return _venvs[service] / "bin" / service
