@@ -79,8 +79,13 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def integration(session: nox.Session) -> None:
-    """Integration tests against real etcd, PostgreSQL, PgBouncer and Pacemaker."""
-    session.run("pytest", *_test_dirs("integration"), "tests/security", *session.posargs)
+    """Integration tests against real etcd, PostgreSQL, PgBouncer and Pacemaker.
+
+    Also the shipped systemd units under a real systemd (PID 1 of its own namespaces).
+    """
+    session.run(
+        "pytest", *_test_dirs("integration"), "tests/security", "tests/systemd", *session.posargs
+    )
 
 
 @nox.session
