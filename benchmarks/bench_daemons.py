@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import tomli_w
-from deployed import deployed_script
+from deployed import deployed_script, unit_environment
 
 from pgcm_testkit.etcd import start_etcd
 from pgcm_testkit.pacemaker import start_pacemaker_node
@@ -50,8 +50,11 @@ def _cpu(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def _spawn(stack: ExitStack, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(stack: ExitStack, service: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``service`` as deployed (own venv, its unit's environment); stopped on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PGCM_", "NOTIFY_"))}
+    env |= unit_environment(service)
+    argv = [str(deployed_script(service)), *args]
     out = stack.enter_context(log.open("wb"))
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
 
@@ -115,10 +118,8 @@ def run() -> dict[str, object]:
             )
         )
         common = ["--log-format", "json", "run", "--config-file", str(config)]
-        supervise = _spawn(
-            stack, [str(deployed_script("pgcm-supervise")), *common], base / "supervise.log"
-        )
-        proxy = _spawn(stack, [str(deployed_script("pgcm-proxy")), *common], base / "proxy.log")
+        supervise = _spawn(stack, "pgcm-supervise", common, base / "supervise.log")
+        proxy = _spawn(stack, "pgcm-proxy", common, base / "proxy.log")
         time.sleep(WARMUP_S)  # a benchmark, not a test: a fixed warm-up is the point
         for name, process in (("supervise", supervise), ("proxy", proxy)):
             if process.poll() is not None:

@@ -1,8 +1,8 @@
 """pgcm-proxy: etcd put -> pgbouncer.ini rewritten -> PgBouncer routing, RSS, idle CPU.
 
 Starts its own etcd, two PostgreSQL servers (127.0.0.1:P and 127.0.0.2:P), a
-PgBouncer and ``pgcm-proxy run`` as a subprocess (installed alone from its wheel, as
-deployed: :mod:`deployed`),
+PgBouncer and ``pgcm-proxy run`` as a subprocess (installed alone from its wheel and
+started with its systemd unit's environment, as deployed: :mod:`deployed`),
 then flips the primary's key between the two hosts ``CHANGES`` times. For each change:
 
 * put_ms: the etcd put's round trip, seen by the writer;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import anyio
 import tomli_w
-from deployed import deployed_script
+from deployed import deployed_script, unit_environment
 
 from pgcm_common.etcd import open_etcd
 from pgcm_common.pgbouncer import PgBouncerAdmin
@@ -183,6 +183,7 @@ def run() -> dict[str, object]:
         )
         log = stack.enter_context((base / "proxy.log").open("wb"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+        env |= unit_environment("pgcm-proxy")
         proxy_bin = deployed_script("pgcm-proxy")
         proxy = subprocess.Popen(
             [str(proxy_bin), "--log-format", "json", "run", "--config-file", str(config)],

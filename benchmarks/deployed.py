@@ -5,6 +5,8 @@ Memory and start-up numbers must not include what only the development venv hold
 import it — mypy, nox). :func:`deployed_script` builds the workspace's wheels once per
 benchmark run and installs one service with its runtime dependencies only, as the
 ``build`` nox session does; the venvs are removed when the run ends.
+:func:`unit_environment` is the ``Environment=`` of the service's shipped systemd unit,
+so a benchmark starts the daemon the way the unit does.
 """
 
 from __future__ import annotations
@@ -54,3 +56,22 @@ def deployed_script(service: str) -> Path:
         work.chmod(0o755)
         _venvs[service] = venv
     return _venvs[service] / "bin" / service
+
+
+def unit_environment(service: str) -> dict[str, str]:
+    """Return the ``Environment=`` assignments of ``deploy/systemd/<service>.service``.
+
+    Raises:
+        ValueError: an ``Environment=`` line is not ``NAME=value`` pairs.
+    """
+    unit = ROOT / "deploy" / "systemd" / f"{service}.service"
+    assignments: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if not line.startswith("Environment="):
+            continue
+        for pair in line.removeprefix("Environment=").split():
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"{unit}: not NAME=value: {pair!r}")
+            assignments[name] = value
+    return assignments
