@@ -54,12 +54,23 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = anyio.Event()
+        self._promotion = False
         self.count = 0
 
-    def set(self) -> None:
-        """Wake the waiter now, or make its next wait return at once."""
+    def set(self, *, promotion: bool = False) -> None:
+        """Wake the waiter now, or make its next wait return at once.
+
+        Args:
+            promotion: the nudge reports a promote (see :meth:`take_promotion`).
+        """
         self.count += 1
+        self._promotion = self._promotion or promotion
         self._event.set()
+
+    def take_promotion(self) -> bool:
+        """Return whether a promote was reported since the last call, and forget it."""
+        promotion, self._promotion = self._promotion, False
+        return promotion
 
     async def wait(self, seconds: float) -> bool:
         """Wait until :meth:`set` or ``seconds`` elapse; return whether it was a nudge.
@@ -119,7 +130,9 @@ async def serve_nudges(
         async with sock:
             while True:
                 data, _ = await sock.receive()
-                wakeup.set()
+                # The agent's datagram names the operation ("task=promote ..."); the
+                # payload carries no authority, it only decides how eagerly to re-read.
+                wakeup.set(promotion=b"task=promote" in data)
                 if metrics is not None:
                     metrics.nudges.inc()
                 log.debug(

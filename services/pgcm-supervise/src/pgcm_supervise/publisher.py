@@ -71,8 +71,8 @@ __all__ = [
 
 log = structlog.get_logger("pgcm.supervise.publisher")
 
-FAST_FOLLOW_WINDOW: Final = timedelta(seconds=10)
-"""How long after a nudge or a change crm_mon is re-read fast while nothing is publishable."""
+FAST_FOLLOW_WINDOW: Final = timedelta(seconds=3)
+"""How long after a promote nudge crm_mon is re-read fast while nothing is publishable."""
 
 
 class RefusalReason(enum.StrEnum):
@@ -514,20 +514,19 @@ async def serve_publisher(
     Readiness: ``task_status.started`` after the first cycle, with its outcome (None when
     etcd failed). An etcd failure waits ``retry_interval`` (a nudge still wakes it).
 
-    Fast follow: while the view is not publishable (no primary yet, a promotion in
-    flight) within :data:`FAST_FOLLOW_WINDOW` of a nudge or of the view turning
-    unpublishable, crm_mon is re-read every ``transition_interval`` instead. A
-    switchover's clients are paused until etcd names the new primary, and the alert
-    for a promote can arrive just before the CIB records it: waiting a whole
-    ``interval`` for the next read would hold them that much longer. The window bounds
-    the extra reads when the cluster stays without a primary.
+    Fast follow: after the alert agent reports a promote, while the view is not
+    publishable yet (Pacemaker logs the promote and fires the alert just before the CIB
+    records it), crm_mon is re-read every ``transition_interval`` for at most
+    :data:`FAST_FOLLOW_WINDOW`. A switchover's clients stay paused until etcd names the
+    new primary: waiting a whole ``interval`` for the next read would hold them that
+    much longer. Only a promote starts it: re-reading fast through the whole
+    demote → promote chain would compete for CPU with the very transition it waits for.
 
     Cancellation:
         Stops between or inside cycles; crm_mon is killed by the reader.
     """
     started = False
     fast_until = -math.inf
-    last_outcome: PublishOutcome | None = None
     while True:
         observation = await read_observation(reader, metrics=metrics)
         outcome: PublishOutcome | None
@@ -548,9 +547,6 @@ async def serve_publisher(
         if not started:
             started = True
             task_status.started(outcome)
-        if outcome is PublishOutcome.REFUSED and last_outcome is not PublishOutcome.REFUSED:
-            fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
-        last_outcome = outcome
         pause = interval if outcome is not None else max(interval, retry_interval)
         following = outcome is PublishOutcome.REFUSED and anyio.current_time() < fast_until
         if following and transition_interval is not None:
@@ -558,4 +554,5 @@ async def serve_publisher(
         if await wakeup.wait(pause.total_seconds()):
             # A nudge means Pacemaker just changed something: check etcd at once too.
             publisher.force_check()
-            fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
+            if wakeup.take_promotion():
+                fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()

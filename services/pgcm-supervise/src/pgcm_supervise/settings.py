@@ -105,8 +105,8 @@ class SuperviseSettings(PgcmSettings):
     )
     crm_mon_transition_interval: Duration = Field(
         default=timedelta(milliseconds=100),
-        description="While no primary can be published (a promotion in flight), re-read "
-        "Pacemaker this often, for up to 10s after a nudge or a change.",
+        description="After the alert agent reports a promote, re-read Pacemaker this "
+        "often (for up to 3s) until the new primary can be published.",
     )
     crm_mon_timeout: Duration = Field(
         default=timedelta(seconds=5),

@@ -80,6 +80,26 @@ async def test_alert_agent_nudges_only_for_role_changes_of_the_resource(tmp_path
     assert not path.exists()
 
 
+async def test_a_promote_alert_is_reported_as_a_promotion(tmp_path: Path) -> None:
+    path = tmp_path / "supervise.sock"
+    wakeup = Wakeup()
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            await tg.start(partial(serve_nudges, path, wakeup))
+            await run_agent(path, **promote_env(task="demote"))
+
+            async def nudged(count: int) -> bool:
+                return wakeup.count >= count
+
+            await eventually(partial(nudged, 1))
+            assert not wakeup.take_promotion()
+            await run_agent(path, **promote_env(task="promote"))
+            await eventually(partial(nudged, 2))
+            assert wakeup.take_promotion()
+            assert not wakeup.take_promotion()  # taken once
+        tg.cancel_scope.cancel()
+
+
 async def test_alert_agent_without_listener_exits_0(tmp_path: Path) -> None:
     with anyio.fail_after(10):
         await run_agent(tmp_path / "nobody.sock", **promote_env())

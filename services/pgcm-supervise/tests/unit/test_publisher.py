@@ -506,7 +506,7 @@ async def test_loop_publishes_then_follows_a_nudged_promotion() -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_after_a_nudge_an_unpublishable_view_is_re_read_fast_until_it_settles() -> None:
+async def test_after_a_promote_nudge_an_unpublishable_view_is_re_read_until_it_settles() -> None:
     store = FakeEtcdStore()
     reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
     wakeup = Wakeup()
@@ -524,10 +524,10 @@ async def test_after_a_nudge_an_unpublishable_view_is_re_read_fast_until_it_sett
                     task_status=task_status,
                 )
             )
-        # The nudge arrives while the CIB still shows the promotion in flight ...
+        # The promote nudge arrives while the CIB still shows the promotion in flight ...
         reader.fail_with(CrmMonParseError("no promoted instance yet"))
         reads = reader.reads
-        wakeup.set()
+        wakeup.set(promotion=True)
 
         async def re_read_twice() -> bool:
             return reader.reads >= reads + 2
@@ -545,7 +545,15 @@ async def test_after_a_nudge_an_unpublishable_view_is_re_read_fast_until_it_sett
         tg.cancel_scope.cancel()
 
 
-async def test_without_a_transition_interval_an_unpublishable_view_waits_for_the_interval() -> None:
+@pytest.mark.parametrize(
+    ("transition_interval", "promotion"),
+    [(None, True), (timedelta(milliseconds=10), False)],
+    ids=["no-transition-interval", "nudge-not-a-promote"],
+)
+async def test_an_unpublishable_view_waits_for_the_interval_unless_a_promote_was_reported(
+    transition_interval: timedelta | None,
+    promotion: bool,  # noqa: FBT001 - a parametrized flag
+) -> None:
     store = FakeEtcdStore()
     reader = FakeCrmMonReader(CrmMonParseError("no promoted instance yet"))
     wakeup = Wakeup()
@@ -558,10 +566,11 @@ async def test_without_a_transition_interval_an_unpublishable_view_waits_for_the
                     wakeup=wakeup,
                     interval=timedelta(hours=1),
                     retry_interval=timedelta(hours=1),
+                    transition_interval=transition_interval,
                     task_status=task_status,
                 )
             )
-        wakeup.set()
+        wakeup.set(promotion=promotion)
 
         async def nudged_read() -> bool:
             return reader.reads >= 2
