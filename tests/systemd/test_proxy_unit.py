@@ -8,9 +8,9 @@ changes only what a test machine needs:
 * ``StandardOutput``: a file, as there is no journald in this systemd;
 * ``WatchdogSec=2s`` instead of 30 s, so watchdog tests take seconds; ``LimitCORE=0`` so
   the watchdog's SIGABRT leaves no core file;
-* when the interpreter lives under /root (pyenv): ``ProtectHome=tmpfs`` (home
-  directories still empty) plus a read-only bind of the interpreter's prefix only.
-  ``ProtectHome=yes`` would hide the interpreter; production installs outside /root.
+* when the interpreter (pyenv), the venv or the checkout live under /root or /home:
+  ``ProtectHome=tmpfs`` (home directories still empty) plus a read-only bind of those
+  paths only. ``ProtectHome=yes`` would hide them; production installs outside /root.
 
 The sandbox (``ProtectSystem=strict``, ``ReadWritePaths=/etc/pgbouncer``,
 ``MemoryDenyWriteExecute``, the syscall filter, ``User=postgres`` …) is the shipped
@@ -47,6 +47,7 @@ pytestmark = [pytest.mark.integration]
 UNIT: Final = "pgcm-proxy.service"
 SHIPPED_UNIT: Final = Path(__file__).parents[2] / "deploy" / "systemd" / UNIT
 PROXY_BIN: Final = Path(sys.executable).parent / "pgcm-proxy"
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 PROXY_ID: Final = "systemd-test"
 CONFIG_DIR: Final = Path("/run/pgcm-test")  # inside systemd's mount namespace
 ETC_PGBOUNCER: Final = Path("/etc/pgbouncer")
@@ -70,9 +71,13 @@ def _drop_in() -> str:
             f" >> {CONFIG_DIR}/exits'"
         ),
     ]
-    prefix = Path(sys.base_prefix).resolve()
-    if any(prefix.is_relative_to(home) for home in (Path("/root"), Path("/home"))):
-        lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={prefix}"]
+    # The interpreter (pyenv), the venv and the workspace (editable installs) may all live
+    # under a home directory, e.g. a CI checkout in /root: only those are made visible.
+    needed = {Path(p).resolve() for p in (sys.base_prefix, sys.prefix)} | {REPO_ROOT}
+    homes = (Path("/root"), Path("/home"))
+    hidden = sorted(str(p) for p in needed if any(p.is_relative_to(h) for h in homes))
+    if hidden:
+        lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(hidden)}"]
     return "\n".join(lines) + "\n"
 
 
