@@ -189,24 +189,14 @@ def node_process(lab: Lab, node: str, script: str) -> int | None:
     return None
 
 
-async def _wait_phase(process: Process, phase: str) -> None:
-    """Read pgcm-failover's log lines until ``phase`` is done (caller bounds it)."""
-    assert process.stderr is not None
-    errors = BufferedByteReceiveStream(process.stderr)
-    while True:
-        line = await errors.receive_until(b"\n", 1 << 20)
-        event = json.loads(line) if line.startswith(b"{") else {}
-        if event.get("event") == "failover.phase.done" and event.get("phase") == phase:
-            return
-
-
 async def failover_with_fault(
-    lab: Lab, after_phase: str, fault: Callable[[], Awaitable[None]], *args: str
+    lab: Lab, after_phase: str, fault: Callable[[Process], Awaitable[None]], *args: str
 ) -> tuple[int, str]:
     """Run pgcm-failover; once ``after_phase`` is done, do ``fault`` while it goes on.
 
-    The log is drained all along (a full pipe would stall the switchover). Returns the
-    exit code and the log. The caller bounds the time.
+    ``fault`` gets the pgcm-failover process (to kill the operator's CLI itself). The
+    log is drained all along (a full pipe would stall the switchover). Returns the exit
+    code and the log. The caller bounds the time.
     """
     argv = failover_argv(lab, [*args, "--json"])
     process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -232,7 +222,7 @@ async def failover_with_fault(
 
         tg.start_soon(read)
         await reached.wait()
-        await fault()
+        await fault(process)
         returncode = await process.wait()
     return returncode, "\n".join(logs)
 
@@ -242,6 +232,16 @@ async def wait_nothing_paused(lab: Lab) -> None:
     for name in lab.running_nodes():
         while not await bouncer_answers(lab, name, seconds=2):
             await anyio.sleep(0.2)
+
+
+async def clean_up_after_a_failed_switchover(lab: Lab) -> None:
+    """Wait (caller bounds it) until pgcm-failover cleanup succeeds.
+
+    It refuses while the killed switchover's lock lease is alive; then it removes the
+    move constraint and any pause left behind.
+    """
+    while (await run_failover(lab, "cleanup")).returncode != 0:
+        await anyio.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- tests
@@ -269,26 +269,19 @@ async def test_supervise_killed_while_pgbouncer_is_paused_does_not_leave_it_paus
         with anyio.fail_after(120):
             primary = await lab.wait_healthy()
             await wait_pgcm_ready(lab, primary)
-            argv = failover_argv(lab, ["--pause-expiry", "8s", "--json"])
-            process = await anyio.open_process(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            async with process:
-                await _wait_phase(process, "pause")
-                victim = node_process(lab, primary, "pgcm-supervise")
-                assert victim is not None
+            victim = node_process(lab, primary, "pgcm-supervise")
+            assert victim is not None
+
+            async def kill_supervise(_failover: Process) -> None:
                 os.kill(victim, signal.SIGKILL)
-                # The switchover may fail or succeed: what matters is what is left.
-                await process.wait()
+
+            # The switchover may fail or succeed: what matters is what is left.
+            await failover_with_fault(lab, "pause", kill_supervise, "--pause-expiry", "8s")
             # The restart wrapper starts supervise again.
             while node_process(lab, primary, "pgcm-supervise") in {None, victim}:
                 await anyio.sleep(0.1)
-            for name in lab.running_nodes():
-                while not await bouncer_answers(lab, name, seconds=2):
-                    await anyio.sleep(0.2)
-            # A failed switchover may leave its move constraint: cleanup clears it.
-            while (await run_failover(lab, "cleanup")).returncode != 0:
-                await anyio.sleep(0.5)
+            await wait_nothing_paused(lab)
+            await clean_up_after_a_failed_switchover(lab)
     await assert_converged(lab, seen)
 
 
@@ -323,18 +316,13 @@ async def test_operator_killed_while_pgbouncers_are_paused_leaves_nothing_paused
         with anyio.fail_after(120):
             primary = await lab.wait_healthy()
             await wait_pgcm_ready(lab, primary)
-            argv = failover_argv(lab, ["--pause-expiry", "8s", "--json"])
-            process = await anyio.open_process(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            async with process:
-                await _wait_phase(process, "pause")
-                process.kill()  # SIGKILL: no undo runs; only the pause expiry and lease
-                await process.wait()
+
+            async def kill_operator(failover: Process) -> None:
+                failover.kill()  # SIGKILL: no undo runs; only the pause expiry and lease
+
+            await failover_with_fault(lab, "pause", kill_operator, "--pause-expiry", "8s")
             await wait_nothing_paused(lab)
-            # The lock's lease dies within its TTL; cleanup then removes what is left.
-            while (await run_failover(lab, "cleanup")).returncode != 0:
-                await anyio.sleep(0.5)
+            await clean_up_after_a_failed_switchover(lab)
     # The clients were held until the expiry, never refused.
     assert seen.errors == []
     await assert_converged(lab, seen)
@@ -346,7 +334,7 @@ async def test_switchover_succeeds_while_an_etcd_member_restarts(lab: Lab) -> No
             primary = await lab.wait_healthy()
             await wait_pgcm_ready(lab, primary)
 
-            async def restart_first_etcd_member() -> None:
+            async def restart_first_etcd_member(_failover: Process) -> None:
                 # n1's member is the first endpoint of every pgcm config.
                 victim = node_process(lab, "n1", "etcd")
                 assert victim is not None
