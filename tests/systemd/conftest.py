@@ -1,8 +1,12 @@
 """A real systemd 252 as PID 1 of a fresh PID namespace, to run the shipped units under.
 
 The test machine's PID 1 is not systemd, but systemd runs as PID 1 of a new PID, mount,
-cgroup and UTS namespace (``unshare``). It shares the host's network namespace, so the
-units reach etcd and PgBouncer started by the test kit on loopback.
+cgroup and UTS namespace (``unshare``). By default it shares the host's network
+namespace, so the units reach etcd and PgBouncer started by the test kit on loopback.
+With ``enter`` (an ``nsenter`` prefix) those namespaces are created inside another
+network, mount and PID namespace instead: the supervise test boots systemd inside the
+test kit's Pacemaker node, whose libqb IPC (abstract sockets, a private ``/dev/shm``,
+PIDs the daemons can see) ``crm_mon`` needs.
 
 Confinement, because systemd as PID 1 assumes it owns the machine:
 
@@ -31,6 +35,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,7 @@ import pytest
 from pgcm_testkit.process import ServerProcess, wait_until
 
 SYSTEMD: Final = Path("/lib/systemd/systemd")
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 _CGROUP_MOUNTS: Final = Path("/sys/fs/cgroup")
 # systemd 252 mounts these v1 controllers together (mount-setup.c's join list).
 _JOINED: Final = (("cpu", "cpuacct"), ("net_cls", "net_prio"))
@@ -187,6 +193,23 @@ def _remove_cgroup_tree(top: Path) -> None:
         wait_until(removed, deadline_s=10, what=f"rmdir {directory}")
 
 
+def home_paths_drop_in(*extra: Path) -> list[str]:
+    """Return drop-in lines that make the interpreter, venv and checkout visible.
+
+    The interpreter (pyenv), the venv and the workspace (editable installs) may all live
+    under a home directory, e.g. a CI checkout in /root, which the shipped units hide
+    (``ProtectHome=yes``): only those paths are bound read-only into an empty tmpfs.
+    Production installs outside home directories, so no line is needed there.
+    """
+    needed = {p.resolve() for p in (Path(sys.base_prefix), Path(sys.prefix), *extra)}
+    needed.add(REPO_ROOT)
+    homes = (Path("/root"), Path("/home"))
+    hidden = sorted(str(p) for p in needed if any(p.is_relative_to(h) for h in homes))
+    if not hidden:
+        return []
+    return ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(hidden)}"]
+
+
 def _shell_quote(value: str | Path) -> str:
     return "'" + str(value).replace("'", "'\\''") + "'"
 
@@ -240,12 +263,17 @@ class NamespacedSystemd:
         return f"--- last {lines} lines of {console} ---\n{tail}\n{self.launcher.log_tail(10)}"
 
     def _find_pid(self) -> bool:
-        children = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children")
-        with contextlib.suppress(OSError):
-            pids = children.read_text().split()
-            if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == "systemd":
-                self.pid = int(pids[0])
-                return True
+        # The launcher's only descendant chain: [nsenter ->] sh/unshare -> systemd.
+        pid = self.launcher.pid
+        for _depth in range(4):
+            with contextlib.suppress(OSError):
+                pids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                if not pids:
+                    return False
+                pid = int(pids[0])
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    self.pid = pid
+                    return True
         return False
 
     def _booted(self) -> bool:
@@ -302,7 +330,7 @@ def _run_script(units: Path, binds: Sequence[BindMount], placeholders: Sequence[
         "mount --make-rprivate /",
         # The inherited cgroup mounts show the host's root cgroup: replace them with
         # mounts made inside our cgroup namespace, rooted at our own cgroup.
-        "umount -R /sys/fs/cgroup",
+        "if mountpoint -q /sys/fs/cgroup; then umount -R /sys/fs/cgroup; fi",
         "mount -t tmpfs -o mode=0755,size=1m pgcm-cgroup /sys/fs/cgroup",
     ]
     for h in hierarchies:
@@ -345,13 +373,16 @@ def _run_script(units: Path, binds: Sequence[BindMount], placeholders: Sequence[
 
 @contextlib.contextmanager
 def start_namespaced_systemd(
-    base: Path, units: Path, binds: Sequence[BindMount] = ()
+    base: Path, units: Path, binds: Sequence[BindMount] = (), *, enter: Sequence[str] = ()
 ) -> Iterator[NamespacedSystemd]:
     """Boot systemd as PID 1 of new namespaces with the unit files in ``units``.
 
     ``units`` is copied to ``/run/systemd/system`` (drop-ins included); ``binds`` are
-    mounted before systemd starts. Everything is torn down on exit, also on failure:
-    systemd killed, cgroups removed, changed sysctls restored.
+    mounted before systemd starts. ``enter`` is an argv prefix (``nsenter ...``) that
+    puts the launcher into other namespaces first, e.g. a Pacemaker test node's network,
+    mount and PID namespaces: systemd's own namespaces are then created inside those.
+    Everything is torn down on exit, also on failure: systemd killed, cgroups removed,
+    changed sysctls restored.
     """
     base.mkdir(parents=True, exist_ok=True)
     (units / _TARGET).write_text("[Unit]\nDescription=pgcm unit tests\n")
@@ -368,7 +399,11 @@ def start_namespaced_systemd(
     launch_sh.write_text(
         "#!/bin/sh\nset -eu\n"
         + "".join(f"echo $$ > {_shell_quote(p)}\n" for p in procs)
-        + "exec unshare --pid --fork --kill-child=SIGKILL --mount --mount-proc --cgroup --uts "
+        # Into the cgroup first: a network namespace entered by ``ip netns exec`` comes
+        # with its own sysfs, which has no cgroup mounts below it.
+        + "exec "
+        + "".join(f"{_shell_quote(word)} " for word in enter)
+        + "unshare --pid --fork --kill-child=SIGKILL --mount --mount-proc --cgroup --uts "
         + f"/bin/sh {_shell_quote(run_sh)}\n"
     )
     sysctls = _read_sysctls()

@@ -40,14 +40,18 @@ from pgcm_common.records import KeyLayout, ProxyAck
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.pgbouncer import ADMIN_PASSWORD, PgBouncerServer, start_pgbouncer
 from pgcm_testkit.process import POSTGRES_USER, free_tcp_port, require_binary, wait_until
-from tests.systemd.conftest import BindMount, NamespacedSystemd, start_namespaced_systemd
+from tests.systemd.conftest import (
+    BindMount,
+    NamespacedSystemd,
+    home_paths_drop_in,
+    start_namespaced_systemd,
+)
 
 pytestmark = [pytest.mark.integration]
 
 UNIT: Final = "pgcm-proxy.service"
 SHIPPED_UNIT: Final = Path(__file__).parents[2] / "deploy" / "systemd" / UNIT
 PROXY_BIN: Final = Path(sys.executable).parent / "pgcm-proxy"
-REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 PROXY_ID: Final = "systemd-test"
 CONFIG_DIR: Final = Path("/run/pgcm-test")  # inside systemd's mount namespace
 ETC_PGBOUNCER: Final = Path("/etc/pgbouncer")
@@ -71,13 +75,7 @@ def _drop_in() -> str:
             f" >> {CONFIG_DIR}/exits'"
         ),
     ]
-    # The interpreter (pyenv), the venv and the workspace (editable installs) may all live
-    # under a home directory, e.g. a CI checkout in /root: only those are made visible.
-    needed = {Path(p).resolve() for p in (sys.base_prefix, sys.prefix)} | {REPO_ROOT}
-    homes = (Path("/root"), Path("/home"))
-    hidden = sorted(str(p) for p in needed if any(p.is_relative_to(h) for h in homes))
-    if hidden:
-        lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(hidden)}"]
+    lines += home_paths_drop_in()
     return "\n".join(lines) + "\n"
 
 
