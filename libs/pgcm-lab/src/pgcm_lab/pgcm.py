@@ -60,6 +60,7 @@ TEMPLATE_PATH: Final = "/etc/pgbouncer/pgbouncer.ini.template"
 NUDGE_SOCKET: Final = "/run/pgcm/supervise.sock"
 _ALERT_ID: Final = "pgcm"
 _POLL: Final = 0.1
+_WAIT_REPORT_S: Final = 10.0
 
 
 def venv_script(name: str) -> str:
@@ -291,13 +292,18 @@ async def wait_pgcm_ready(lab: Lab, primary: str, *, unreachable: Collection[str
     proxies = {
         n.name for n in lab.topology.all_nodes if lab.init_pid(n.name) and n.name not in unreachable
     }
+    reported = anyio.current_time()
     while True:
         try:
             master, hosts = await pgcm_view(lab)
-        except LabError:
-            master, hosts = None, {}
+        except LabError as exc:
+            master, hosts = f"unreadable ({exc})", {}
         if master == address and all(hosts.get(p) == address for p in proxies):
             return
+        if anyio.current_time() - reported > _WAIT_REPORT_S:
+            # What is still missing, for whoever reads a timed-out test's output.
+            reported = anyio.current_time()
+            lab.progress(f"waiting for pgcm to name {address}: etcd has {master}, acks {hosts}")
         await anyio.sleep(_POLL * 3)
 
 
