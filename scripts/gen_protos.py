@@ -57,6 +57,11 @@ def main() -> int:
         if OUT.exists():
             shutil.rmtree(OUT)
         shutil.copytree(tmp, OUT)
+    # TemporaryDirectory is 0700 and copytree copies directory modes: give the generated
+    # package the modes the rest of the checkout has, so that a service account (the
+    # systemd tests run supervise as hacluster from the checkout) can import it.
+    for directory in (OUT, *(p for p in OUT.rglob("*") if p.is_dir())):
+        directory.chmod(0o755)
     for path in sorted(OUT.rglob("*")):
         if path.is_file():
             print(path.relative_to(ROOT))
