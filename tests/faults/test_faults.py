@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, final
 
@@ -262,27 +263,36 @@ async def test_back_to_back_switchovers_under_insert_load_have_no_errors_and_los
     await assert_converged(lab, seen)
 
 
-async def test_supervise_killed_while_pgbouncer_is_paused_does_not_leave_it_paused(
-    lab: Lab,
-) -> None:
+async def killed_mid_pause(lab: Lab, fault: Callable[[str, Process], Awaitable[None]]) -> LoadSeen:
+    """Under load, run a switchover and do ``fault(primary, failover)`` once it paused.
+
+    The switchover may fail or succeed: what matters is what is left. Waits until every
+    PgBouncer answers and cleanup succeeded, asserts convergence; returns what the load
+    generator saw.
+    """
     async with insert_load(lab) as seen:
         with anyio.fail_after(120):
             primary = await lab.wait_healthy()
             await wait_pgcm_ready(lab, primary)
-            victim = node_process(lab, primary, "pgcm-supervise")
-            assert victim is not None
-
-            async def kill_supervise(_failover: Process) -> None:
-                os.kill(victim, signal.SIGKILL)
-
-            # The switchover may fail or succeed: what matters is what is left.
-            await failover_with_fault(lab, "pause", kill_supervise, "--pause-expiry", "8s")
-            # The restart wrapper starts supervise again.
-            while node_process(lab, primary, "pgcm-supervise") in {None, victim}:
-                await anyio.sleep(0.1)
+            await failover_with_fault(lab, "pause", partial(fault, primary), "--pause-expiry", "8s")
             await wait_nothing_paused(lab)
             await clean_up_after_a_failed_switchover(lab)
     await assert_converged(lab, seen)
+    return seen
+
+
+async def test_supervise_killed_while_pgbouncer_is_paused_does_not_leave_it_paused(
+    lab: Lab,
+) -> None:
+    async def kill_supervise(primary: str, _failover: Process) -> None:
+        victim = node_process(lab, primary, "pgcm-supervise")
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        # The restart wrapper starts supervise again.
+        while node_process(lab, primary, "pgcm-supervise") in {None, victim}:
+            await anyio.sleep(0.1)
+
+    await killed_mid_pause(lab, kill_supervise)
 
 
 async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
@@ -312,20 +322,12 @@ async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
 async def test_operator_killed_while_pgbouncers_are_paused_leaves_nothing_paused(
     lab: Lab,
 ) -> None:
-    async with insert_load(lab) as seen:
-        with anyio.fail_after(120):
-            primary = await lab.wait_healthy()
-            await wait_pgcm_ready(lab, primary)
+    async def kill_operator(_primary: str, failover: Process) -> None:
+        failover.kill()  # SIGKILL: no undo runs; only the pause expiry and lease
 
-            async def kill_operator(failover: Process) -> None:
-                failover.kill()  # SIGKILL: no undo runs; only the pause expiry and lease
-
-            await failover_with_fault(lab, "pause", kill_operator, "--pause-expiry", "8s")
-            await wait_nothing_paused(lab)
-            await clean_up_after_a_failed_switchover(lab)
+    seen = await killed_mid_pause(lab, kill_operator)
     # The clients were held until the expiry, never refused.
     assert seen.errors == []
-    await assert_converged(lab, seen)
 
 
 async def test_switchover_succeeds_while_an_etcd_member_restarts(lab: Lab) -> None:

@@ -39,7 +39,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import pytest
 
@@ -434,3 +434,32 @@ def start_namespaced_systemd(
             for directory in systemd.cgroups:
                 _remove_cgroup_tree(directory)
             _restore_sysctls(sysctls)
+
+
+class UnitWorld(Protocol):
+    """What the watchdog check needs from a test's world: the unit's state, diagnostics."""
+
+    def state(self, *extra: str) -> dict[str, str]:
+        """Return the unit's ActiveState, SubState, Result, MainPID and ``extra``."""
+        ...
+
+    def diagnostics(self) -> str:
+        """Return what helps explain a failure."""
+        ...
+
+
+def assert_watchdog_keeps_it_running(world: UnitWorld, watchdog_s: int) -> None:
+    """Assert the unit's watchdog pings go on past 2x WatchdogSec, without a restart."""
+    first = world.state("NRestarts", "WatchdogUSec", "ActiveEnterTimestampMonotonic")
+    assert first["WatchdogUSec"] == f"{watchdog_s}s"
+    entered = int(first["ActiveEnterTimestampMonotonic"])
+
+    def pinged_long_after_start() -> bool:
+        last_ping = int(world.state("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"])
+        return last_ping > entered + 2 * watchdog_s * 1_000_000
+
+    wait_until(pinged_long_after_start, deadline_s=4 * watchdog_s, what="pings past 2x WatchdogSec")
+    now = world.state("NRestarts")
+    assert (now["ActiveState"], now["SubState"]) == ("active", "running"), world.diagnostics()
+    assert now["MainPID"] == first["MainPID"]
+    assert now["NRestarts"] == first["NRestarts"]
