@@ -42,7 +42,7 @@ class ClusterView:
 
 
 def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
-    """Parse ``crm_mon -1 --output-as=xml``.
+    """Parse ``crm_mon -1 --output-as=xml``; failed instances count as neither role.
 
     Raises:
         LabError: the text is not crm_mon XML.
@@ -64,6 +64,11 @@ def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
     unpromoted: list[str] = []
     for rsc in root.iterfind(".//resource"):
         if rsc.get("id") != resource or rsc.get("active") != "true":
+            continue
+        if rsc.get("failed") == "true":
+            # Counted in neither role: Pacemaker is about to recover it. PAF fails a
+            # promotion on purpose when another standby has received more WAL, and the
+            # failed instance stays "Promoted" until the other one is promoted instead.
             continue
         names = [str(n.get("name")) for n in rsc.iterfind("node")]
         if rsc.get("role") in _PROMOTED:

@@ -22,6 +22,18 @@ def test_healthy_view_has_one_primary_and_settled_scores() -> None:
     assert not view.settled_on("n2")
 
 
+def test_a_failed_promotion_is_not_a_primary() -> None:
+    # PAF aborts a promotion (the op fails) when another standby has more WAL; crm_mon
+    # then shows the instance "Promoted" with failed="true" until the other is promoted.
+    healthy = (DATA / "01-healthy-n1-primary.xml").read_text()
+    promoted = 'role="Promoted" active="true" orphaned="false" blocked="false" managed="true" failed="false"'
+    assert healthy.count(promoted) == 1
+    view = parse_crm_mon(healthy.replace(promoted, promoted.replace('failed="false"', 'failed="true"')))
+    assert view.promoted == ()
+    assert view.primary is None
+    assert view.unpromoted == ("n2", "n3")
+
+
 def test_minority_side_of_a_partition_has_no_quorum() -> None:
     view = parse_crm_mon((DATA / "04-partitioned-n1-view-from-n1.xml").read_text())
     assert not view.quorum
