@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import final
+from xml.etree.ElementTree import Element  # the type only; parsing is defusedxml's
 
 from defusedxml import ElementTree
 
@@ -60,6 +61,27 @@ def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
         for node in root.iterfind("nodes/node")
         if node.get("online") == "true"
     )
+    promoted, unpromoted = _roles(root, resource)
+    scores: dict[str, int] = {}
+    for node in root.iterfind("node_attributes/node"):
+        for attr in node.iterfind("attribute"):
+            if attr.get("name") == f"master-{resource}":
+                try:
+                    scores[str(node.get("name"))] = int(str(attr.get("value")))
+                except ValueError:
+                    continue
+    return ClusterView(
+        dc=dc,
+        quorum=quorum,
+        online=online,
+        promoted=promoted,
+        unpromoted=unpromoted,
+        scores=scores,
+    )
+
+
+def _roles(root: Element, resource: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return the nodes where ``resource`` runs promoted and unpromoted, sorted."""
     promoted: list[str] = []
     unpromoted: list[str] = []
     for rsc in root.iterfind(".//resource"):
@@ -75,19 +97,4 @@ def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
             promoted += names
         elif rsc.get("role") in _UNPROMOTED:
             unpromoted += names
-    scores: dict[str, int] = {}
-    for node in root.iterfind("node_attributes/node"):
-        for attr in node.iterfind("attribute"):
-            if attr.get("name") == f"master-{resource}":
-                try:
-                    scores[str(node.get("name"))] = int(str(attr.get("value")))
-                except ValueError:
-                    continue
-    return ClusterView(
-        dc=dc,
-        quorum=quorum,
-        online=online,
-        promoted=tuple(sorted(promoted)),
-        unpromoted=tuple(sorted(unpromoted)),
-        scores=scores,
-    )
+    return tuple(sorted(promoted)), tuple(sorted(unpromoted))

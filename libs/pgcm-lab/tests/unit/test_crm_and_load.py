@@ -26,9 +26,13 @@ def test_a_failed_promotion_is_not_a_primary() -> None:
     # PAF aborts a promotion (the op fails) when another standby has more WAL; crm_mon
     # then shows the instance "Promoted" with failed="true" until the other is promoted.
     healthy = (DATA / "01-healthy-n1-primary.xml").read_text()
-    promoted = 'role="Promoted" active="true" orphaned="false" blocked="false" managed="true" failed="false"'
+    promoted = (
+        'role="Promoted" active="true" orphaned="false" blocked="false" managed="true" '
+        'failed="false"'
+    )
     assert healthy.count(promoted) == 1
-    view = parse_crm_mon(healthy.replace(promoted, promoted.replace('failed="false"', 'failed="true"')))
+    failed = promoted.replace('failed="false"', 'failed="true"')
+    view = parse_crm_mon(healthy.replace(promoted, failed))
     assert view.promoted == ()
     assert view.primary is None
     assert view.unpromoted == ("n2", "n3")
