@@ -2,7 +2,7 @@
 """Fault injection in the 3-node lab with pgcm: nothing paused, converged, nothing lost.
 
 One lab (with pgcm) serves every test; each leaves the cluster healthy for the next,
-the node crash comes last. Each test runs an insert load generator through the app
+the node crashes come last. Each test runs an insert load generator through the app
 node's PgBouncer (increasing ids; it prints every id whose commit it saw succeed), does
 its damage, then asserts: every PgBouncer answers a query, one primary with etcd and
 every proxy agreeing on it, and every acknowledged id is in the table on the primary.
@@ -394,6 +394,91 @@ async def test_partitioned_primary_is_replaced_and_rejoins_after_the_heal(lab: L
             # ban: it comes back as a standby under the load.
             await lab.rejoin(primary)
     print(f"\n[faults] partition: {len(seen.errors)} client errors, new primary {new}")  # noqa: T201
+    assert await assert_converged(lab, seen) == new
+
+
+_PAF_ABORT: Final = "is the best candidate to promote, aborting current promotion"
+
+
+def _lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+async def received_lsn(lab: Lab, standby: str) -> int:
+    """How far ``standby`` has received WAL (what PAF compares before a promotion)."""
+    return _lsn(await lab.psql(standby, "select pg_last_wal_receive_lsn()"))
+
+
+@asynccontextmanager
+async def replication_refused(lab: Lab, primary: str, standby: str) -> AsyncIterator[None]:
+    """Make ``standby`` stop receiving WAL from ``primary`` (the lab's PostgreSQL only).
+
+    The primary's pg_hba.conf rejects the standby's replication connections and its
+    walsender is ended, so the standby's WAL stops where it is. Undone on exit while the
+    primary still runs; a killed primary is rebuilt by ``Lab.rejoin``, which copies the
+    new primary's pg_hba.conf.
+    """
+    hba = lab.host_path(primary, await lab.psql(primary, "show hba_file"))
+    original = hba.read_text(encoding="utf-8")
+    refuse = f"host replication all {address(lab, standby)}/32 reject\n"
+    hba.write_text(refuse + original, encoding="utf-8")
+    try:
+        await lab.psql(primary, "select pg_reload_conf()")
+        end_walsender = (
+            "select pg_terminate_backend(pid) from pg_stat_replication "  # noqa: S608  # a lab node name
+            f"where application_name = '{standby}'"
+        )
+        await lab.psql(primary, end_walsender)
+        yield
+    finally:
+        if lab.init_pid(primary) is not None:
+            with anyio.CancelScope(shield=True):
+                hba.write_text(original, encoding="utf-8")
+                await lab.psql(primary, "select pg_reload_conf()", check=False)
+
+
+def paf_abort_lines(lab: Lab, node: str) -> int:
+    """How often ``node``'s Pacemaker log mentions a promotion PAF aborted, so far."""
+    log = lab.host_path(node, "/var/log/pacemaker/pacemaker.log")
+    return log.read_text(encoding="utf-8", errors="replace").count(_PAF_ABORT)
+
+
+async def test_crash_with_the_other_standby_ahead_promotes_it_and_pgcm_follows(lab: Lab) -> None:
+    """The standby with the most WAL becomes primary, and pgcm publishes only that one.
+
+    The sync standby (the highest promotion score) stops receiving WAL, the other
+    standby becomes sync and gets ahead, then the primary's node dies. Pacemaker first
+    picks the higher-scored lagging standby, and PAF fails that promotion on purpose in
+    favour of the one with more WAL (unless PAF's monitor re-scored them first, then
+    Pacemaker picks it at once). Meanwhile crm_mon shows the failed instance as
+    "Promoted": pgcm must not publish it, and must follow the final primary.
+    """
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(240):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            view = await lab.view(primary)
+            survivors = [n.name for n in lab.topology.others(primary)]
+            lagging = max(survivors, key=lambda n: view.scores.get(n, 0))
+            ahead = next(n for n in survivors if n != lagging)
+            abort_lines = paf_abort_lines(lab, lagging)
+            async with replication_refused(lab, primary, lagging):
+                while await received_lsn(lab, ahead) <= await received_lsn(lab, lagging):
+                    await anyio.sleep(0.05)
+                await lab.kill_node(primary)
+            new = await lab.wait_healthy(expect=survivors)
+            await wait_pgcm_ready(lab, new)
+            acked = len(seen.acked)
+            while len(seen.acked) < acked + 10:
+                await anyio.sleep(0.1)
+            await lab.rejoin(primary)
+    how = "after PAF aborted" if paf_abort_lines(lab, lagging) > abort_lines else "without"
+    print(  # noqa: T201
+        f"\n[faults] crash with {ahead} ahead of {lagging}: new primary {new} {how} a "
+        f"promotion of {lagging}; {len(seen.errors)} client errors"
+    )
+    assert new == ahead
     assert await assert_converged(lab, seen) == new
 
 
