@@ -23,6 +23,7 @@ from typing import Final
 
 import anyio
 
+from pgcm_lab.chain import STEPS, promotion_chains
 from pgcm_lab.lab import Lab, Progress, lab_leftovers
 from pgcm_lab.pgcm import (
     failover_argv,
@@ -36,7 +37,8 @@ DESCRIPTION = (
     "P1/P3/P6: 10 pgcm-failover switchovers in the 3-node lab under pgbench "
     "(4 clients, 15 s per run, through the app node's PgBouncer); medians and per-run "
     "values, P3 (promoted PostgreSQL accepting writes -> etcd -> last proxy ack) as "
-    "p50/p99, plus lab up/down seconds."
+    "p50/p99, Pacemaker/PAF's own move -> promoted chain per step (their logs) and the "
+    "paused time beyond it, plus lab up/down seconds."
 )
 STATE_DIR: Final = Path("/var/tmp/pgcm-lab-bench")  # noqa: S108  # postgres must traverse it
 RUNS: Final = 10
@@ -110,6 +112,33 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
     }
 
 
+def _pacemaker_chain(lab: Lab, runs: list[dict[str, object]]) -> dict[str, object]:
+    """Pacemaker/PAF's own move -> promoted time per step (pgcm_lab.chain), medians.
+
+    Each run also gets its chain's ``pacemaker_chain_s`` and the rest of its paused time,
+    ``paused_beyond_chain_s``: pgcm's own share (pause, the migrate call, publication,
+    acknowledgements, resume) plus waiting for the new primary to be published.
+    """
+    lines: list[str] = []
+    for node in lab.topology.nodes:
+        log = lab.node_dir(node.name) / "var-log-pacemaker" / "pacemaker.log"
+        lines += log.read_text(encoding="utf-8", errors="replace").splitlines()
+    chains = [chain.seconds() for chain in promotion_chains(lines)][-len(runs) :]
+    if len(chains) != len(runs):
+        return {"pacemaker_chain_runs": len(chains)}  # a move left no complete chain
+    for run, chain in zip(runs, chains, strict=True):
+        run["pacemaker_chain_s"] = chain
+        run["paused_beyond_chain_s"] = round(_float(run["paused_s"]) - chain["total"], 3)
+    return {
+        "pacemaker_chain_runs": len(chains),
+        "pacemaker_chain_median_s": {
+            step: round(statistics.median(chain[step] for chain in chains), 3)
+            for step in (*STEPS, "total")
+        },
+        "paused_beyond_chain_median_s": _median(runs, "paused_beyond_chain_s"),
+    }
+
+
 def _median(runs: list[dict[str, object]], key: str) -> float | None:
     values = [_float(r[key]) for r in runs if r.get(key) is not None]
     return round(statistics.median(values), 3) if values else None
@@ -140,6 +169,7 @@ async def _bench(lab: Lab) -> dict[str, object]:
             target = names[(names.index(current) + 1) % len(names)]
             runs.append(await _one_run(lab, target))
         sys.stderr.write(f"switchover run {len(runs)}: {json.dumps(runs[-1])}\n")
+    chain = _pacemaker_chain(lab, runs)
     phase_names = list(_dict(runs[0]["phases_s"]))
     phases = {
         name: round(statistics.median(_float(_dict(r["phases_s"])[name]) for r in runs), 3)
@@ -161,6 +191,7 @@ async def _bench(lab: Lab) -> dict[str, object]:
         "promotion_to_last_ack_p99_ms": _p99(runs, "promotion_to_last_ack_ms"),
         "paused_p99_s": _p99(runs, "paused_s"),
         "phase_median_s": phases,
+        **chain,
         "lab_up_s": round(up_s, 2),
         "pgcm_start_s": round(pgcm_s, 2),
         "per_run": runs,
