@@ -1,31 +1,19 @@
-"""One lab running pgcm for the whole end-to-end session, always torn down."""
+"""One lab running pgcm for the whole end-to-end session (the ``lab`` fixture: tests/)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pgcm_lab.lab import Lab, Progress, lab_leftovers
-from pgcm_lab.testing import running_lab_with_pgcm
-from pgcm_testkit.process import require_binary
 
-STATE_DIR = Path("/var/tmp/pgcm-lab-e2e")  # postgres must traverse it: not a 0700 tmp dir
+@pytest.fixture(scope="session")
+def lab_state_dir() -> Path:
+    """Where the end-to-end lab lives."""
+    return Path("/var/tmp/pgcm-lab-e2e")
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The lab with pgcm-supervise and pgcm-proxy running; down in a finalizer."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    for binary in ("corosync", "pacemakerd", "crm_resource", "etcd", "pgbouncer", "pgbench"):
-        require_binary(binary)
-    probe = Lab(STATE_DIR, progress=Progress(None))
-    if lab_leftovers(probe):
-        pytest.fail(f"a lab is already running ({lab_leftovers(probe)}): run `pgcm-lab down`")
-    with running_lab_with_pgcm(
-        STATE_DIR, logs_dir=lambda: tmp_path_factory.mktemp("lab-logs")
-    ) as lab:
-        yield lab
+def lab_binaries() -> tuple[str, ...]:
+    """What the end-to-end tests run besides the lab itself."""
+    return ("pgbench",)

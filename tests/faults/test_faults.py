@@ -444,6 +444,24 @@ def paf_abort_lines(lab: Lab, node: str) -> int:
     return log.read_text(encoding="utf-8", errors="replace").count(_PAF_ABORT)
 
 
+async def recover_from_crash(lab: Lab, seen: LoadSeen, crashed: str) -> str:
+    """After ``crashed``'s node died, wait until the cluster and the clients recover.
+
+    Waits for the primary Pacemaker settles on with the survivors (the first node seen
+    promoted is not necessarily the one that stays), for pgcm to publish it and every
+    proxy to acknowledge it, and for the clients to commit through the app PgBouncer
+    again; then ``crashed`` rejoins as a standby under the load. Returns the new primary.
+    """
+    survivors = [n.name for n in lab.topology.others(crashed)]
+    new = await lab.wait_healthy(expect=survivors)
+    await wait_pgcm_ready(lab, new)
+    acked = len(seen.acked)
+    while len(seen.acked) < acked + 10:
+        await anyio.sleep(0.1)
+    await lab.rejoin(crashed)
+    return new
+
+
 async def test_crash_with_the_other_standby_ahead_promotes_it_and_pgcm_follows(lab: Lab) -> None:
     """The standby with the most WAL becomes primary, and pgcm publishes only that one.
 
@@ -467,12 +485,7 @@ async def test_crash_with_the_other_standby_ahead_promotes_it_and_pgcm_follows(l
                 while await received_lsn(lab, ahead) <= await received_lsn(lab, lagging):
                     await anyio.sleep(0.05)
                 await lab.kill_node(primary)
-            new = await lab.wait_healthy(expect=survivors)
-            await wait_pgcm_ready(lab, new)
-            acked = len(seen.acked)
-            while len(seen.acked) < acked + 10:
-                await anyio.sleep(0.1)
-            await lab.rejoin(primary)
+            new = await recover_from_crash(lab, seen, primary)
     how = "after PAF aborted" if paf_abort_lines(lab, lagging) > abort_lines else "without"
     print(  # noqa: T201
         f"\n[faults] crash with {ahead} ahead of {lagging}: new primary {new} {how} a "
@@ -490,17 +503,7 @@ async def test_primary_node_crash_promotes_a_standby_and_the_old_primary_rejoins
             primary = await lab.wait_healthy()
             await wait_pgcm_ready(lab, primary)
             await lab.kill_node(primary)
-            # Wait for the primary Pacemaker settles on with the two survivors (the first
-            # node seen promoted is not necessarily the one that stays), then for pgcm.
-            survivors = [n.name for n in lab.topology.others(primary)]
-            new = await lab.wait_healthy(expect=survivors)
-            await wait_pgcm_ready(lab, new)
-            # The clients reconnect through the app PgBouncer to the new primary.
-            acked = len(seen.acked)
-            while len(seen.acked) < acked + 10:
-                await anyio.sleep(0.1)
-            # The ex-primary comes back as a standby (the load keeps running).
-            await lab.rejoin(primary)
+            new = await recover_from_crash(lab, seen, primary)
     print(f"\n[faults] node crash: {len(seen.errors)} client errors")  # noqa: T201
     assert sorted(lab.running_nodes()) == sorted(["n1", "n2", "n3", APP_NODE])
     assert await assert_converged(lab, seen) == new

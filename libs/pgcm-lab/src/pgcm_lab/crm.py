@@ -29,6 +29,8 @@ class ClusterView:
     promoted: tuple[str, ...]
     unpromoted: tuple[str, ...]
     scores: dict[str, int]
+    failed: tuple[str, ...] = ()
+    """Nodes whose instance crm_mon reports failed (in neither role above)."""
 
     @property
     def primary(self) -> str | None:
@@ -61,7 +63,7 @@ def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
         for node in root.iterfind("nodes/node")
         if node.get("online") == "true"
     )
-    promoted, unpromoted = _roles(root, resource)
+    promoted, unpromoted, failed = _roles(root, resource)
     scores: dict[str, int] = {}
     for node in root.iterfind("node_attributes/node"):
         for attr in node.iterfind("attribute"):
@@ -76,25 +78,28 @@ def parse_crm_mon(xml: str, resource: str = RESOURCE) -> ClusterView:
         online=online,
         promoted=promoted,
         unpromoted=unpromoted,
+        failed=failed,
         scores=scores,
     )
 
 
-def _roles(root: Element, resource: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Return the nodes where ``resource`` runs promoted and unpromoted, sorted."""
-    promoted: list[str] = []
-    unpromoted: list[str] = []
+def _roles(
+    root: Element, resource: str
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Return the nodes where ``resource`` runs promoted, unpromoted and failed, sorted."""
+    roles: dict[str, list[str]] = {"promoted": [], "unpromoted": [], "failed": []}
     for rsc in root.iterfind(".//resource"):
         if rsc.get("id") != resource or rsc.get("active") != "true":
             continue
-        if rsc.get("failed") == "true":
-            # Counted in neither role: Pacemaker is about to recover it. PAF fails a
-            # promotion on purpose when another standby has received more WAL, and the
-            # failed instance stays "Promoted" until the other one is promoted instead.
-            continue
         names = [str(n.get("name")) for n in rsc.iterfind("node")]
-        if rsc.get("role") in _PROMOTED:
-            promoted += names
+        if rsc.get("failed") == "true":
+            # In neither role: Pacemaker is about to recover it. PAF fails a promotion
+            # on purpose when another standby has received more WAL, and the failed
+            # instance stays "Promoted" until the other one is promoted instead.
+            roles["failed"] += names
+        elif rsc.get("role") in _PROMOTED:
+            roles["promoted"] += names
         elif rsc.get("role") in _UNPROMOTED:
-            unpromoted += names
-    return tuple(sorted(promoted)), tuple(sorted(unpromoted))
+            roles["unpromoted"] += names
+    promoted, unpromoted, failed = (tuple(sorted(roles[k])) for k in roles)
+    return promoted, unpromoted, failed

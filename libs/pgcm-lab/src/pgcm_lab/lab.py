@@ -40,7 +40,15 @@ from pgcm_lab.render import (
 )
 from pgcm_lab.topology import APP_NODE, CLONE, PG_BINDIR, PGDATA, Node, Topology
 
-__all__ = ["DEFAULT_STATE_DIR", "Lab", "Progress", "Service", "lab_leftovers", "node_pids"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "Lab",
+    "Progress",
+    "Service",
+    "lab_leftovers",
+    "node_pids",
+    "status_role",
+]
 
 DEFAULT_STATE_DIR: Final = Path("/var/tmp/pgcm-lab")  # noqa: S108  # survives reboots of /tmp
 PREFIX: Final = "pgcmlab"
@@ -881,7 +889,7 @@ class Lab:
             if not node.is_app:
                 entry["online"] = view is not None and node.name in view.online
                 entry["score"] = view.scores.get(node.name) if view else None
-                entry["role"] = _role(node.name, view, repl, up=up)
+                entry["role"] = status_role(node.name, view, repl, up=up)
             nodes.append(entry)
         return {
             "state_dir": str(self.state_dir),
@@ -985,15 +993,22 @@ def lab_leftovers(lab: Lab, pids: Sequence[int] = ()) -> list[str]:
     return left
 
 
-def _role(
+def status_role(
     name: str, view: ClusterView | None, repl: Mapping[str, tuple[str, str]], *, up: bool
 ) -> str:
+    """The role ``pgcm-lab status`` shows for node ``name``.
+
+    ``repl`` maps standbys to their (state, sync_state) in the primary's
+    pg_stat_replication; ``up`` says whether the node's namespaces run.
+    """
     if not up:
         return "down"
     if view is None:
         return "unknown"
     if name == view.primary:
         return "primary"
+    if name in view.failed:
+        return "failed"
     if name in repl:
         state, sync = repl[name]
         return sync if state == "streaming" else state

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pgcm_lab.crm import parse_crm_mon
 from pgcm_lab.errors import LabError
+from pgcm_lab.lab import status_role
 from pgcm_lab.load import max_latency_ms, parse_pgbench
 
 DATA = Path(__file__).parent / "data"
@@ -36,6 +38,7 @@ def test_a_failed_promotion_is_not_a_primary() -> None:
     assert view.promoted == ()
     assert view.primary is None
     assert view.unpromoted == ("n2", "n3")
+    assert view.failed == ("n1",)
 
 
 def test_minority_side_of_a_partition_has_no_quorum() -> None:
@@ -86,3 +89,15 @@ def test_max_latency_comes_from_the_per_transaction_log_in_microseconds() -> Non
     lines = ["0 1 2500 0 1700000000 1", "1 7 125000 0 1700000001 2", "2 3 failed 0 1 2"]
     assert max_latency_ms(lines) == 125.0
     assert max_latency_ms([]) is None
+
+
+def test_status_shows_a_failed_instance_as_failed() -> None:
+    healthy = parse_crm_mon((DATA / "01-healthy-n1-primary.xml").read_text())
+    failed_primary = replace(healthy, promoted=(), failed=("n1",))
+    streaming = {"n2": ("streaming", "sync"), "n3": ("streaming", "potential")}
+    assert status_role("n1", healthy, streaming, up=True) == "primary"
+    assert status_role("n1", failed_primary, {}, up=True) == "failed"
+    assert status_role("n2", healthy, streaming, up=True) == "sync"
+    assert status_role("n3", healthy, {}, up=True) == "standby"
+    assert status_role("n3", healthy, {}, up=False) == "down"
+    assert status_role("n3", None, {}, up=True) == "unknown"
