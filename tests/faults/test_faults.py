@@ -371,6 +371,56 @@ async def test_switchover_succeeds_with_one_etcd_member_stopped(lab: Lab) -> Non
     await assert_converged(lab, seen)
 
 
+async def stop_etcd_member(lab: Lab, node: str) -> None:
+    """Stop ``node``'s etcd member (SIGTERM to its PID) and wait until it is gone."""
+    victim = node_process(lab, node, "etcd")
+    assert victim is not None, f"{node} runs no etcd member"
+    os.kill(victim, signal.SIGTERM)
+    while node_process(lab, node, "etcd") is not None:
+        await anyio.sleep(0.05)
+
+
+async def test_etcd_without_quorum_keeps_clients_working_and_refuses_a_switchover(
+    lab: Lab,
+) -> None:
+    """Two of the three etcd members stopped: etcd has no quorum and answers nothing.
+
+    PgBouncer keeps routing to the primary it has, so the clients see no error, and
+    pgcm-failover refuses a switchover it could not coordinate: exit 1, nothing paused,
+    no move constraint, the primary unchanged. Once the members are back, supervise
+    publishes and every proxy acknowledges again.
+    """
+    async with insert_load(lab) as seen:
+        with anyio.fail_after(150):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            stopped: list[str] = []
+            try:
+                for node in lab.topology.others(primary):
+                    await stop_etcd_member(lab, node.name)
+                    stopped.append(node.name)
+                acked = len(seen.acked)
+                run = await run_failover(lab)
+                assert run.returncode == 1, run.logs[-3000:]
+                # Refused at the health check: nothing was locked, paused or moved.
+                assert run.data["outcome"] == "rolled_back"
+                phases = run.data["phases"]
+                assert isinstance(phases, list)
+                assert [phase.get("name") for phase in phases] == ["health_check"]
+                assert "etcd" in str(run.data["error"])
+                while len(seen.acked) < acked + 20:  # still committing, etcd or not
+                    await anyio.sleep(0.1)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for name in stopped:
+                        await lab.start_etcd(name)
+            await lab.wait_etcd_healthy()
+            assert (await lab.view(primary)).primary == primary
+    print(f"\n[faults] etcd without quorum: exit {run.returncode}, {run.data.get('error')}")  # noqa: T201
+    assert seen.errors == []
+    assert await assert_converged(lab, seen) == primary
+
+
 async def test_partitioned_primary_is_replaced_and_rejoins_after_the_heal(lab: Lab) -> None:
     async with insert_load(lab) as seen:
         with anyio.fail_after(240):
