@@ -74,8 +74,11 @@ class PromotionChain:
 def promotion_chains(lines: Iterable[str]) -> list[PromotionChain]:
     """Return the chains of every successful move in ``lines`` (any order, any node).
 
-    A move whose transition did not reach a successful promote (aborted, superseded,
-    or cut off by the end of the log) is left out, as is one missing any step.
+    Each step starts at its first occurrence after the move, and the chain ends at the
+    first successful promote: when PAF aborted a promotion and Pacemaker tried again,
+    the ``promote`` step includes the retries. A move that never reached a successful
+    promote (cut off by the end of the log, or by the next move) is left out, as is
+    one missing any step.
     """
     stamped = sorted((stamp, line) for line in lines if (stamp := _timestamp(line)) is not None)
     chains: list[PromotionChain] = []
