@@ -18,6 +18,12 @@ which it sees the moment it happens even when the put's reply is still in flight
 cores to add about 0.5 ms at p50.) pgcm's own asyncio etcd client's put round trip
 is reported beside it, as ``pgcm_client_put``, over as many puts to a scratch key.
 
+Right after, against the same etcd, the same harness measures ``go_reference/main.go``
+(built when ``golang-go`` and ``golang-etcd-server-dev`` are installed): a minimal Go
+watcher that writes the rendered file in place as the original did, with none of
+pgcm-proxy's validation, atomic replace, fsync, RELOAD or acknowledgement. Its
+put -> file written is the floor a Go proxy has on this machine that day.
+
 Then it waits for the acknowledgement so changes never overlap. Afterwards the proxy's
 RSS is read from /proc, and its CPU time over ``IDLE_S`` seconds of idleness.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import shutil
 import statistics
 import struct
 import subprocess
@@ -55,6 +62,9 @@ DESCRIPTION = (
     "(SHOW DATABASES), plus the proxy's RSS and idle CPU."
 )
 CHANGES = 1000
+GO_REFERENCE = Path(__file__).parent / "go_reference" / "main.go"
+GO_ETCD_CLIENT = Path("/usr/share/gocode/src/go.etcd.io/etcd/clientv3")
+GO_KEY = b"/bench-go/master"
 IDLE_S = 20.0
 HOSTS = ("127.0.0.1", "127.0.0.2")
 
@@ -123,24 +133,23 @@ class _LeanWriter:
         self._channel.close()
 
 
-class _Renames:
-    """Files renamed into a directory, from inotify: the harness sleeps until one lands.
+class _FileEvents:
+    """Files renamed into (or written and closed in) a directory, from inotify.
 
-    Blocking on inotify takes no CPU while the proxy works (polling stat() did, on the
-    two cores the whole measured pipeline shares) and wakes the moment the rename is
-    done. Only IN_MOVED_TO is watched: the proxy writes a temporary file and renames it.
+    The harness sleeps until the file lands: blocking on inotify takes no CPU while the
+    proxy works (polling stat() did, on the two cores the whole measured pipeline
+    shares) and wakes the moment the rename (or the close after an in-place write) is
+    done.
     """
 
-    _IN_MOVED_TO = 0x80
+    MOVED_TO = 0x80  # pgcm-proxy writes a temporary file and renames it
+    CLOSE_WRITE = 0x8  # the Go reference writes in place, as the original did
     _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, mask: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         self._fd = libc.inotify_init1(os.O_CLOEXEC)
-        if (
-            self._fd < 0
-            or libc.inotify_add_watch(self._fd, os.fsencode(directory), self._IN_MOVED_TO) < 0
-        ):
+        if self._fd < 0 or libc.inotify_add_watch(self._fd, os.fsencode(directory), mask) < 0:
             raise OSError(ctypes.get_errno(), "inotify on the benchmark directory")
 
     def drain(self) -> None:
@@ -149,7 +158,7 @@ class _Renames:
             os.read(self._fd, 4096)
 
     def wait(self, name: str, *, timeout_s: float) -> bool:
-        """Return True once ``name`` was renamed into the directory, False on timeout."""
+        """Return True once the watched event happened to ``name``, False on timeout."""
         deadline = time.monotonic() + timeout_s
         wanted = os.fsencode(name)
         while (left := deadline - time.monotonic()) > 0:
@@ -190,7 +199,7 @@ async def _measure(
     file_ms: list[float] = []
     routing_ms: list[float] = []
     writer = _LeanWriter(etcd.endpoints[0])
-    renames = _Renames(ini.parent)
+    renames = _FileEvents(ini.parent, _FileEvents.MOVED_TO)
     async with open_etcd(etcd.settings()) as store:
         revision = writer.put(layout.master, HOSTS[0].encode())
 
@@ -242,6 +251,7 @@ async def _measure(
         "idle_cpu_percent": round(idle_cpu, 3),
         "targets": {
             "file_rewritten_p99_ms": "<= 2 (Go original: p50 1.3, p99 2.0-2.2)",
+            "go_reference_file_written_p99_ms": "same run, minimal Go watcher (go_reference/)",
             "rss_mb": "<= 60",
             "idle_cpu_percent": "<= 0.5",
         },
@@ -302,11 +312,60 @@ def run() -> dict[str, object]:
         )
         try:
             admin = PgBouncerAdmin(bouncer.admin_settings())
-            return anyio.run(_measure, config, bouncer.ini_path, admin, cluster, proxy.pid)
+            results = anyio.run(_measure, config, bouncer.ini_path, admin, cluster, proxy.pid)
         finally:
-            proxy.terminate()
-            try:
-                proxy.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait()
+            _stop(proxy)
+        # Right after, on the same machine and etcd: the Go floor (module docstring).
+        return results | _go_reference(cluster.endpoints[0], base / "go", template)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _go_reference(endpoint: str, work: Path, template: Path) -> dict[str, object]:
+    """Build and measure ``go_reference/main.go``: put -> file written, p50/p99/max.
+
+    Needs the Go toolchain and Debian's etcd client sources (``golang-go``,
+    ``golang-etcd-server-dev``); without them the result says so.
+    """
+    if shutil.which("go") is None or not GO_ETCD_CLIENT.is_dir():
+        return {"go_reference": "skipped: install golang-go and golang-etcd-server-dev"}
+    work.mkdir()
+    binary = work / "gowatch"
+    subprocess.run(
+        ["go", "build", "-o", str(binary), str(GO_REFERENCE)],
+        env=os.environ | {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+                          "GOCACHE": str(work / "cache")},
+        check=True,
+    )  # fmt: skip
+    output = work / "pgbouncer.ini"
+    events = _FileEvents(work, _FileEvents.CLOSE_WRITE)
+    writer = _LeanWriter(endpoint)
+    watcher = subprocess.Popen([str(binary), endpoint, GO_KEY.decode(), str(template), str(output)])
+    try:
+        # The watch is set up asynchronously: put until a write shows it is in place.
+        while True:
+            writer.put(GO_KEY, HOSTS[0].encode())
+            if events.wait(output.name, timeout_s=0.5):
+                break
+        written_ms: list[float] = []
+        for i in range(CHANGES):
+            events.drain()
+            started = time.perf_counter()
+            put = writer.put_async(GO_KEY, HOSTS[(i + 1) % 2].encode())
+            if not events.wait(output.name, timeout_s=10):
+                raise TimeoutError(f"Go reference, change {i}: file not written")
+            written_ms.append((time.perf_counter() - started) * 1000)
+            put.result(timeout=10)
+            time.sleep(0.005)  # pgcm-proxy gets its RELOAD and ack between two changes
+    finally:
+        _stop(watcher)
+        writer.close()
+        events.close()
+    return {**_summary("go_reference_file_written", written_ms)}
