@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import tomli_w
-from deployed import deployed_script, unit_environment
+from deployed import deployed_script, terminate, unit_environment
 
 from pgcm_testkit.etcd import start_etcd
 from pgcm_testkit.pacemaker import start_pacemaker_node
@@ -58,15 +58,7 @@ def _spawn(stack: ExitStack, service: str, args: list[str], log: Path) -> subpro
     out = stack.enter_context(log.open("wb"))
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
 
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    stack.callback(stop)
+    stack.callback(terminate, process, timeout_s=20)
     return process
 
 

@@ -47,7 +47,7 @@ import anyio
 import grpc
 import tomli_w
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
-from deployed import deployed_script, unit_environment
+from deployed import deployed_script, terminate, unit_environment
 
 from pgcm_common.etcd import EtcdStore, open_etcd
 from pgcm_common.pgbouncer import PgBouncerAdmin
@@ -314,18 +314,9 @@ def run() -> dict[str, object]:
             admin = PgBouncerAdmin(bouncer.admin_settings())
             results = anyio.run(_measure, config, bouncer.ini_path, admin, cluster, proxy.pid)
         finally:
-            _stop(proxy)
+            terminate(proxy)
         # Right after, on the same machine and etcd: the Go floor (module docstring).
         return results | _go_reference(cluster.endpoints[0], base / "go", template)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _go_reference(endpoint: str, work: Path, template: Path) -> dict[str, object]:
@@ -365,7 +356,7 @@ def _go_reference(endpoint: str, work: Path, template: Path) -> dict[str, object
             put.result(timeout=10)
             time.sleep(0.005)  # pgcm-proxy gets its RELOAD and ack between two changes
     finally:
-        _stop(watcher)
+        terminate(watcher)
         writer.close()
         events.close()
     return {**_summary("go_reference_file_written", written_ms)}

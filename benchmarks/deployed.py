@@ -75,3 +75,13 @@ def unit_environment(service: str) -> dict[str, str]:
                 raise ValueError(f"{unit}: not NAME=value: {pair!r}")
             assignments[name] = value
     return assignments
+
+
+def terminate(process: subprocess.Popen[bytes], *, timeout_s: float = 15) -> None:
+    """SIGTERM a process a benchmark started, SIGKILL it after ``timeout_s``; reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
