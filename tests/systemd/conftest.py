@@ -30,6 +30,7 @@ Confinement, because systemd as PID 1 assumes it owns the machine:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -463,3 +464,26 @@ def assert_watchdog_keeps_it_running(world: UnitWorld, watchdog_s: int) -> None:
     assert (now["ActiveState"], now["SubState"]) == ("active", "running"), world.diagnostics()
     assert now["MainPID"] == first["MainPID"]
     assert now["NRestarts"] == first["NRestarts"]
+
+
+def json_log_events(log: Path) -> set[str]:
+    """Return the event names in a daemon's JSON log (none while the file is missing)."""
+    names: set[str] = set()
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            names.add(record["event"])
+    return names
+
+
+def unit_exits(exits_log: Path) -> list[tuple[str, str, str]]:
+    """Return ``(SERVICE_RESULT, EXIT_CODE, EXIT_STATUS)`` of every run the drop-in's
+    ``ExecStopPost`` recorded in ``exits_log``."""
+    if not exits_log.exists():
+        return []
+    rows = (line.split() for line in exits_log.read_text().splitlines())
+    return [(row[0], row[1], row[2]) for row in rows if len(row) == 3]

@@ -45,7 +45,9 @@ from tests.systemd.conftest import (
     NamespacedSystemd,
     assert_watchdog_keeps_it_running,
     home_paths_drop_in,
+    json_log_events,
     start_namespaced_systemd,
+    unit_exits,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -125,23 +127,11 @@ class ProxyWorld:
 
     def saw(self, event: str) -> bool:
         """Return whether the proxy's JSON log holds ``event``."""
-        if not self.proxy_log.exists():
-            return False
-        for line in self.proxy_log.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == event:
-                return True
-        return False
+        return event in json_log_events(self.proxy_log)
 
     def exits(self) -> list[tuple[str, str, str]]:
         """Return ``(SERVICE_RESULT, EXIT_CODE, EXIT_STATUS)`` of every run that ended."""
-        if not self.exits_log.exists():
-            return []
-        rows = (line.split() for line in self.exits_log.read_text().splitlines())
-        return [(row[0], row[1], row[2]) for row in rows if len(row) == 3]
+        return unit_exits(self.exits_log)
 
     def diagnostics(self) -> str:
         """Return the unit's status, the proxy's log and systemd's log, for failures."""

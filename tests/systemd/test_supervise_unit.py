@@ -47,7 +47,9 @@ from tests.systemd.conftest import (
     NamespacedSystemd,
     assert_watchdog_keeps_it_running,
     home_paths_drop_in,
+    json_log_events,
     start_namespaced_systemd,
+    unit_exits,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -106,23 +108,11 @@ class SuperviseWorld:
 
     def events(self) -> set[str]:
         """Return the event names in supervise's JSON log."""
-        names = set()
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("event"), str):
-                names.add(record["event"])
-        return names
+        return json_log_events(self.log)
 
     def exits(self) -> list[tuple[str, str, str]]:
         """Return ``(SERVICE_RESULT, EXIT_CODE, EXIT_STATUS)`` of every run that ended."""
-        if not self.exits_log.exists():
-            return []
-        rows = (line.split() for line in self.exits_log.read_text().splitlines())
-        return [(row[0], row[1], row[2]) for row in rows if len(row) == 3]
+        return unit_exits(self.exits_log)
 
     def diagnostics(self) -> str:
         """Return the unit's status, supervise's log, systemd's and the node's logs."""
