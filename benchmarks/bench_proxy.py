@@ -341,10 +341,14 @@ def _go_reference(endpoint: str, work: Path, template: Path) -> dict[str, object
     watcher = subprocess.Popen([str(binary), endpoint, GO_KEY.decode(), str(template), str(output)])
     try:
         # The watch is set up asynchronously: put until a write shows it is in place.
-        while True:
+        for _ in range(40):
+            if watcher.poll() is not None:
+                raise RuntimeError(f"the Go reference exited with {watcher.returncode}")
             writer.put(GO_KEY, HOSTS[0].encode())
             if events.wait(output.name, timeout_s=0.5):
                 break
+        else:
+            raise TimeoutError("the Go reference wrote nothing within 20 s")
         written_ms: list[float] = []
         for i in range(CHANGES):
             events.drain()
