@@ -156,11 +156,15 @@ def build(session: nox.Session) -> None:
             venv = Path(tmp) / "venv"
             session.run("uv", "venv", "--quiet", str(venv), external=True)
             env = {"VIRTUAL_ENV": str(venv)}
+            # uv caches a find-links wheel by its path and name: without the refresh, a
+            # second build on the same machine would install the first one's wheels.
+            refresh = [arg for member in MEMBERS for arg in ("--refresh-package", member.name)]
             session.run(
                 "uv",
                 "pip",
                 "install",
                 "--quiet",
+                *refresh,
                 "--find-links",
                 str(dist),
                 service,
