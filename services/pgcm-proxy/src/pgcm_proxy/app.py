@@ -9,7 +9,7 @@ and acknowledges under ``<ns>/proxies/<id>``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from pgcm_proxy.metrics import ProxyMetrics, serve_metrics
 from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_config
 from pgcm_proxy.settings import ProxySettings
 from pgcm_proxy.template import ConfigTemplate
+from pgcm_proxy.writer import ConfigFile
 
 __all__ = ["load_template", "serve"]
 
@@ -122,10 +123,11 @@ async def _run(
 ) -> None:
     state = DesiredState()
     admins = admins_for(settings.pgbouncer)
+    config = ConfigFile(settings.pgbouncer_config_file)
     reconciler = Reconciler(
         proxy_id=settings.proxy_id,
         template=template,
-        config_file=settings.pgbouncer_config_file,
+        config=config,
         admins=admins,
         acks=acks,
         metrics=metrics,
@@ -138,28 +140,43 @@ async def _run(
         pgbouncers=[str(admin.endpoint) for admin in admins],
         databases=sorted(template.routed_databases()),
     )
-    async with anyio.create_task_group() as tg:
-        if watchdog is not None:
-            tg.start_soon(_ping_watchdog, watchdog / 2)  # twice per timeout, as systemd asks
-        tg.start_soon(acks.keep_alive)
-        tg.start_soon(
-            _sync_config,
-            state,
-            reconciler,
-            metrics,
-            _backoff(settings),
-            settings.apply_timeout.total_seconds(),
-        )
-        await tg.start(sync_primary_key, store, layout.master, state, metrics, _backoff(settings))
-        tg.start_soon(
-            poll_primary_key,
-            store,
-            layout.master,
-            state,
-            metrics,
-            settings.poll_interval.total_seconds(),
-        )
-        task_status.started()
+    await _tidy(config.remove_leftovers, "temporary files of an earlier run")
+    try:
+        async with anyio.create_task_group() as tg:
+            if watchdog is not None:
+                tg.start_soon(_ping_watchdog, watchdog / 2)  # twice per timeout, as systemd asks
+            tg.start_soon(acks.keep_alive)
+            tg.start_soon(
+                _sync_config,
+                state,
+                reconciler,
+                metrics,
+                _backoff(settings),
+                settings.apply_timeout.total_seconds(),
+            )
+            await tg.start(
+                sync_primary_key, store, layout.master, state, metrics, _backoff(settings)
+            )
+            tg.start_soon(
+                poll_primary_key,
+                store,
+                layout.master,
+                state,
+                metrics,
+                settings.poll_interval.total_seconds(),
+            )
+            task_status.started()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _tidy(config.close, "the spare config file")
+
+
+async def _tidy(remove: Callable[[], Awaitable[None]], what: str) -> None:
+    """Remove our own temporary files; a failure is logged, never fatal."""
+    try:
+        await remove()
+    except OSError as exc:
+        log.warning("pgbouncer.config.cleanup_error", what=what, error=str(exc))
 
 
 def _backoff(settings: ProxySettings) -> Backoff:

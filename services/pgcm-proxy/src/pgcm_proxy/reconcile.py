@@ -15,7 +15,7 @@ Two pieces, both free of adapters (they take Protocol-typed collaborators):
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +33,11 @@ from pgcm_proxy.address import PrimaryAddress, parse_primary_address
 from pgcm_proxy.errors import PgBouncersFailed, RejectedAddress, RoutingNotConfirmed
 from pgcm_proxy.metrics import ProxyMetrics
 from pgcm_proxy.template import ConfigTemplate
-from pgcm_proxy.writer import replace_if_changed, sync_to_disk
 
 __all__ = [
     "Accepted",
     "AckSink",
+    "ConfigDestination",
     "DesiredState",
     "Offer",
     "Reconciler",
@@ -180,8 +180,21 @@ class AckSink(Protocol):
         ...
 
 
-ConfigWriter = Callable[[Path, str], Awaitable[bool]]
-ConfigSyncer = Callable[[Path], Awaitable[None]]
+class ConfigDestination(Protocol):
+    """Where the rendered config goes (:class:`pgcm_proxy.writer.ConfigFile` in production)."""
+
+    @property
+    def path(self) -> Path:
+        """The file PgBouncer reads."""
+        ...
+
+    async def replace_if_changed(self, content: str) -> bool:
+        """Replace the file atomically, not yet durably; False when it already matches."""
+        ...
+
+    async def sync_to_disk(self) -> None:
+        """Make the last replacement durable."""
+        ...
 
 
 @final
@@ -193,27 +206,23 @@ class Reconciler:
         *,
         proxy_id: str,
         template: ConfigTemplate,
-        config_file: Path,
+        config: ConfigDestination,
         admins: Sequence[PgBouncerAdminProtocol],
         acks: AckSink,
         metrics: ProxyMetrics,
-        writer: ConfigWriter = replace_if_changed,
-        syncer: ConfigSyncer = sync_to_disk,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
-        """Render ``template`` into ``config_file`` for the PgBouncers behind ``admins``.
+        """Render ``template`` into ``config`` for the PgBouncers behind ``admins``.
 
-        ``writer`` replaces the file atomically (not yet durably); ``syncer`` makes the
-        replacement durable and runs beside the RELOAD (see :mod:`pgcm_proxy.writer`).
+        The replacement is made durable while the PgBouncers reload (see
+        :mod:`pgcm_proxy.writer`).
         """
         self._proxy_id = proxy_id
         self._template = template
-        self._config_file = config_file
+        self._config = config
         self._admins = tuple(admins)
         self._acks = acks
         self._metrics = metrics
-        self._writer = writer
-        self._syncer = syncer
         # A rewrite whose fsync has not succeeded yet: retried by the next apply, even
         # when that apply finds the content unchanged.
         self._unsynced = False
@@ -240,12 +249,12 @@ class Reconciler:
         """
         started = time.perf_counter()
         host = target.address.host
-        changed = await self._writer(self._config_file, self._template.render(target.address))
+        changed = await self._config.replace_if_changed(self._template.render(target.address))
         if changed:
             self._unsynced = True
             log.info(
                 "pgbouncer.config.write",
-                path=str(self._config_file),
+                path=str(self._config.path),
                 host=host,
                 revision=target.revision,
             )
@@ -288,7 +297,7 @@ class Reconciler:
 
         async def sync() -> None:
             try:
-                await self._syncer(self._config_file)
+                await self._config.sync_to_disk()
             except OSError as exc:
                 sync_errors.append(exc)
             else:

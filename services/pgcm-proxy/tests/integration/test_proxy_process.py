@@ -312,6 +312,11 @@ async def test_a_burst_of_changes_converges_on_the_last_and_the_proxy_keeps_runn
         assert await rig.client_reaches() == "alpha"
         assert not proxy.saw("daemon.stopped_unexpectedly")
         assert await proxy.terminate() == 0
+    assert temporary_files(rig) == []  # the spare for the next rewrite went with the proxy
+
+
+def temporary_files(rig: ProxyRig) -> list[Path]:
+    return sorted(rig.ini_path.parent.glob(f".{rig.ini_path.name}.*.pgcm-tmp"))
 
 
 async def test_unchanged_content_sends_no_reload_but_a_change_does(
@@ -479,6 +484,13 @@ async def test_ack_of_a_killed_proxy_vanishes_after_the_lease_ttl(
 
         with anyio.fail_after(6):
             await eventually(gone)
+    # What a proxy killed in the middle of a rewrite leaves behind:
+    (rig.ini_path.parent / f".{rig.ini_path.name}.k1ll3d.pgcm-tmp").write_text("half")
+    async with rig.proxy() as restarted:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, revision)
+        assert temporary_files(rig) == []  # removed at start
+        assert await restarted.terminate() == 0
 
 
 async def test_etcd_restarted_mid_watch_is_followed_again(

@@ -35,6 +35,7 @@ from pgcm_proxy.reconcile import (
     sync_config,
 )
 from pgcm_proxy.template import ConfigTemplate
+from pgcm_proxy.writer import ConfigFile
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.fakes.etcd import FakeEtcdStore
 from pgcm_testkit.fakes.pgbouncer import FakePgBouncerAdmin, fake_database
@@ -101,11 +102,34 @@ def ini(tmp_path: Path) -> Path:
     return path
 
 
+@final
+class FlakyDisk:
+    """A ConfigFile whose fsync fails while ``broken``; counts the syncs that worked."""
+
+    def __init__(self, real: ConfigFile) -> None:
+        self.real = real
+        self.broken = True
+        self.syncs = 0
+
+    @property
+    def path(self) -> Path:
+        return self.real.path
+
+    async def replace_if_changed(self, content: str) -> bool:
+        return await self.real.replace_if_changed(content)
+
+    async def sync_to_disk(self) -> None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        await self.real.sync_to_disk()
+        self.syncs += 1
+
+
 def make_reconciler(ini: Path, bouncer: FileBackedBouncer, store: FakeEtcdStore) -> Reconciler:
     return Reconciler(
         proxy_id="p1",
         template=TEMPLATE,
-        config_file=ini,
+        config=ConfigFile(ini),
         admins=[bouncer],
         acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
         metrics=ProxyMetrics(),
@@ -183,7 +207,7 @@ async def test_routing_not_confirmed_after_reload_fails_without_ack(ini: Path) -
     reconciler = Reconciler(
         proxy_id="p1",
         template=TEMPLATE,
-        config_file=ini,
+        config=ConfigFile(ini),
         admins=[bouncer],
         acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
         metrics=ProxyMetrics(),
@@ -259,31 +283,24 @@ async def test_ack_lease_lost_is_regranted_and_revoke_deletes_the_key() -> None:
 async def test_failed_fsync_blocks_the_ack_and_the_next_apply_flushes_again(ini: Path) -> None:
     store = FakeEtcdStore()
     bouncer = FileBackedBouncer(ini)
-    synced: list[Path] = []
-    broken = [True]
-
-    async def syncer(path: Path) -> None:
-        if broken[0]:
-            raise OSError(5, "Input/output error")
-        synced.append(path)
+    config = FlakyDisk(ConfigFile(ini))
 
     reconciler = Reconciler(
         proxy_id="p1",
         template=TEMPLATE,
-        config_file=ini,
+        config=config,
         admins=[bouncer],
         acks=AckPublisher(store, ACK_KEY, timedelta(seconds=5)),
         metrics=ProxyMetrics(),
-        syncer=syncer,
     )
     with anyio.fail_after(5), pytest.raises(OSError, match="Input/output"):
         await reconciler.apply(target(b"10.0.0.2", 7))
     assert "host=10.0.0.2" in ini.read_text()  # renamed into place before the fsync
     assert await read_ack(store) is None
-    broken[0] = False
+    config.broken = False
     with anyio.fail_after(5):
         await reconciler.apply(target(b"10.0.0.2", 7))  # content unchanged, still unsynced
-    assert synced == [ini]
+    assert config.syncs == 1
     ack = await read_ack(store)
     assert ack is not None
     assert (ack.host, ack.revision) == ("10.0.0.2", 7)

@@ -1,91 +1,242 @@
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from pgcm_proxy.writer import replace_if_changed, sync_to_disk, write_if_changed
+from pgcm_proxy import exchange
+from pgcm_proxy.writer import ConfigFile
 
 
-async def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("same\n")
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def spares(directory: Path) -> list[Path]:
+    return sorted(directory.glob(".pgbouncer.ini.*.pgcm-tmp"))
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text("old\n")
+    return path
+
+
+async def write(config: ConfigFile, content: str) -> bool:
+    changed = await config.replace_if_changed(content)
+    if changed:
+        await config.sync_to_disk()
+    return changed
+
+
+async def test_unchanged_content_is_not_rewritten(target: Path) -> None:
     inode_before = target.stat().st_ino
-    assert await write_if_changed(target, "same\n") is False
+    assert await write(ConfigFile(target), "old\n") is False
     assert target.stat().st_ino == inode_before
 
 
-async def test_new_content_replaces_the_file_and_keeps_its_mode(tmp_path: Path) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("old\n")
+async def test_new_content_replaces_the_file_and_keeps_its_mode(target: Path) -> None:
     target.chmod(0o640)
-    assert await write_if_changed(target, "new\n") is True
+    config = ConfigFile(target)
+    assert await write(config, "new\n") is True
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert [p.name for p in tmp_path.iterdir()] == ["pgbouncer.ini"]
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
 
 
 async def test_a_missing_file_is_created(tmp_path: Path) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    assert await write_if_changed(target, "fresh\n") is True
-    assert target.read_text() == "fresh\n"
+    path = tmp_path / "pgbouncer.ini"
+    config = ConfigFile(path)
+    assert await write(config, "fresh\n") is True
+    assert path.read_text() == "fresh\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    await config.close()
+    assert names(tmp_path) == ["pgbouncer.ini"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
-async def test_owner_is_kept(tmp_path: Path) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("old\n")
+async def test_owner_is_kept_also_when_it_changes_after_the_spare_was_made(target: Path) -> None:
     os.chown(target, 1, 1)
-    await write_if_changed(target, "new\n")
+    config = ConfigFile(target)
+    await write(config, "new\n")
     assert (target.stat().st_uid, target.stat().st_gid) == (1, 1)
+    os.chown(target, 2, 2)  # an operator changes it; the spare was made for 1:1
+    target.chmod(0o600)
+    await write(config, "newer\n")
+    assert (target.stat().st_uid, target.stat().st_gid) == (2, 2)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+async def test_a_synced_rewrite_leaves_one_spare_and_the_next_one_uses_it(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ConfigFile(target)
+    await write(config, "new\n")
+    [spare] = spares(target.parent)
+    spare_status = spare.stat()
+    assert spare_status.st_size == 0
+    assert stat.S_IMODE(spare_status.st_mode) == stat.S_IMODE(target.stat().st_mode)
+
+    def no_file_creation(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise AssertionError("the rewrite created a file instead of using the spare")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_file_creation)
+    assert await config.replace_if_changed("newer\n") is True
+    assert target.read_text() == "newer\n"
+    assert target.stat().st_ino == spare_status.st_ino
+    monkeypatch.undo()
+    await config.sync_to_disk()
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
+
+
+async def test_the_old_file_is_swapped_out_whole_and_removed_after_the_sync(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = exchange._renameat2
+    assert real is not None, "glibc >= 2.28 (Debian 12) has renameat2"
+    flags_used: list[int] = []
+
+    def recording(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> int:
+        flags_used.append(flags)
+        return real(olddirfd, old, newdirfd, new, flags)
+
+    monkeypatch.setattr(exchange, "_renameat2", recording)
+    config = ConfigFile(target)
+    with target.open() as reader_of_old:  # what a reader that opened it before still sees
+        assert await config.replace_if_changed("new\n") is True
+        assert reader_of_old.read() == "old\n"
+        await config.sync_to_disk()
+        assert os.fstat(reader_of_old.fileno()).st_nlink == 0  # unlinked, not left behind
+    assert target.read_text() == "new\n"
+    assert flags_used == [2]  # RENAME_EXCHANGE: no replace-on-rename flush on ext4
+
+
+def failing_renameat2(code: int) -> exchange.Renameat2:
+    def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    return renameat2
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS, errno.ENOENT])
+async def test_a_filesystem_without_exchange_gets_a_plain_rename(
+    target: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    monkeypatch.setattr(exchange, "_renameat2", failing_renameat2(code))
+    target.chmod(0o640)
+    config = ConfigFile(target)
+    assert await write(config, "new\n") is True
+    assert target.read_text() == "new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
+
+
+async def test_a_c_library_without_renameat2_gets_a_plain_rename(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "_renameat2", None)
+    config = ConfigFile(target)
+    assert await write(config, "new\n") is True
+    assert target.read_text() == "new\n"
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
+
+
+async def test_a_refused_swap_is_an_error_and_loses_nothing(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "_renameat2", failing_renameat2(errno.EACCES))
+    with pytest.raises(PermissionError, match=r"pgbouncer\.ini"):
+        await ConfigFile(target).replace_if_changed("new\n")
+    assert target.read_text() == "old\n"
+    assert names(target.parent) == ["pgbouncer.ini"]
 
 
 async def test_failed_write_leaves_the_file_and_no_temporary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    target: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("old\n")
-
     def disk_full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "write", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        await write_if_changed(target, "new\n")
+        await write(ConfigFile(target), "new\n")
     assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["pgbouncer.ini"]
+    assert names(target.parent) == ["pgbouncer.ini"]
 
 
-async def test_replace_renames_before_any_fsync_and_sync_flushes_file_then_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_replace_swaps_before_any_fsync_and_sync_flushes_file_then_directory(
+    target: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("old\n")
     synced: list[str] = []
 
     def record(fd: int) -> None:
-        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else Path(target).read_text())
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else target.read_text())
 
     monkeypatch.setattr(os, "fsync", record)
-    assert await replace_if_changed(target, "new\n") is True
+    config = ConfigFile(target)
+    assert await config.replace_if_changed("new\n") is True
     assert (target.read_text(), synced) == ("new\n", [])
-    await sync_to_disk(target)
+    await config.sync_to_disk()
     assert synced == ["new\n", "dir"]
 
 
 async def test_a_failed_fsync_is_reported_after_the_new_file_is_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    target: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "pgbouncer.ini"
-    target.write_text("old\n")
-
     def io_error(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", io_error)
+    config = ConfigFile(target)
     with pytest.raises(OSError, match="Input/output error"):
-        await write_if_changed(target, "new\n")
+        await write(config, "new\n")
     assert target.read_text() == "new\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["pgbouncer.ini"]
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
+
+
+async def test_a_spare_that_cannot_be_made_is_not_an_error(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ConfigFile(target)
+    assert await config.replace_if_changed("new\n") is True
+
+    def disk_full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", disk_full)
+    await config.sync_to_disk()  # flushed; the spare is simply not there
+    monkeypatch.undo()
+    assert spares(target.parent) == []
+    assert await write(config, "newer\n") is True  # creates its own file instead
+    assert target.read_text() == "newer\n"
+
+
+async def test_leftovers_of_a_killed_run_are_removed_and_nothing_else(target: Path) -> None:
+    leftover = target.parent / ".pgbouncer.ini.abc123.pgcm-tmp"
+    leftover.write_text("half")
+    unrelated = target.parent / ".pgbouncer.ini.swp"
+    unrelated.write_text("an editor's")
+    await ConfigFile(target).remove_leftovers()
+    assert names(target.parent) == [".pgbouncer.ini.swp", "pgbouncer.ini"]
+
+
+async def test_overlapping_rewrites_land_in_call_order(target: Path) -> None:
+    config = ConfigFile(target)
+    for i in range(20):
+        assert await config.replace_if_changed(f"v{i}\n") is True
+    assert target.read_text() == "v19\n"
+    await config.sync_to_disk()
+    await config.close()
+    assert names(target.parent) == ["pgbouncer.ini"]
