@@ -34,7 +34,7 @@ from pgcm_common._etcd.model import (
     Write,
 )
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
-from pgcm_common._etcd.watch import watch_keys
+from pgcm_common._etcd.watch import EventSink, follow_keys, watch_keys
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "EtcdSettings",
     "EtcdStore",
     "EtcdUnavailable",
+    "EventSink",
     "Guard",
     "KeyValue",
     "Lease",
@@ -64,6 +65,7 @@ __all__ = [
     "WatchEvent",
     "WatchHandle",
     "Write",
+    "follow_keys",
     "lock_key",
     "open_etcd",
     "read_lock_status",

@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import anyio
+import pytest
 from structlog.testing import capture_logs
 
-from pgcm_common.etcd import KeyValue, WatchEvent, watch_keys
+from pgcm_common.etcd import KeyValue, WatchEvent, follow_keys, watch_keys
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.fakes.etcd import FakeEtcdStore
 
@@ -127,3 +128,34 @@ async def _logged(logs: Sequence[Mapping[str, object]], event: str) -> bool:
 
 def _logged_now(logs: Sequence[Mapping[str, object]], event: str) -> bool:
     return any(entry["event"] == event for entry in logs)
+
+
+async def test_follow_keys_delivers_in_order_in_the_callers_own_task() -> None:
+    store = FakeEtcdStore()
+    first = await store.put(b"/k", b"1")
+    await store.delete(b"/k")
+    await store.put(b"/k", b"2")
+    got: list[WatchEvent] = []
+    delivering_tasks: set[int] = set()
+    with anyio.fail_after(2), anyio.CancelScope() as scope:
+
+        async def deliver(event: WatchEvent) -> None:
+            delivering_tasks.add(anyio.get_current_task().id)
+            got.append(event)
+            if len(got) == 3:
+                scope.cancel()
+
+        await follow_keys(store, b"/k", first, deliver)
+    assert summary(got) == [("put", b"/k", b"1"), ("del", b"/k", None), ("put", b"/k", b"2")]
+    assert delivering_tasks == {anyio.get_current_task().id}  # no hand-over to another task
+
+
+async def test_follow_keys_raises_what_the_callback_raises() -> None:
+    store = FakeEtcdStore()
+    revision = await store.put(b"/k", b"1")
+
+    async def refuse(event: WatchEvent) -> None:
+        raise ValueError(f"refused {event.key!r}")
+
+    with anyio.fail_after(2), pytest.raises(ValueError, match="refused b'/k'"):
+        await follow_keys(store, b"/k", revision, refuse)

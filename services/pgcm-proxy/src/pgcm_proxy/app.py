@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -19,7 +20,7 @@ from anyio.abc import TaskStatus
 
 from pgcm_common.backoff import Backoff
 from pgcm_common.errors import ConfigError, EtcdError
-from pgcm_common.etcd import Deleted, EtcdStore, open_etcd, watch_keys
+from pgcm_common.etcd import Deleted, EtcdStore, WatchEvent, follow_keys, open_etcd
 from pgcm_common.lifecycle import sd_notify, settle_memory
 from pgcm_common.pgbouncer import admins_for
 from pgcm_common.records import KeyLayout
@@ -243,12 +244,17 @@ async def sync_primary_key(
     """Read the key, then watch it from the listing's revision + 1, until cancelled.
 
     The watch itself re-watches after etcd restarts or hangs and re-lists after
-    compaction (pgcm_common.etcd.watch_keys); this loop only retries the first read.
+    compaction (pgcm_common.etcd.follow_keys); this loop only retries the first read.
+    Each event is offered in the watching task itself: a hand-over to another task
+    would add to the time from etcd put to rewritten file.
 
     Cancellation:
         Closes the watch.
     """
-    started = False
+
+    async def offer(event: WatchEvent) -> None:
+        offer_and_log(state, event, metrics, "watch")
+
     while True:
         try:
             revision = await _read_key(store, key, state, metrics, "list")
@@ -258,14 +264,11 @@ async def sync_primary_key(
             await anyio.sleep(delay)
             continue
         backoff.reset()
-        async with watch_keys(store, key, revision + 1) as events:
+        async with anyio.create_task_group() as tg:
+            await tg.start(partial(follow_keys, store, key, revision + 1, offer))
             log.info("etcd.watch.start", key=key.decode(), revision=revision + 1)
-            if not started:
-                started = True
-                task_status.started()
-            async for event in events:
-                offer_and_log(state, event, metrics, "watch")
-        return  # pragma: no cover - the stream only ends when the watch is cancelled
+            task_status.started()
+        return  # pragma: no cover - follow_keys only returns when cancelled
 
 
 async def poll_primary_key(

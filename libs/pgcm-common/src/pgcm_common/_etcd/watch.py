@@ -1,20 +1,22 @@
 """A watch that survives restarts, hangs and compaction (STYLE C9).
 
-``watch_keys`` owns one background task that keeps a watch open: on a broken stream it
-re-watches from the last seen revision + 1 (the store moves to another endpoint on its
-own); on compaction it re-lists the keys and continues from the listing's revision.
-Every event passes a :class:`RevisionGate`, so the consumer never sees a replay.
+:func:`follow_keys` keeps a watch open and hands each event to a callback in its own
+task: on a broken stream it re-watches from the last seen revision + 1 (the store moves
+to another endpoint on its own); on compaction it re-lists the keys and continues from
+the listing's revision. Every event passes a :class:`RevisionGate`, so the consumer
+never sees a replay. :func:`watch_keys` runs it in a background task and yields the
+events as a stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pgcm_common._etcd.gate import RevisionGate
 from pgcm_common._etcd.model import (
@@ -27,12 +29,42 @@ from pgcm_common._etcd.model import (
 )
 from pgcm_common.errors import EtcdError
 
-__all__ = ["watch_keys"]
+__all__ = ["EventSink", "follow_keys", "watch_keys"]
 
 log = structlog.get_logger()
 
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 2.0
+
+EventSink = Callable[[WatchEvent], Awaitable[None]]
+
+
+async def follow_keys(
+    store: EtcdStore,
+    key_or_prefix: bytes,
+    start_revision: int,
+    deliver: EventSink,
+    *,
+    prefix: bool = False,
+    known_keys: Iterable[bytes] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Watch like :func:`watch_keys`, awaiting ``deliver(event)`` for each event, until cancelled.
+
+    ``deliver`` runs in this task, right after the event is read: no hand-over to
+    another task, which matters where the time from an etcd put to its effect is the
+    product (pgcm-proxy). The next event is read once ``deliver`` returns.
+    ``task_status.started()`` is called once the first watch is established.
+
+    Raises:
+        Whatever ``deliver`` raises; etcd failures are retried, never raised.
+
+    Cancellation:
+        Closes the watch.
+    """
+    pump = _Pump(store, key_or_prefix, prefix=prefix, next_revision=start_revision, deliver=deliver)
+    pump.seed_live_keys(frozenset(known_keys))
+    await pump.run(task_status)
 
 
 @asynccontextmanager
@@ -62,28 +94,29 @@ async def watch_keys(
         Leaving the block cancels the background task and closes the stream.
     """
     send, receive = anyio.create_memory_object_stream[WatchEvent](buffer)
+
+    async def pump(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with send:
+            try:
+                await follow_keys(
+                    store,
+                    key_or_prefix,
+                    start_revision,
+                    send.send,
+                    prefix=prefix,
+                    known_keys=known_keys,
+                    task_status=task_status,
+                )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the consumer went away: nothing left to deliver to
+
     async with anyio.create_task_group() as tg:
-        pump = _Pump(store, key_or_prefix, prefix=prefix, next_revision=start_revision, send=send)
-        pump.seed_live_keys(frozenset(known_keys))
-        await tg.start(_pump, pump, send)
+        await tg.start(pump)
         try:
             with receive:
                 yield receive
         finally:
             tg.cancel_scope.cancel()
-
-
-async def _pump(
-    pump: _Pump,
-    send: MemoryObjectSendStream[WatchEvent],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    with send:
-        try:
-            await pump.run(task_status)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the consumer went away: nothing left to deliver to
 
 
 class _Pump:
@@ -94,13 +127,13 @@ class _Pump:
         *,
         prefix: bool,
         next_revision: int,
-        send: MemoryObjectSendStream[WatchEvent],
+        deliver: EventSink,
     ) -> None:
         self._store = store
         self._key = key
         self._prefix = prefix
         self._next = next_revision
-        self._send = send
+        self._deliver_to = deliver
         self._gate = RevisionGate()
         self._live: set[bytes] = set()
         self._log = log.bind(key=key.decode(errors="replace"), prefix=prefix)
@@ -189,4 +222,4 @@ class _Pump:
             self._live.add(event.key)
         else:
             self._live.discard(event.key)
-        await self._send.send(event)
+        await self._deliver_to(event)
