@@ -18,13 +18,18 @@ which it sees the moment it happens even when the put's reply is still in flight
 cores to add about 0.5 ms at p50.) pgcm's own asyncio etcd client's put round trip
 is reported beside it, as ``pgcm_client_put``, over as many puts to a scratch key.
 
-Right after, against the same etcd, the same harness measures ``go_reference/main.go``
-(built when ``golang-go`` and ``golang-etcd-server-dev`` are installed): a minimal Go
-watcher that writes the rendered file in place as the original did, with none of
-pgcm-proxy's validation, atomic replace, fsync, RELOAD or acknowledgement. Its
-put -> file written is the floor a Go proxy has on this machine that day.
+Against the same etcd, in the same run, the same harness measures
+``go_reference/main.go`` (built when ``golang-go`` and ``golang-etcd-server-dev`` are
+installed): a minimal Go watcher that writes the rendered file in place as the original
+did, with none of pgcm-proxy's validation, atomic replace, fsync, RELOAD or
+acknowledgement. Its put -> file written is the floor a Go proxy has on this machine
+that day. Both run throughout and take turns, change by change, each on its own key:
+the VM's speed drifts by a millisecond between runs a minute apart (other tenants,
+memory reclaim), and measuring one after the other made that drift look like a
+difference between the two.
 
-Then it waits for the acknowledgement so changes never overlap. Afterwards the proxy's
+After each pgcm change the harness waits for the acknowledgement, so changes never
+overlap. Afterwards the proxy's
 RSS is read from /proc, and its CPU time over ``IDLE_S`` seconds of idleness.
 """
 
@@ -190,62 +195,97 @@ async def _pgcm_client_put_ms(store: EtcdStore, key: bytes) -> list[float]:
     return round_trips
 
 
-async def _measure(
-    config: Path, ini: Path, admin: PgBouncerAdmin, etcd: EtcdCluster, proxy_pid: int
-) -> dict[str, object]:
-    layout = KeyLayout("/bench")
-    ack_key = layout.proxy_ack("bench")
-    put_ms: list[float] = []
-    file_ms: list[float] = []
-    routing_ms: list[float] = []
-    writer = _LeanWriter(etcd.endpoints[0])
-    renames = _FileEvents(ini.parent, _FileEvents.MOVED_TO)
-    async with open_etcd(etcd.settings()) as store:
-        revision = writer.put(layout.master, HOSTS[0].encode())
+class _ProxyUnderTest:
+    """pgcm-proxy as the harness drives it: put, see the file land, routing, ack."""
 
-        async def acked(rev: int) -> None:
-            while True:
-                kv = await store.get(ack_key)
-                if kv is not None and ProxyAck.from_json(ack_key, kv.value).revision >= rev:
-                    return
-                await anyio.sleep(0.001)
+    def __init__(
+        self, ini: Path, admin: PgBouncerAdmin, store: EtcdStore, namespace: str = "/bench"
+    ) -> None:
+        self._ini = ini
+        self._admin = admin
+        self._store = store
+        self._layout = KeyLayout(namespace)
+        self._ack_key = self._layout.proxy_ack("bench")
+        self._renames = _FileEvents(ini.parent, _FileEvents.MOVED_TO)
 
+    async def first_apply(self, writer: _LeanWriter) -> None:
+        """Put the first host and wait until the proxy acknowledged it."""
+        revision = writer.put(self._layout.master, HOSTS[0].encode())
         with anyio.fail_after(30):
-            await acked(revision)
-        for i in range(CHANGES):
-            host = HOSTS[(i + 1) % 2]
-            renames.drain()
-            started = time.perf_counter()
-            put = writer.put_async(layout.master, host.encode())
-            if not renames.wait(ini.name, timeout_s=10):
-                raise TimeoutError(f"change {i}: pgbouncer.ini not rewritten")
-            written = time.perf_counter()
-            revision, put_done = put.result(timeout=10)
-            with anyio.fail_after(10):
-                while True:
-                    rows = await admin.show_databases()
-                    if any(r.name == "app" and r.host == host for r in rows):
-                        break
-            routed = time.perf_counter()
-            with anyio.fail_after(10):
-                await acked(revision)
-            put_ms.append((put_done - started) * 1000)
-            file_ms.append((written - started) * 1000)
-            routing_ms.append((routed - started) * 1000)
-        pgcm_put_ms = await _pgcm_client_put_ms(store, b"/bench-scratch")
-    writer.close()
-    renames.close()
-    rss = _rss_mb(proxy_pid)
-    cpu_before = _cpu_seconds(proxy_pid)
+            await self._acked(revision)
+
+    async def change(self, writer: _LeanWriter, host: str, index: int) -> tuple[float, ...]:
+        """Move the primary to ``host``; return put, file and routing times in ms."""
+        self._renames.drain()
+        started = time.perf_counter()
+        put = writer.put_async(self._layout.master, host.encode())
+        if not self._renames.wait(self._ini.name, timeout_s=10):
+            raise TimeoutError(f"change {index}: pgbouncer.ini not rewritten")
+        written = time.perf_counter()
+        revision, put_done = put.result(timeout=10)
+        with anyio.fail_after(10):
+            while not any(
+                r.name == "app" and r.host == host for r in await self._admin.show_databases()
+            ):
+                pass
+        routed = time.perf_counter()
+        with anyio.fail_after(10):
+            await self._acked(revision)
+        return tuple((t - started) * 1000 for t in (put_done, written, routed))
+
+    async def _acked(self, revision: int) -> None:
+        while True:
+            kv = await self._store.get(self._ack_key)
+            if kv is not None and ProxyAck.from_json(self._ack_key, kv.value).revision >= revision:
+                return
+            await anyio.sleep(0.001)
+
+    def close(self) -> None:
+        """Stop the inotify watch."""
+        self._renames.close()
+
+
+async def _idle_cpu_percent(pid: int) -> float:
+    before = _cpu_seconds(pid)
     idle_started = time.monotonic()
     await anyio.sleep(IDLE_S)
-    idle_cpu = (_cpu_seconds(proxy_pid) - cpu_before) / (time.monotonic() - idle_started) * 100
+    return (_cpu_seconds(pid) - before) / (time.monotonic() - idle_started) * 100
+
+
+async def _measure(
+    ini: Path, admin: PgBouncerAdmin, etcd: EtcdCluster, proxy_pid: int, go: _GoWatcher | None
+) -> dict[str, object]:
+    pgcm: list[tuple[float, ...]] = []
+    go_ms: list[float] = []
+    writer = _LeanWriter(etcd.endpoints[0])
+    async with open_etcd(etcd.settings()) as store:
+        proxy = _ProxyUnderTest(ini, admin, store)
+        await proxy.first_apply(writer)
+        if go is not None:
+            go.wait_until_watching(writer)
+        for i in range(CHANGES):
+            host = HOSTS[(i + 1) % 2]
+            pgcm.append(await proxy.change(writer, host, i))
+            if go is not None:
+                go_ms.append(go.change(writer, host, i))
+        proxy.close()
+        pgcm_put_ms = await _pgcm_client_put_ms(store, b"/bench-scratch")
+    writer.close()
+    rss = _rss_mb(proxy_pid)
+    idle_cpu = await _idle_cpu_percent(proxy_pid)
+    put_ms, file_ms, routing_ms = (list(column) for column in zip(*pgcm, strict=True))
+    go_results: dict[str, object] = {
+        "go_reference": "skipped: install golang-go and golang-etcd-server-dev"
+    }
+    if go is not None:
+        go_results = dict(_summary("go_reference_file_written", go_ms))
     return {
         "changes": CHANGES,
         **_summary("put", put_ms),
         **_summary("pgcm_client_put", pgcm_put_ms),
         **_summary("file_rewritten", file_ms),
         **_summary("routing_confirmed", routing_ms),
+        **go_results,
         "rss_mb": rss,
         "idle_s": IDLE_S,
         "idle_cpu_percent": round(idle_cpu, 3),
@@ -311,56 +351,67 @@ def run() -> dict[str, object]:
             env=env,
         )
         try:
+            go = _GoWatcher.start(cluster.endpoints[0], base / "go", template)
+            if go is not None:
+                stack.callback(go.close)
             admin = PgBouncerAdmin(bouncer.admin_settings())
-            results = anyio.run(_measure, config, bouncer.ini_path, admin, cluster, proxy.pid)
+            return anyio.run(_measure, bouncer.ini_path, admin, cluster, proxy.pid, go)
         finally:
             terminate(proxy)
-        # Right after, on the same machine and etcd: the Go floor (module docstring).
-        return results | _go_reference(cluster.endpoints[0], base / "go", template)
 
 
-def _go_reference(endpoint: str, work: Path, template: Path) -> dict[str, object]:
-    """Build and measure ``go_reference/main.go``: put -> file written, p50/p99/max.
+class _GoWatcher:
+    """``go_reference/main.go``, built and running, and how its file writes are seen."""
 
-    Needs the Go toolchain and Debian's etcd client sources (``golang-go``,
-    ``golang-etcd-server-dev``); without them the result says so.
-    """
-    if shutil.which("go") is None or not GO_ETCD_CLIENT.is_dir():
-        return {"go_reference": "skipped: install golang-go and golang-etcd-server-dev"}
-    work.mkdir()
-    binary = work / "gowatch"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), str(GO_REFERENCE)],
-        env=os.environ | {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
-                          "GOCACHE": str(work / "cache")},
-        check=True,
-    )  # fmt: skip
-    output = work / "pgbouncer.ini"
-    events = _FileEvents(work, _FileEvents.CLOSE_WRITE)
-    writer = _LeanWriter(endpoint)
-    watcher = subprocess.Popen([str(binary), endpoint, GO_KEY.decode(), str(template), str(output)])
-    try:
-        # The watch is set up asynchronously: put until a write shows it is in place.
+    def __init__(self, process: subprocess.Popen[bytes], output: Path) -> None:
+        self._process = process
+        self._output = output
+        self._events = _FileEvents(output.parent, _FileEvents.CLOSE_WRITE)
+
+    @classmethod
+    def start(cls, endpoint: str, work: Path, template: Path) -> _GoWatcher | None:
+        """Build and start the watcher; None without the Go toolchain or etcd sources.
+
+        Needs ``golang-go`` and ``golang-etcd-server-dev`` (the nox session installs them).
+        """
+        if shutil.which("go") is None or not GO_ETCD_CLIENT.is_dir():
+            return None
+        work.mkdir()
+        binary = work / "gowatch"
+        subprocess.run(
+            ["go", "build", "-o", str(binary), str(GO_REFERENCE)],
+            env=os.environ | {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+                              "GOCACHE": str(work / "cache")},
+            check=True,
+        )  # fmt: skip
+        output = work / "pgbouncer.ini"
+        process = subprocess.Popen(
+            [str(binary), endpoint, GO_KEY.decode(), str(template), str(output)]
+        )
+        return cls(process, output)
+
+    def wait_until_watching(self, writer: _LeanWriter) -> None:
+        """Put until a write shows the watch is in place (it is set up asynchronously)."""
         for _ in range(40):
-            if watcher.poll() is not None:
-                raise RuntimeError(f"the Go reference exited with {watcher.returncode}")
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the Go reference exited with {self._process.returncode}")
             writer.put(GO_KEY, HOSTS[0].encode())
-            if events.wait(output.name, timeout_s=0.5):
-                break
-        else:
-            raise TimeoutError("the Go reference wrote nothing within 20 s")
-        written_ms: list[float] = []
-        for i in range(CHANGES):
-            events.drain()
-            started = time.perf_counter()
-            put = writer.put_async(GO_KEY, HOSTS[(i + 1) % 2].encode())
-            if not events.wait(output.name, timeout_s=10):
-                raise TimeoutError(f"Go reference, change {i}: file not written")
-            written_ms.append((time.perf_counter() - started) * 1000)
-            put.result(timeout=10)
-            time.sleep(0.005)  # pgcm-proxy gets its RELOAD and ack between two changes
-    finally:
-        terminate(watcher)
-        writer.close()
-        events.close()
-    return {**_summary("go_reference_file_written", written_ms)}
+            if self._events.wait(self._output.name, timeout_s=0.5):
+                return
+        raise TimeoutError("the Go reference wrote nothing within 20 s")
+
+    def change(self, writer: _LeanWriter, host: str, index: int) -> float:
+        """Put ``host`` at the Go watcher's key; return put -> file written, in ms."""
+        self._events.drain()
+        started = time.perf_counter()
+        put = writer.put_async(GO_KEY, host.encode())
+        if not self._events.wait(self._output.name, timeout_s=10):
+            raise TimeoutError(f"Go reference, change {index}: file not written")
+        written_ms = (time.perf_counter() - started) * 1000
+        put.result(timeout=10)
+        return written_ms
+
+    def close(self) -> None:
+        """Stop the watcher and the inotify watch."""
+        terminate(self._process)
+        self._events.close()
