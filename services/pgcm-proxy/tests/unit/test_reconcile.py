@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import final
 
 import anyio
+import anyio.lowlevel
 import prometheus_client  # noqa: F401 - loaded here: a first import inside the event loop reads files
 import pytest
 import structlog
@@ -151,6 +152,37 @@ def test_desired_state_admits_each_revision_once_in_order() -> None:
     assert [type(o) for o in outcomes] == [Accepted, Stale, Stale, Accepted]
     assert state.target == target(b"10.0.0.2", 6)
     assert state.generation == 2
+
+
+async def test_work_for_a_generation_is_cancelled_once_a_newer_one_arrives() -> None:
+    state = DesiredState()
+    state.offer(kv(b"10.0.0.2", 2))
+    reached_the_end = False
+    with anyio.fail_after(2), state.cancelled_when_beyond(state.generation) as attempt:
+        state.offer(kv(b"10.0.0.3", 3))
+        await anyio.sleep(1)
+        reached_the_end = True
+    assert attempt.cancelled_caught
+    assert not reached_the_end
+
+
+async def test_work_for_an_already_outdated_generation_does_not_start() -> None:
+    state = DesiredState()
+    state.offer(kv(b"10.0.0.2", 2))
+    outdated = state.generation
+    state.request_verify()
+    with anyio.fail_after(2), state.cancelled_when_beyond(outdated) as attempt:
+        await anyio.sleep(1)
+    assert attempt.cancelled_caught
+
+
+async def test_work_that_finished_is_not_cancelled_by_later_generations() -> None:
+    state = DesiredState()
+    state.offer(kv(b"10.0.0.2", 2))
+    with state.cancelled_when_beyond(state.generation) as attempt:
+        await anyio.lowlevel.checkpoint()
+    state.offer(kv(b"10.0.0.3", 3))
+    assert not attempt.cancel_called
 
 
 def test_deleted_key_and_hostile_value_are_refused_and_the_target_kept() -> None:
