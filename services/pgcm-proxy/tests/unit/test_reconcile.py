@@ -218,6 +218,28 @@ async def test_change_rewrites_reloads_confirms_and_acknowledges(ini: Path) -> N
     assert (ack.proxy_id, ack.host, ack.revision) == ("p1", "10.0.0.2", 7)
 
 
+async def test_a_new_address_is_logged_once_its_file_is_written_and_once_per_revision(
+    ini: Path,
+) -> None:
+    state, metrics = DesiredState(), ProxyMetrics()
+    reconciler = make_reconciler(ini, FileBackedBouncer(ini), FakeEtcdStore())
+    with structlog.testing.capture_logs() as logs:
+        offer_and_log(state, kv(b"10.0.0.2", 7), metrics, "poll")
+        assert logs == []  # not on the way from the etcd event to the write
+        accepted = state.target
+        assert accepted is not None
+        await reconciler.apply(accepted)
+        await reconciler.apply(accepted)  # a verification: nothing new to announce
+        await reconciler.apply(target(b"10.0.0.2", 8))  # same host, newer revision
+    changes = [e for e in logs if e["event"] == "proxy.primary.change"]
+    assert [(e["host"], e["revision"], e["source"]) for e in changes] == [
+        ("10.0.0.2", 7, "poll"),
+        ("10.0.0.2", 8, "watch"),
+    ]
+    events = [e["event"] for e in logs]
+    assert events.index("proxy.primary.change") < events.index("pgbouncer.config.write")
+
+
 async def test_unchanged_file_with_agreeing_pgbouncer_sends_no_reload(ini: Path) -> None:
     store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
     before = ini.read_bytes()
