@@ -173,6 +173,14 @@ class ConfigFile:
         return spare
 
     def _sync_to_disk(self) -> None:
+        self._remove_displaced()
+        # Created under the lock: a rewrite racing this (rare: a superseded apply's
+        # sync) waits a moment for the spare instead of creating a second one.
+        with contextlib.suppress(OSError), self._state:
+            if self._spare is None:
+                self._spare = _new_spare(self.path, _current_attributes(self.path))
+        # The fsyncs last: their journal commit then carries the two changes above too,
+        # and the next swap does not find them in a commit that ext4 started meanwhile.
         for target, flags in (
             (self.path, os.O_RDONLY),
             (self.path.parent, os.O_RDONLY | os.O_DIRECTORY),
@@ -182,12 +190,6 @@ class ConfigFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._remove_displaced()
-        # Created under the lock: a rewrite racing this (rare: a superseded apply's
-        # sync) waits a moment for the spare instead of creating a second one.
-        with contextlib.suppress(OSError), self._state:
-            if self._spare is None:
-                self._spare = _new_spare(self.path, _current_attributes(self.path))
 
     def _remove_displaced(self) -> None:
         with self._state:
