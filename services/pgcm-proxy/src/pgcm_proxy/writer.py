@@ -37,6 +37,7 @@ removes those a killed proxy left behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import tempfile
@@ -147,12 +148,13 @@ class ConfigFile:
     def _replace_if_changed(self, data: bytes) -> bool:
         with self._replacing:
             try:
-                with self.path.open("rb") as current:
-                    if current.read() == data:
-                        return False
-                    attributes = _Attributes.of(os.fstat(current.fileno()))
+                current, status = _read_with_status(self.path)
             except FileNotFoundError:
                 attributes = _NEW_FILE
+            else:
+                if current == data:
+                    return False
+                attributes = _Attributes.of(status)
             spare = self._take_spare() or _new_spare(self.path, attributes)
             try:
                 _fill(spare, data, attributes)
@@ -214,6 +216,24 @@ class ConfigFile:
             os.close(spare.fd)
             spare.path.unlink(missing_ok=True)
         self._remove_displaced()
+
+
+def _read_with_status(path: Path) -> tuple[bytes, os.stat_result]:
+    """Return the file's content and status, with as few system calls as possible.
+
+    Plain ``os`` calls rather than a buffered file object: on the path from etcd event
+    to rewritten file, the object's set-up and its extra reads to find the end cost
+    more than the reading.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        content = os.read(fd, status.st_size + 1)
+        if len(content) > status.st_size:  # it grew meanwhile: read to the end
+            content += b"".join(iter(functools.partial(os.read, fd, 65536), b""))
+        return content, status
+    finally:
+        os.close(fd)
 
 
 def _current_attributes(path: Path) -> _Attributes:

@@ -240,3 +240,21 @@ async def test_overlapping_rewrites_land_in_call_order(target: Path) -> None:
     await config.sync_to_disk()
     await config.close()
     assert names(target.parent) == ["pgbouncer.ini"]
+
+
+async def test_a_file_that_grows_while_it_is_read_is_compared_whole(
+    target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = "x" * 200_000 + "\n"
+    target.write_text(content)
+    real_fstat = os.fstat
+
+    def stale_size(fd: int) -> os.stat_result:
+        status = real_fstat(fd)
+        fields = list(status)
+        fields[stat.ST_SIZE] = 10  # as if the file had been 10 bytes when looked at
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", stale_size)
+    assert await ConfigFile(target).replace_if_changed(content) is False
+    assert await ConfigFile(target).replace_if_changed(content[:-1]) is True
