@@ -1,8 +1,9 @@
-"""PgBouncer admin console: settings, client, its Protocol seam, typed SHOW rows and errors."""
+"""PgBouncer admin console: settings, clients, their Protocol seam, typed SHOW rows and errors."""
 
 from __future__ import annotations
 
 from pgcm_common._pgbouncer.admin import PgBouncerAdmin, PgBouncerAdminProtocol, admins_for
+from pgcm_common._pgbouncer.console import RoutingConsole, routing_consoles_for
 from pgcm_common._pgbouncer.errors import (
     PgBouncerAuthError,
     PgBouncerCommandRefused,
@@ -27,5 +28,7 @@ __all__ = [
     "PgBouncerUnreachable",
     "PgBouncerVersion",
     "PoolRow",
+    "RoutingConsole",
     "admins_for",
+    "routing_consoles_for",
 ]

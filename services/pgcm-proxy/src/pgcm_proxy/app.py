@@ -22,7 +22,7 @@ from pgcm_common.backoff import Backoff
 from pgcm_common.errors import ConfigError, EtcdError
 from pgcm_common.etcd import Deleted, EtcdStore, WatchEvent, follow_keys, open_etcd
 from pgcm_common.lifecycle import sd_notify, settle_memory
-from pgcm_common.pgbouncer import admins_for
+from pgcm_common.pgbouncer import routing_consoles_for
 from pgcm_common.records import KeyLayout
 from pgcm_proxy.ack import AckPublisher
 from pgcm_proxy.errors import TemplateError
@@ -123,7 +123,7 @@ async def _run(
     task_status: TaskStatus[None],
 ) -> None:
     state = DesiredState()
-    admins = admins_for(settings.pgbouncer)
+    admins = routing_consoles_for(settings.pgbouncer)
     config = ConfigFile(settings.pgbouncer_config_file)
     reconciler = Reconciler(
         proxy_id=settings.proxy_id,
@@ -170,6 +170,8 @@ async def _run(
     finally:
         with anyio.CancelScope(shield=True):
             await _tidy(config.close, "the spare config file")
+            for admin in admins:
+                await admin.aclose()
 
 
 async def _tidy(remove: Callable[[], Awaitable[None]], what: str) -> None:

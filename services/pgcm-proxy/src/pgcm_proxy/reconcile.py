@@ -28,7 +28,7 @@ import structlog
 from pgcm_common.backoff import Backoff
 from pgcm_common.errors import PgcmError
 from pgcm_common.etcd import Deleted, RevisionGate, WatchEvent
-from pgcm_common.pgbouncer import DatabaseRow, PgBouncerAdminProtocol
+from pgcm_common.pgbouncer import DatabaseRow, PgBouncerEndpoint
 from pgcm_common.records import ProxyAck, now_utc
 from pgcm_proxy.address import PrimaryAddress, parse_primary_address
 from pgcm_proxy.errors import PgBouncersFailed, RejectedAddress, RoutingNotConfirmed
@@ -41,6 +41,7 @@ __all__ = [
     "ConfigDestination",
     "DesiredState",
     "Offer",
+    "PgBouncerRouting",
     "Reconciler",
     "Rejected",
     "Stale",
@@ -193,6 +194,23 @@ def offer_and_log(
             pass
 
 
+class PgBouncerRouting(Protocol):
+    """What the proxy asks of each PgBouncer (:class:`pgcm_common.pgbouncer.RoutingConsole`)."""
+
+    @property
+    def endpoint(self) -> PgBouncerEndpoint:
+        """The admin endpoint, for logs and the acknowledgement."""
+        ...
+
+    async def reload(self) -> None:
+        """Make PgBouncer re-read its ini file."""
+        ...
+
+    async def show_databases(self) -> tuple[DatabaseRow, ...]:
+        """Return where each database routes."""
+        ...
+
+
 class AckSink(Protocol):
     """Where confirmed applies are acknowledged (the leased etcd key in production)."""
 
@@ -228,7 +246,7 @@ class Reconciler:
         proxy_id: str,
         template: ConfigTemplate,
         config: ConfigDestination,
-        admins: Sequence[PgBouncerAdminProtocol],
+        admins: Sequence[PgBouncerRouting],
         acks: AckSink,
         metrics: ProxyMetrics,
         clock: Callable[[], datetime] = now_utc,
@@ -320,7 +338,7 @@ class Reconciler:
         failures: dict[str, Exception] = {}
         sync_errors: list[OSError] = []
 
-        async def one(admin: PgBouncerAdminProtocol) -> None:
+        async def one(admin: PgBouncerRouting) -> None:
             try:
                 await self._route(admin, host, reload_first=reload_first)
             except PgcmError as exc:
@@ -346,7 +364,7 @@ class Reconciler:
         if sync_errors:
             raise sync_errors[0]
 
-    async def _route(self, admin: PgBouncerAdminProtocol, host: str, *, reload_first: bool) -> None:
+    async def _route(self, admin: PgBouncerRouting, host: str, *, reload_first: bool) -> None:
         if not reload_first and not self._misrouted(await admin.show_databases(), host):
             return
         await admin.reload()

@@ -35,7 +35,13 @@ from pgcm_common._pgbouncer.errors import (
 from pgcm_common._pgbouncer.scram import MECHANISM, ScramClient
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint
 
-__all__ = ["SimpleQueryConnection", "SimpleQueryResult", "open_simple_query"]
+__all__ = [
+    "SimpleQueryConnection",
+    "SimpleQueryResult",
+    "close_quietly",
+    "connect_simple_query",
+    "open_simple_query",
+]
 
 _PROTOCOL_VERSION_3 = 196608
 _HEADER = struct.Struct("!cI")
@@ -276,6 +282,53 @@ async def _connect(endpoint: PgBouncerEndpoint) -> ByteStream:
     return await anyio.connect_tcp(endpoint.host, endpoint.port)
 
 
+async def connect_simple_query(
+    endpoint: PgBouncerEndpoint,
+    *,
+    user: str,
+    password: str | None,
+    database: str,
+    connect_timeout: timedelta,
+) -> SimpleQueryConnection:
+    """Connect and log in to ``endpoint``; the caller closes the connection (``aclose``).
+
+    ``connect_timeout`` bounds connecting and logging in.
+
+    Raises:
+        PgBouncerUnreachable: No connection or no login within ``connect_timeout``.
+        PgBouncerAuthError: The login was refused.
+
+    Cancellation:
+        The socket is closed before the cancellation propagates.
+    """
+    try:
+        with anyio.fail_after(connect_timeout.total_seconds()):
+            stream = await _connect(endpoint)
+    except TimeoutError as exc:
+        raise PgBouncerUnreachable(f"no connection to {endpoint} within {connect_timeout}") from exc
+    except OSError as exc:
+        raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc}") from exc
+    connection = SimpleQueryConnection(stream, endpoint)
+    try:
+        try:
+            with anyio.fail_after(connect_timeout.total_seconds()):
+                await connection.login(user=user, password=password, database=database)
+        except TimeoutError as exc:
+            raise PgBouncerUnreachable(f"no login to {endpoint} within {connect_timeout}") from exc
+    except BaseException:
+        await close_quietly(connection)
+        raise
+    return connection
+
+
+async def close_quietly(connection: SimpleQueryConnection) -> None:
+    """Close ``connection``, also while the caller is being cancelled."""
+    # aclose of a socket stream does not block; the shield keeps a pending cancellation
+    # from skipping the Terminate message and leaking the fd.
+    with anyio.move_on_after(1, shield=True):
+        await connection.aclose()
+
+
 @asynccontextmanager
 async def open_simple_query(
     endpoint: PgBouncerEndpoint,
@@ -297,23 +350,10 @@ async def open_simple_query(
     Cancellation:
         The socket is closed (abruptly if need be) before the cancellation propagates.
     """
+    connection = await connect_simple_query(
+        endpoint, user=user, password=password, database=database, connect_timeout=connect_timeout
+    )
     try:
-        with anyio.fail_after(connect_timeout.total_seconds()):
-            stream = await _connect(endpoint)
-    except TimeoutError as exc:
-        raise PgBouncerUnreachable(f"no connection to {endpoint} within {connect_timeout}") from exc
-    except OSError as exc:
-        raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc}") from exc
-    connection = SimpleQueryConnection(stream, endpoint)
-    try:
-        try:
-            with anyio.fail_after(connect_timeout.total_seconds()):
-                await connection.login(user=user, password=password, database=database)
-        except TimeoutError as exc:
-            raise PgBouncerUnreachable(f"no login to {endpoint} within {connect_timeout}") from exc
         yield connection
     finally:
-        # aclose of a socket stream does not block; the shield keeps a pending
-        # cancellation from skipping the Terminate message and leaking the fd.
-        with anyio.move_on_after(1, shield=True):
-            await connection.aclose()
+        await close_quietly(connection)
