@@ -28,6 +28,11 @@ def target(tmp_path: Path) -> Path:
     return path
 
 
+async def assert_only_the_config_left_after_close(config: ConfigFile) -> None:
+    await config.close()
+    assert names(config.path.parent) == [config.path.name]
+
+
 async def write(config: ConfigFile, content: str) -> bool:
     changed = await config.replace_if_changed(content)
     if changed:
@@ -47,8 +52,7 @@ async def test_new_content_replaces_the_file_and_keeps_its_mode(target: Path) ->
     assert await write(config, "new\n") is True
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 async def test_a_missing_file_is_created(tmp_path: Path) -> None:
@@ -57,8 +61,7 @@ async def test_a_missing_file_is_created(tmp_path: Path) -> None:
     assert await write(config, "fresh\n") is True
     assert path.read_text() == "fresh\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    await config.close()
-    assert names(tmp_path) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -93,8 +96,7 @@ async def test_a_synced_rewrite_leaves_one_spare_and_the_next_one_uses_it(
     assert target.stat().st_ino == spare_status.st_ino
     monkeypatch.undo()
     await config.sync_to_disk()
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 async def test_the_old_file_is_swapped_out_whole_and_removed_after_the_sync(
@@ -127,29 +129,21 @@ def failing_renameat2(code: int) -> exchange.Renameat2:
     return renameat2
 
 
-@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS, errno.ENOENT])
-async def test_a_filesystem_without_exchange_gets_a_plain_rename(
-    target: Path, monkeypatch: pytest.MonkeyPatch, code: int
+@pytest.mark.parametrize(
+    "code",
+    [errno.EINVAL, errno.ENOSYS, errno.ENOENT, None],
+    ids=["filesystem-refuses", "kernel-lacks-it", "file-vanished", "c-library-lacks-it"],
+)
+async def test_where_the_swap_cannot_be_done_a_plain_rename_does_it(
+    target: Path, monkeypatch: pytest.MonkeyPatch, code: int | None
 ) -> None:
-    monkeypatch.setattr(exchange, "_renameat2", failing_renameat2(code))
+    monkeypatch.setattr(exchange, "_renameat2", None if code is None else failing_renameat2(code))
     target.chmod(0o640)
     config = ConfigFile(target)
     assert await write(config, "new\n") is True
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
-
-
-async def test_a_c_library_without_renameat2_gets_a_plain_rename(
-    target: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(exchange, "_renameat2", None)
-    config = ConfigFile(target)
-    assert await write(config, "new\n") is True
-    assert target.read_text() == "new\n"
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 async def test_a_refused_swap_is_an_error_and_loses_nothing(
@@ -202,8 +196,7 @@ async def test_a_failed_fsync_is_reported_after_the_new_file_is_in_place(
     with pytest.raises(OSError, match="Input/output error"):
         await write(config, "new\n")
     assert target.read_text() == "new\n"
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 async def test_a_spare_that_cannot_be_made_is_not_an_error(
@@ -238,8 +231,7 @@ async def test_overlapping_rewrites_land_in_call_order(target: Path) -> None:
         assert await config.replace_if_changed(f"v{i}\n") is True
     assert target.read_text() == "v19\n"
     await config.sync_to_disk()
-    await config.close()
-    assert names(target.parent) == ["pgbouncer.ini"]
+    await assert_only_the_config_left_after_close(config)
 
 
 async def test_a_file_that_grows_while_it_is_read_is_compared_whole(

@@ -28,6 +28,7 @@ from pgcm_common._pgbouncer.errors import (
     PgBouncerCommandRefused,
     PgBouncerUnreachable,
 )
+from pgcm_common._pgbouncer.events import logged_reload
 from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
 from pgcm_common._pgbouncer.wire import SimpleQueryConnection, open_simple_query
@@ -308,13 +309,7 @@ class PgBouncerAdmin:
             PgBouncerAuthError: Login refused.
             PgBouncerCommandRefused: PgBouncer refused RELOAD.
         """
-        started = time.monotonic()
-        await self._run("RELOAD")
-        self._log.info(
-            "pgbouncer.reload_configuration",
-            msg="PgBouncer reloaded its configuration",
-            elapsed=time.monotonic() - started,
-        )
+        await logged_reload(self._log, lambda: self._run("RELOAD"))
 
     async def disable(self, database: str) -> None:
         """Send ``DISABLE <database>``: new clients of it are refused (idempotent).

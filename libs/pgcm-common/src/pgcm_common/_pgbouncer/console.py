@@ -12,13 +12,13 @@ each: dropping that connection is how an abandoned PAUSE is undone (ADR 0003).
 
 from __future__ import annotations
 
-import time
 from typing import final
 
 import anyio
 import structlog
 
 from pgcm_common._pgbouncer.errors import PgBouncerCommandRefused, PgBouncerUnreachable
+from pgcm_common._pgbouncer.events import logged_reload
 from pgcm_common._pgbouncer.rows import DatabaseRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
 from pgcm_common._pgbouncer.wire import (
@@ -68,13 +68,7 @@ class RoutingConsole:
             PgBouncerAuthError: Login refused.
             PgBouncerCommandRefused: PgBouncer refused RELOAD.
         """
-        started = time.monotonic()
-        await self._query("RELOAD")
-        self._log.info(
-            "pgbouncer.reload_configuration",
-            msg="PgBouncer reloaded its configuration",
-            elapsed=time.monotonic() - started,
-        )
+        await logged_reload(self._log, lambda: self._query("RELOAD"))
 
     async def show_databases(self) -> tuple[DatabaseRow, ...]:
         """Return SHOW DATABASES as typed rows.
