@@ -206,8 +206,11 @@ class ConfigFile:
     def _remove_leftovers(self) -> None:
         with self._state:
             ours = None if self._spare is None else self._spare.path
-        for path in self.path.parent.glob(f".{self.path.name}.*{_TEMPORARY_SUFFIX}"):
-            if path != ours:
+        prefix = f".{self.path.name}."
+        # Compared as text, not globbed: the config's name may hold glob characters.
+        for path in self.path.parent.iterdir():
+            name = path.name
+            if name.startswith(prefix) and name.endswith(_TEMPORARY_SUFFIX) and path != ours:
                 path.unlink(missing_ok=True)
 
     def _close(self) -> None:

@@ -250,3 +250,14 @@ async def test_a_file_that_grows_while_it_is_read_is_compared_whole(
     monkeypatch.setattr(os, "fstat", stale_size)
     assert await ConfigFile(target).replace_if_changed(content) is False
     assert await ConfigFile(target).replace_if_changed(content[:-1]) is True
+
+
+async def test_leftovers_are_found_when_the_config_name_holds_glob_characters(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "pgbouncer[1].ini"
+    target.write_text("old\n")
+    (tmp_path / ".pgbouncer[1].ini.abc123.pgcm-tmp").write_text("half")
+    (tmp_path / ".pgbouncer1.ini.abc123.pgcm-tmp").write_text("another config's")
+    await ConfigFile(target).remove_leftovers()
+    assert names(tmp_path) == [".pgbouncer1.ini.abc123.pgcm-tmp", "pgbouncer[1].ini"]
