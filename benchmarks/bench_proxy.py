@@ -47,6 +47,7 @@ import tempfile
 import time
 from concurrent.futures import Future
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -75,7 +76,7 @@ IDLE_S = 20.0
 HOSTS = ("127.0.0.1", "127.0.0.2")
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
@@ -84,7 +85,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _summary(prefix: str, values: list[float]) -> dict[str, float]:
     return {
         f"{prefix}_p50_ms": round(statistics.median(values), 3),
-        f"{prefix}_p99_ms": round(_percentile(values, 0.99), 3),
+        f"{prefix}_p99_ms": round(percentile(values, 0.99), 3),
         f"{prefix}_max_ms": round(max(values), 3),
     }
 
@@ -102,7 +103,7 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class _LeanWriter:
+class LeanWriter:
     """etcd puts over one plain gRPC channel: the benchmark's writer (module docstring)."""
 
     def __init__(self, endpoint: str) -> None:
@@ -196,7 +197,7 @@ async def _pgcm_client_put_ms(store: EtcdStore, key: bytes) -> list[float]:
     return round_trips
 
 
-class _ProxyUnderTest:
+class ProxyUnderTest:
     """pgcm-proxy as the harness drives it: put, see the file land, routing, ack."""
 
     def __init__(
@@ -209,13 +210,13 @@ class _ProxyUnderTest:
         self._ack_key = self._layout.proxy_ack("bench")
         self._renames = _FileEvents(ini.parent, _FileEvents.MOVED_TO)
 
-    async def first_apply(self, writer: _LeanWriter) -> None:
+    async def first_apply(self, writer: LeanWriter) -> None:
         """Put the first host and wait until the proxy acknowledged it."""
         revision = writer.put(self._layout.master, HOSTS[0].encode())
         with anyio.fail_after(30):
             await self._acked(revision)
 
-    async def change(self, writer: _LeanWriter, host: str, index: int) -> tuple[float, ...]:
+    async def change(self, writer: LeanWriter, host: str, index: int) -> tuple[float, ...]:
         """Move the primary to ``host``; return put, file and routing times in ms."""
         self._renames.drain()
         started = time.perf_counter()
@@ -258,9 +259,9 @@ async def _measure(
 ) -> dict[str, object]:
     pgcm: list[tuple[float, ...]] = []
     go_ms: list[float] = []
-    writer = _LeanWriter(etcd.endpoints[0])
+    writer = LeanWriter(etcd.endpoints[0])
     async with open_etcd(etcd.settings()) as store:
-        proxy = _ProxyUnderTest(ini, admin, store)
+        proxy = ProxyUnderTest(ini, admin, store)
         await proxy.first_apply(writer)
         if go is not None:
             go.wait_until_watching(writer)
@@ -300,66 +301,101 @@ async def _measure(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class RunningProxy:
+    """A pgcm-proxy process with its own PgBouncer, as the harness drives it."""
+
+    process: subprocess.Popen[bytes]
+    ini_path: Path
+    template: Path
+    console: RoutingConsole
+
+
+def start_backends(stack: ExitStack, base: Path) -> tuple[EtcdCluster, int]:
+    """Start etcd and the two PostgreSQL servers (127.0.0.1:P, 127.0.0.2:P); return etcd, P."""
+    # etcd's data on tmpfs: its WAL fsync (several ms on this VM's disk) is etcd's cost,
+    # not the proxy's, and would hide what this benchmark is about.
+    shm = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/dev/shm")))
+    cluster = stack.enter_context(start_etcd(shm / "etcd"))
+    port = free_tcp_port()
+    stack.enter_context(start_postgres(base / "pg-a", port=port, name="alpha"))
+    stack.enter_context(
+        start_postgres(
+            base / "pg-b", port=port, name="beta", extra_settings={"listen_addresses": HOSTS[1]}
+        )
+    )
+    return cluster, port
+
+
+def start_proxy(
+    stack: ExitStack,
+    work: Path,
+    cluster: EtcdCluster,
+    port: int,
+    *,
+    binary: Path,
+    namespace: str = "/bench",
+) -> RunningProxy:
+    """Start a PgBouncer routing ``app`` to HOSTS[0] and ``binary`` (pgcm-proxy) for it.
+
+    The proxy runs with its systemd unit's environment and is stopped when ``stack``
+    closes.
+    """
+    work.mkdir()
+    route = f"host={HOSTS[0]} port={port} dbname=postgres"
+    bouncer = stack.enter_context(start_pgbouncer(work / "pgbouncer", databases={"app": route}))
+    template = work / "pgbouncer.ini.template"
+    template.write_text(
+        bouncer.ini_path.read_text().replace(f"host={HOSTS[0]} ", "host={{.Host}} ")
+    )
+    config = work / "pgcm.toml"
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "proxy": {
+                    "pgbouncer_config_file": str(bouncer.ini_path),
+                    "pgbouncer_config_template_file": str(template),
+                    "proxy_id": "bench",
+                },
+                "cluster": {"namespace": namespace},
+                "etcd": {"endpoints": cluster.endpoints},
+                "pgbouncer": {
+                    "host": "127.0.0.1",
+                    "port": bouncer.port,
+                    "user": POSTGRES_USER,
+                    "password": ADMIN_PASSWORD,
+                },
+            }
+        )
+    )
+    log = stack.enter_context((work / "proxy.log").open("wb"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+    env |= unit_environment("pgcm-proxy")
+    process = subprocess.Popen(
+        [str(binary), "--log-format", "json", "run", "--config-file", str(config)],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    stack.callback(terminate, process)
+    return RunningProxy(
+        process, bouncer.ini_path, template, RoutingConsole(bouncer.admin_settings())
+    )
+
+
 def run() -> dict[str, object]:
     """Start the servers and the proxy, measure, stop everything; return the numbers."""
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgcm-bench-proxy-")))
         make_world_traversable(base)
-        # etcd's data on tmpfs: its WAL fsync (several ms on this VM's disk) is etcd's
-        # cost, not the proxy's, and would hide what this benchmark is about.
-        shm = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/dev/shm")))
-        cluster = stack.enter_context(start_etcd(shm / "etcd"))
-        port = free_tcp_port()
-        stack.enter_context(start_postgres(base / "pg-a", port=port, name="alpha"))
-        stack.enter_context(
-            start_postgres(
-                base / "pg-b", port=port, name="beta", extra_settings={"listen_addresses": HOSTS[1]}
-            )
+        cluster, port = start_backends(stack, base)
+        proxy = start_proxy(
+            stack, base / "proxy", cluster, port, binary=deployed_script("pgcm-proxy")
         )
-        route = f"host={HOSTS[0]} port={port} dbname=postgres"
-        bouncer = stack.enter_context(start_pgbouncer(base / "pgbouncer", databases={"app": route}))
-        template = base / "pgbouncer.ini.template"
-        template.write_text(
-            bouncer.ini_path.read_text().replace(f"host={HOSTS[0]} ", "host={{.Host}} ")
-        )
-        config = base / "pgcm.toml"
-        config.write_text(
-            tomli_w.dumps(
-                {
-                    "proxy": {
-                        "pgbouncer_config_file": str(bouncer.ini_path),
-                        "pgbouncer_config_template_file": str(template),
-                        "proxy_id": "bench",
-                    },
-                    "cluster": {"namespace": "/bench"},
-                    "etcd": {"endpoints": cluster.endpoints},
-                    "pgbouncer": {
-                        "host": "127.0.0.1",
-                        "port": bouncer.port,
-                        "user": POSTGRES_USER,
-                        "password": ADMIN_PASSWORD,
-                    },
-                }
-            )
-        )
-        log = stack.enter_context((base / "proxy.log").open("wb"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
-        env |= unit_environment("pgcm-proxy")
-        proxy_bin = deployed_script("pgcm-proxy")
-        proxy = subprocess.Popen(
-            [str(proxy_bin), "--log-format", "json", "run", "--config-file", str(config)],
-            stdout=log,
-            stderr=log,
-            env=env,
-        )
-        try:
-            go = _GoWatcher.start(cluster.endpoints[0], base / "go", template)
-            if go is not None:
-                stack.callback(go.close)
-            admin = RoutingConsole(bouncer.admin_settings())
-            return anyio.run(_measure, bouncer.ini_path, admin, cluster, proxy.pid, go)
-        finally:
-            terminate(proxy)
+        go = _GoWatcher.start(cluster.endpoints[0], base / "go", proxy.template)
+        if go is not None:
+            stack.callback(go.close)
+        return anyio.run(_measure, proxy.ini_path, proxy.console, cluster, proxy.process.pid, go)
 
 
 class _GoWatcher:
@@ -392,7 +428,7 @@ class _GoWatcher:
         )
         return cls(process, output)
 
-    def wait_until_watching(self, writer: _LeanWriter) -> None:
+    def wait_until_watching(self, writer: LeanWriter) -> None:
         """Put until a write shows the watch is in place (it is set up asynchronously)."""
         for _ in range(40):
             if self._process.poll() is not None:
@@ -402,7 +438,7 @@ class _GoWatcher:
                 return
         raise TimeoutError("the Go reference wrote nothing within 20 s")
 
-    def change(self, writer: _LeanWriter, host: str, index: int) -> float:
+    def change(self, writer: LeanWriter, host: str, index: int) -> float:
         """Put ``host`` at the Go watcher's key; return put -> file written, in ms."""
         self._events.drain()
         started = time.perf_counter()
