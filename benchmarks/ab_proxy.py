@@ -38,33 +38,19 @@ from bench_proxy import (
     start_backends,
     start_proxy,
 )
-from deployed import ROOT
+from deployed import ROOT, build_wheels, install_alone
 
 from pgcm_common.etcd import open_etcd
 from pgcm_testkit.etcd import EtcdCluster
 from pgcm_testkit.process import make_world_traversable
 
-MEMBERS = ("pgcm-common", "pgcm-proxy")
-
 
 def _install(tree: Path, work: Path) -> Path:
     """Build ``tree``'s wheels and install pgcm-proxy alone in a venv; return its script."""
-    dist, venv = work / "dist", work / "venv"
-    subprocess.run(
-        ["uv", "build", "--all-packages", "--no-sources", "--quiet", "--out-dir", str(dist)],
-        cwd=tree, check=True,
-    )  # fmt: skip
-    subprocess.run(["uv", "venv", "--quiet", str(venv)], check=True)
-    # uv caches a find-links wheel by path and name: refresh ours, or a second build
-    # could install the first one's wheels.
-    refresh = [arg for member in MEMBERS for arg in ("--refresh-package", member)]
-    subprocess.run(
-        ["uv", "pip", "install", "--quiet", *refresh, "--python", str(venv / "bin" / "python"),
-         "--find-links", str(dist), "pgcm-proxy"],
-        check=True,
-    )  # fmt: skip
+    build_wheels(tree, work / "dist")
+    script = install_alone("pgcm-proxy", work / "dist", work / "venv")
     work.chmod(0o755)
-    return venv / "bin" / "pgcm-proxy"
+    return script
 
 
 async def _alternate(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-_venvs: dict[str, Path] = {}
+_venvs: dict[str, Path] = {}  # service -> its console script
 _workdir: Path | None = None
 
 
@@ -28,12 +28,40 @@ def _scratch() -> Path:
     if _workdir is None:
         _workdir = Path(tempfile.mkdtemp(prefix="pgcm-bench-deployed-"))
         atexit.register(shutil.rmtree, _workdir, ignore_errors=True)
-        subprocess.run(
-            ["uv", "build", "--all-packages", "--no-sources", "--quiet",
-             "--out-dir", str(_workdir / "dist")],
-            cwd=ROOT, check=True,
-        )  # fmt: skip
+        build_wheels(ROOT, _workdir / "dist")
     return _workdir
+
+
+def build_wheels(tree: Path, dist: Path) -> None:
+    """Build every wheel of the workspace checked out at ``tree`` into ``dist``.
+
+    Raises:
+        subprocess.CalledProcessError: the build failed.
+    """
+    subprocess.run(
+        ["uv", "build", "--all-packages", "--no-sources", "--quiet", "--out-dir", str(dist)],
+        cwd=tree, check=True,
+    )  # fmt: skip
+
+
+def install_alone(service: str, dist: Path, venv: Path) -> Path:
+    """Install ``service`` from the wheels in ``dist`` into a new ``venv``; return its script.
+
+    Our own packages are refreshed in uv's cache, which keys a find-links wheel by path
+    and name: a second build into the same path would otherwise install the first.
+
+    Raises:
+        subprocess.CalledProcessError: installing failed.
+    """
+    subprocess.run(["uv", "venv", "--quiet", str(venv)], check=True)
+    ours = sorted({wheel.name.split("-")[0].replace("_", "-") for wheel in dist.glob("*.whl")})
+    refresh = [arg for package in ours for arg in ("--refresh-package", package)]
+    subprocess.run(
+        ["uv", "pip", "install", "--quiet", *refresh, "--python", str(venv / "bin" / "python"),
+         "--find-links", str(dist), service],
+        check=True,
+    )  # fmt: skip
+    return venv / "bin" / service
 
 
 def deployed_script(service: str) -> Path:
@@ -46,16 +74,9 @@ def deployed_script(service: str) -> Path:
     """
     if service not in _venvs:
         work = _scratch()
-        venv = work / f"venv-{service}"
-        subprocess.run(["uv", "venv", "--quiet", str(venv)], check=True)
-        subprocess.run(
-            ["uv", "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
-             "--find-links", str(work / "dist"), service],
-            check=True,
-        )  # fmt: skip
+        _venvs[service] = install_alone(service, work / "dist", work / f"venv-{service}")
         work.chmod(0o755)
-        _venvs[service] = venv
-    return _venvs[service] / "bin" / service
+    return _venvs[service]
 
 
 def unit_environment(service: str) -> dict[str, str]:
