@@ -48,6 +48,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 TABLE: Final = "pgcm_faults"
 SWITCHOVERS: Final = 20
+HEALTHY_WITHIN_S: Final = 180
+_BROKEN_BY: Final = pytest.StashKey[str]()
 
 # The load generator: one connection through a PgBouncer, one autocommit INSERT at a
 # time with increasing ids (simple query protocol: no prepared statements, which
@@ -84,6 +86,26 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 
 # --------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+async def lab_is_whole(lab: Lab, request: pytest.FixtureRequest) -> None:
+    """Start each case on a healthy lab; once one could not, fail the rest at once.
+
+    Without it a case that wrecked the lab made every later one wait out its 900 s
+    timeout (a CI run took 37 minutes so). The first case that finds the lab still
+    unhealthy after HEALTHY_WITHIN_S fails and names itself; the ones after it fail
+    without waiting.
+    """
+    stash = request.session.stash
+    if _BROKEN_BY in stash:
+        pytest.fail(f"not run: the lab was not healthy before {stash[_BROKEN_BY]}")
+    try:
+        with anyio.fail_after(HEALTHY_WITHIN_S):
+            await lab.wait_healthy()
+    except TimeoutError:
+        stash[_BROKEN_BY] = request.node.name
+        pytest.fail(f"the lab did not become healthy within {HEALTHY_WITHIN_S} s")
+
+
 @final
 @dataclass(slots=True)
 class LoadSeen:
@@ -96,7 +118,8 @@ class LoadSeen:
 @asynccontextmanager
 async def insert_load(lab: Lab) -> AsyncIterator[LoadSeen]:
     """Run the load generator in the app node until the block ends; yield what it saw."""
-    primary = await lab.wait_healthy()
+    with anyio.fail_after(HEALTHY_WITHIN_S):
+        primary = await lab.wait_healthy()
     await lab.psql(primary, f"create table if not exists {TABLE} (id bigint, at timestamptz "
                             "default now())")  # fmt: skip
     await lab.psql(primary, f"truncate {TABLE}")

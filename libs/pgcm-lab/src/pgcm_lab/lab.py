@@ -789,10 +789,7 @@ class Lab:
             await self.heal(name)
         if self.init_pid(name) is None:
             await self.start_node(name)
-        pidfile = self.host_path(name, f"{PGDATA}/postmaster.pid")
-        with anyio.fail_after(60):
-            while pidfile.exists():
-                await anyio.sleep(_POLL)
+        await self._until_kept_stopped(name, primary)
         method = await self._rebuild(name, self.topology.node(primary))
         signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
         signal_file.touch()
@@ -805,9 +802,61 @@ class Lab:
         self.progress(f"{name} streams again ({method})")
         return method
 
+    async def _until_kept_stopped(self, name: str, primary: str) -> None:
+        """Wait until the whole cluster keeps ``name``'s instance stopped, and it is.
+
+        Right after a heal (or a restart) the node is still rejoining, and what its
+        Pacemaker did alone cannot be trusted. A fault-suite run showed the minority
+        side's demote restart PostgreSQL as a standby, whose postmaster.pid then went
+        missing, so PAF's stop failed ("PID file does not exist") and left that
+        postmaster running. The data directory was rebuilt under it and it shut down
+        with "lock file is invalid". So, with the ban in place: wait until the primary's
+        view has the node online; clean up its instance (Pacemaker forgets the failed
+        stop and probes again); let the cluster settle; then look for a postmaster in
+        the node's own PID namespace, not for a pidfile, and shut down (SIGINT, fast)
+        one that Pacemaker lost track of.
+
+        Raises:
+            TimeoutError: not within 120 s.
+        """
+        cleanup = ["crm_resource", "--cleanup", "--resource", CLONE, "--node", name]
+        with anyio.fail_after(120):
+            while name not in (view := await self.view(primary)).online or not view.quorum:
+                await anyio.sleep(_POLL)
+            while True:
+                await self.exec(primary, cleanup)
+                await self.exec(primary, ["crm_resource", "--wait", "--timeout=60s"], check=False)
+                view = await self.view(primary)
+                if name in {*view.promoted, *view.unpromoted}:
+                    await anyio.sleep(_POLL)  # the cluster has not stopped it yet
+                    continue
+                # Stopped, or failed to stop: either way only our own eyes can tell.
+                strays = await self._postmasters(name)
+                if not strays:
+                    return
+                self.progress(f"{name}: postmaster {strays} runs unknown to Pacemaker; SIGINT")
+                for pid in strays:
+                    await self.exec(name, ["kill", "-INT", str(pid)], check=False)
+                await anyio.sleep(1)
+
+    async def _postmasters(self, name: str) -> list[int]:
+        """PIDs of the postmasters running in node ``name`` (its own PID namespace)."""
+        listing = await self.exec(name, ["ps", "-e", "-o", "pid=,ppid=,comm="])
+        postgres: dict[int, int] = {}
+        for line in listing.stdout.splitlines():
+            pid, ppid, comm = line.split(None, 2)
+            if comm.strip() == "postgres":
+                postgres[int(pid)] = int(ppid)
+        return sorted(pid for pid, ppid in postgres.items() if ppid not in postgres)
+
     async def _rebuild(self, name: str, primary: Node) -> str:
         source = f"host={primary.address} user=postgres dbname=postgres"
         rewind = [f"{PG_BINDIR}/pg_rewind", "-D", PGDATA, f"--source-server={source}"]
+        # A demoted ex-primary that went down uncleanly has standby.signal: pg_rewind's
+        # crash recovery in single-user mode refuses standby mode, so it would fail and
+        # fall back to a full copy. rejoin writes standby.signal again afterwards.
+        for signal in ("standby.signal", "recovery.signal"):
+            self.host_path(name, f"{PGDATA}/{signal}").unlink(missing_ok=True)
         result = await self.exec(name, rewind, user="postgres", check=False)
         if result.returncode == 0:
             return "pg_rewind"
