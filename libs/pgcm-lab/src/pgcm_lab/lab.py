@@ -842,12 +842,7 @@ class Lab:
     async def _postmasters(self, name: str) -> list[int]:
         """PIDs of the postmasters running in node ``name`` (its own PID namespace)."""
         listing = await self.exec(name, ["ps", "-e", "-o", "pid=,ppid=,comm="])
-        postgres: dict[int, int] = {}
-        for line in listing.stdout.splitlines():
-            pid, ppid, comm = line.split(None, 2)
-            if comm.strip() == "postgres":
-                postgres[int(pid)] = int(ppid)
-        return sorted(pid for pid, ppid in postgres.items() if ppid not in postgres)
+        return postmaster_pids(listing.stdout)
 
     async def _rebuild(self, name: str, primary: Node) -> str:
         source = f"host={primary.address} user=postgres dbname=postgres"
@@ -1040,6 +1035,20 @@ def lab_leftovers(lab: Lab, pids: Sequence[int] = ()) -> list[str]:
     left += [f"mount {line.split()[4]}" for line in mounts
              if f"{PREFIX}-" in line or str(lab.state_dir) in line]  # fmt: skip
     return left
+
+
+def postmaster_pids(ps_output: str) -> list[int]:
+    """The postmasters in ``ps -e -o pid=,ppid=,comm=`` output, sorted.
+
+    A postmaster is a ``postgres`` process whose parent is not one: its backends and
+    auxiliary processes are its children. Lines that are not three fields are skipped.
+    """
+    parents: dict[int, int] = {}
+    for line in ps_output.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and fields[2].strip() == "postgres":  # noqa: PLR2004 - pid, ppid, comm
+            parents[int(fields[0])] = int(fields[1])
+    return sorted(pid for pid, parent in parents.items() if parent not in parents)
 
 
 def status_role(

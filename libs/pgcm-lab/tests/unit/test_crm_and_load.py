@@ -7,7 +7,7 @@ import pytest
 
 from pgcm_lab.crm import parse_crm_mon
 from pgcm_lab.errors import LabError
-from pgcm_lab.lab import status_role
+from pgcm_lab.lab import postmaster_pids, status_role
 from pgcm_lab.load import max_latency_ms, parse_pgbench
 
 DATA = Path(__file__).parent / "data"
@@ -101,3 +101,21 @@ def test_status_shows_a_failed_instance_as_failed() -> None:
     assert status_role("n3", healthy, {}, up=True) == "standby"
     assert status_role("n3", healthy, {}, up=False) == "down"
     assert status_role("n3", None, {}, up=True) == "unknown"
+
+
+def test_postmaster_pids_are_postgres_processes_without_a_postgres_parent() -> None:
+    ps = (
+        "    1     0 init\n"
+        "   40     1 pacemakerd\n"
+        "  983     1 postgres\n"
+        "  985   983 postgres\n"
+        "  987   983 postgres\n"
+        " 1200  1100 postgres\n"  # a second postmaster (parent: runuser, not postgres)
+        " 1201  1200 postgres\n"
+        " 1300   983 psql\n"
+    )
+    assert postmaster_pids(ps) == [983, 1200]
+
+
+def test_postmaster_pids_of_a_node_without_postgres_is_empty() -> None:
+    assert postmaster_pids("    1     0 init\n   12     1 corosync\n\n") == []
