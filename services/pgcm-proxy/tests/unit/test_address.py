@@ -68,3 +68,12 @@ def test_any_accepted_value_is_a_single_safe_token(raw: bytes) -> None:
         return
     assert set(address.host) <= set("0123456789abcdefghijklmnopqrstuvwxyz.-:")
     assert len(address.host) <= MAX_HOSTNAME_LENGTH
+
+
+def test_a_remembered_address_is_returned_again_and_a_refusal_is_never_remembered() -> None:
+    first = parse_primary_address(b"10.1.2.3")
+    assert parse_primary_address(b"10.1.2.3") is first  # the same validated value
+    for _ in range(2):
+        with pytest.raises(RejectedAddress) as refused:
+            parse_primary_address(b"10.1.2.3\nlisten_port=1")
+        assert refused.value.reason == "whitespace_or_control"
