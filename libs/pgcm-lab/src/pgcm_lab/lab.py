@@ -825,7 +825,9 @@ class Lab:
                 await anyio.sleep(_POLL)
             while True:
                 await self.exec(primary, cleanup)
-                await self.exec(primary, ["crm_resource", "--wait", "--timeout=60s"], check=False)
+                # Short: a failed stop keeps the cluster from settling at all, and the
+                # postmaster it left shuts itself down (immediately) within a minute.
+                await self.exec(primary, ["crm_resource", "--wait", "--timeout=10s"], check=False)
                 view = await self.view(primary)
                 if name in {*view.promoted, *view.unpromoted}:
                     await anyio.sleep(_POLL)  # the cluster has not stopped it yet

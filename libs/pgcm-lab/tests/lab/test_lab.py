@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pgcm_lab.lab import BRIDGE_NS, Lab, Progress, lab_leftovers, node_pids
-from pgcm_lab.topology import PG_BINDIR, PGDATA
+from pgcm_lab.lab import BRIDGE_NS, Lab, Progress, lab_leftovers, node_pids, postmaster_pids
+from pgcm_lab.topology import CLONE, PG_BINDIR, PGDATA
 
 pytestmark = pytest.mark.lab
 
@@ -115,6 +115,45 @@ async def test_partitioned_primary_loses_quorum_the_majority_promotes_and_it_rej
     assert method in {"pg_rewind", "pg_basebackup"}
     repl = await lab.replication(new)
     assert repl[old][0] == "streaming"
+
+
+@pytest.mark.timeout(300)
+async def test_rejoin_stops_a_postmaster_pacemaker_lost_track_of(lab: Lab) -> None:
+    """The fault seen in CI: a postmaster runs but its postmaster.pid is gone.
+
+    PAF's stop then fails ("PID file does not exist"), and rebuilding the data directory
+    under that postmaster wrecks the node. rejoin must find it in the node's process
+    list and shut it down (SIGINT: PostgreSQL logs a fast shutdown) before it rewinds.
+    """
+    with anyio.fail_after(30):
+        primary = await lab.wait_healthy()
+    node = next(n.name for n in lab.topology.others(primary))
+    pidfile = lab.host_path(node, f"{PGDATA}/postmaster.pid")
+    ban = ["crm_resource", "--resource", CLONE, "--ban", "--node", node, "--lifetime", "PT10M"]
+    await lab.exec(primary, ban)
+    with anyio.fail_after(60):
+        while node in (await lab.view(primary)).unpromoted or pidfile.exists():
+            await anyio.sleep(0.2)
+    # Start it behind Pacemaker's back, then take its pidfile away. The postmaster
+    # notices only at its next once-a-minute check: rejoin must act before that.
+    lab.host_path(node, f"{PGDATA}/standby.signal").touch()
+    # -l: the postmaster must not inherit our pipes (exec would wait for it to exit).
+    start = [f"{PG_BINDIR}/pg_ctl", "-D", PGDATA, "-l", "/var/log/postgresql/stray.log", "-w",
+             "start"]  # fmt: skip
+    with anyio.fail_after(30):
+        await lab.exec(node, start, user="postgres")
+    stray = int(pidfile.read_text().split()[0])
+    pidfile.unlink()
+    assert postmaster_pids(
+        (await lab.exec(node, ["ps", "-e", "-o", "pid=,ppid=,comm="])).stdout
+    ) == [stray]
+    with anyio.fail_after(110):
+        await lab.rejoin(node)
+        assert await lab.wait_healthy() == primary
+    log = (lab.node_dir(node) / "var-log-postgresql" / "postgresql.log").read_text()
+    assert f"[{stray}] LOG:  received fast shutdown request" in log
+    assert f"[{stray}] LOG:  performing immediate shutdown" not in log
+    assert (await lab.replication(primary))[node][0] == "streaming"
 
 
 async def test_down_leaves_nothing_behind(lab: Lab) -> None:
