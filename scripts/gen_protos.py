@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 PROTOS = ["failover.proto"]
 OUT = ROOT / "libs" / "pgcm-common" / "src" / "pgcm_common" / "proto"
-# Async grpclib client stubs and server bases only: every caller is asyncio (STYLE C1).
+# Async grpclib client stubs and server bases only: every caller is asyncio.
 PLUGIN_OPTIONS = "client_generation=async,server_generation=async"
 
 

@@ -176,7 +176,7 @@ async def test_etcd_names_the_promoted_node_and_every_pgbouncer_routes_to_it(lab
         hosts = {name: await routed_host(lab, name) for name in live_nodes(lab)}
         statuses = await etcd_get_prefix(lab, f"{NAMESPACE}/supervise/")
     assert hosts == dict.fromkeys(["n1", "n2", "n3", APP_NODE], address(lab, primary))
-    # issue 5: each node's supervise publishes the real primary in its NodeStatus.
+    # Each node's supervise publishes the real primary in its NodeStatus.
     seen = {key.rsplit("/", 1)[1]: _dict(json.loads(v))["primary"] for key, v in statuses.items()}
     assert seen == dict.fromkeys(["n1", "n2", "n3"], primary)
 

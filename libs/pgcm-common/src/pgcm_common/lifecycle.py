@@ -1,4 +1,4 @@
-"""Process lifecycle: run until SIGTERM/SIGINT, then unwind cleanly (STYLE C7).
+"""Process lifecycle: run until SIGTERM/SIGINT, then unwind cleanly.
 
 :func:`run_until_signalled` runs a service's ``main`` under ``anyio.run`` (asyncio
 backend: grpclib needs it) beside a signal watcher. The first SIGTERM or SIGINT logs

@@ -112,5 +112,5 @@ def configure_logging(
 
 
 def bind_role(role: str) -> None:
-    """Bind ``role=<service>`` to every later event of this context (STYLE L3)."""
+    """Bind ``role=<service>`` to every later event of this context."""
     structlog.contextvars.bind_contextvars(role=role)

@@ -391,7 +391,7 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
 
 
 def _environ() -> Mapping[str, str]:
-    import os  # noqa: PLC0415 - the only environment read in pgcm lives here (STYLE K3)
+    import os  # noqa: PLC0415 - the only environment read in pgcm lives here
 
     return os.environ
 

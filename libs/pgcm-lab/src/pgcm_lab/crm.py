@@ -38,7 +38,10 @@ class ClusterView:
         return self.promoted[0] if len(self.promoted) == 1 else None
 
     def settled_on(self, node: str) -> bool:
-        """LAB.md's safe rule: ``node`` alone has 1001 and no online node is negative."""
+        """The safe clear rule: ``node`` alone has 1001 and no online node is negative.
+
+        Clearing a move earlier lets Pacemaker move the primary back (docs/lab.md).
+        """
         top = [name for name, score in self.scores.items() if score == PROMOTED_SCORE]
         negative = [n for n, s in self.scores.items() if s < 0 and n in self.online]
         return top == [node] and not negative

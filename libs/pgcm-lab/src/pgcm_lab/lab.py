@@ -601,7 +601,7 @@ class Lab:
 
         Healthy: every expected node online with quorum, exactly one promoted node which
         accepts writes, every other expected node streaming from it (one ``sync``), and
-        no negative promotion score (LAB.md: otherwise a later failure promotes nobody).
+        no negative promotion score (otherwise a later failure promotes nobody).
         """
         wanted = list(expect or [n.name for n in self.topology.nodes])
         try:
@@ -664,7 +664,7 @@ class Lab:
         """Move the primary to ``target`` with Pacemaker's own move, then clear it safely.
 
         Waits until the target accepts writes, then until the scores have settled
-        (LAB.md: clearing earlier moves the primary back), then clears the constraint,
+        (clearing earlier moves the primary back), then clears the constraint,
         points every lab PgBouncer at the new primary (unless ``repoint`` is false,
         e.g. when pgcm-proxy does that) and waits for both standbys to stream again.
         """

@@ -131,7 +131,7 @@ def render_cib_resources(topology: Topology) -> str:
             "pg_bindir": PG_BINDIR,
             "pgdata": PGDATA,
             # One PAF monitor interval is what a switchover waits before it may clear
-            # the move (LAB.md): shorter than PAF's usual 15 s/16 s keeps the lab quick.
+            # the move (docs/lab.md): shorter than PAF's usual 15 s/16 s keeps the lab quick.
             "monitor_promoted": topology.monitor_promoted,
             "monitor_unpromoted": topology.monitor_unpromoted,
         },

@@ -1,4 +1,4 @@
-"""Wait for a condition in async tests without sleeping for a fixed time (STYLE X4)."""
+"""Wait for a condition in async tests without sleeping for a fixed time."""
 
 from __future__ import annotations
 

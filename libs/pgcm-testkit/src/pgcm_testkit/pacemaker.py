@@ -1,6 +1,6 @@
 """A real one-node Corosync + Pacemaker cluster in its own namespaces, for tests.
 
-Layout (see ../shared/LAB.md for why each piece is needed)::
+Layout (docs/lab.md says why each piece is needed)::
 
     netns pgcm-test-<pid>-pcmk : lo only; corosync's one-node knet ring binds 127.0.0.1
       └─ unshare --mount --uts --pid --fork --mount-proc

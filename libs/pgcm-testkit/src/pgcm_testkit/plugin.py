@@ -24,7 +24,7 @@ pytest_plugins = [
 
 _OWN_BASETEMP = pytest.StashKey[Path]()
 
-# Only our own code is held to "never block the event loop" (STYLE C10). Test bodies may
+# Only our own code is held to "never block the event loop". Test bodies may
 # prepare files synchronously; third-party code is not ours to police.
 _SCANNED_PACKAGES = ("pgcm_common", "pgcm_supervise", "pgcm_proxy", "pgcm_failover")
 

@@ -3,7 +3,7 @@
 It speaks the original's ``failover.Failover`` service over grpclib, optionally with TLS
 (a CA bundle to verify the server, a client certificate for mutual TLS, ALPN ``h2``)
 and a bearer token (``authorization: Bearer <token>`` metadata on every call). gRPC
-statuses are translated back to domain errors here and nowhere else (STYLE E6).
+statuses are translated back to domain errors here and nowhere else.
 """
 
 from __future__ import annotations

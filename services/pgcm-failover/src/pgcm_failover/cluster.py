@@ -9,7 +9,7 @@ node's PgBouncer paused state, and the primary's PostgreSQL facts when published
 :class:`NodeStatusCluster` implements ``pipeline.Cluster`` on top of it:
 
 * ``preflight`` refuses a switchover that would hurt clients, with the precise reason;
-* ``wait_settled`` waits for LAB.md's "safe clear rule": the target is the only promoted
+* ``wait_settled`` waits for the "safe clear rule" (docs/lab.md): the target is the only promoted
   node, holds the top promotion score alone, and no online standby has a negative score
   (PAF gives the primary 1001; we compare with the maximum instead of hard-coding it).
   With the legacy ``ocf:heartbeat:pgsql`` agent (negative standby scores are normal
@@ -161,7 +161,7 @@ def is_legacy_pgsql(view: NodeStatus) -> bool:
 def settle_problems(snapshot: ClusterSnapshot, target: str) -> list[str]:
     """Return why it is not yet safe to clear the move constraint (empty: safe).
 
-    The rule (LAB.md), with PAF: ``target`` is the only promoted node and holds the top
+    The rule (docs/lab.md), with PAF: ``target`` is the only promoted node and holds the top
     promotion score, no other node has that score, and no online standby has a negative
     score. The legacy ``ocf:heartbeat:pgsql`` agent gives async/potential standbys and
     the just-demoted primary ``-INFINITY`` for good, so there the rule is: ``target`` is

@@ -15,7 +15,7 @@ The tree::
             └── SuperviseTooOld         UNIMPLEMENTED: the server predates a pgcm extension
 
 A ``DEADLINE_EXCEEDED`` answer (e.g. "exceeded pause timeout") becomes the built-in
-:class:`TimeoutError` (STYLE E6), so it reads the same as a local ``fail_after``.
+:class:`TimeoutError`, so it reads the same as a local ``fail_after``.
 """
 
 from __future__ import annotations

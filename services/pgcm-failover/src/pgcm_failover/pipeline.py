@@ -1,6 +1,6 @@
 """The zero-downtime switchover: the original's step-with-undo pipeline, with its bugs fixed.
 
-Shape (SPEC §6)::
+Shape::
 
     health-check all ─► lock ─► pre-flight ─► pause all ─► migrate ─► wait etcd + acks
         ─► resume all ─► wait Pacemaker settled ─► unmigrate ─► unlock
@@ -313,7 +313,7 @@ class Pipeline:
             await self._phase("wait_for_proxies", self._wait_followed, self._pause_left())
             await self._phase("resume", self._resume_if_paused, opts.resume_timeout)
             # The lock is kept and the constraint stays until Pacemaker has settled;
-            # clearing earlier moves the primary back (LAB.md).
+            # clearing earlier moves the primary back (docs/lab.md).
             await self._phase("wait_settled", self._wait_settled, opts.settle_timeout)
         return self.report
 

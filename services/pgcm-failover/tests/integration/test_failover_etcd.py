@@ -161,7 +161,7 @@ class World:
     doubles: dict[str, SuperviseDouble] = field(default_factory=dict)
 
     def roles(self) -> tuple[NodeRole, ...]:
-        # Right after the move PAF still gives the old primary the top score (LAB.md).
+        # Right after the move PAF still gives the old primary the top score (docs/lab.md).
         top = self.primary if self.settled else "n1"
         return tuple(
             NodeRole(

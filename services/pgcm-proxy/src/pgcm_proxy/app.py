@@ -1,4 +1,4 @@
-"""Wire pgcm-proxy together: the only module that builds adapters (STYLE M3).
+"""Wire pgcm-proxy together: the only module that builds adapters.
 
 ``serve`` loads the template (a broken one is a ``ConfigError``: exit 2), opens etcd,
 follows the primary's key with a resilient watch plus a periodic poll, and runs the

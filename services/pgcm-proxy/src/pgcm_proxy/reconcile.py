@@ -2,7 +2,7 @@
 
 Two pieces, both free of adapters (they take Protocol-typed collaborators):
 
-* :class:`DesiredState` is synchronous and pure (STYLE C9): the watch and the poll
+* :class:`DesiredState` is synchronous and pure: the watch and the poll
   offer etcd events; a :class:`RevisionGate` admits each revision once, in order, and
   every value is validated. A refused value (deleted key, hostile text) never replaces
   the last good target.

@@ -30,7 +30,7 @@ def test_exported_metrics_record_the_current_host_only() -> None:
 
 
 def test_a_proxy_without_metrics_address_never_imports_prometheus_client() -> None:
-    # prometheus_client costs RSS (issue 4's budget); only metrics_address may load it.
+    # prometheus_client costs RSS (the proxy's memory budget); only metrics_address may load it.
     code = (
         "import sys; import pgcm_proxy.cli, pgcm_proxy.app;"
         " from pgcm_proxy.metrics import ProxyMetrics; ProxyMetrics(export=False);"

@@ -1,6 +1,6 @@
 """Build every adapter of pgcm-supervise and run its parts under one task group.
 
-The only module that constructs real adapters (STYLE): etcd, PgBouncer admin consoles,
+The only module that constructs real adapters: etcd, PgBouncer admin consoles,
 the crm_mon reader, the node address resolver, the PostgreSQL probe. It runs:
 
 * the failover gRPC API (``server.py`` / ``grpc_serve.py``), after crash recovery;
@@ -310,7 +310,7 @@ async def serve(
                     await anyio.sleep_forever()
                 finally:
                     sd_notify("STOPPING=1")
-                    # Resume first (STYLE C7): clients must not wait on a paused
+                    # Resume first: clients must not wait on a paused
                     # PgBouncer while gRPC drains and the status lease is revoked.
                     with anyio.move_on_after(settings.shutdown_grace.total_seconds(), shield=True):
                         await paused.resume_for_shutdown()

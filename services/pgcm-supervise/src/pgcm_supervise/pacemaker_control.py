@@ -3,7 +3,7 @@
 ``crm_resource --resource <clone> --move --promoted --node <n>`` adds a ``cli-prefer``
 location constraint for the promoted role (crmsh's ``crm resource move`` would create a
 ``role=Started`` one, and a plain ``--move`` fails with "Requested item already exists",
-see LAB.md); ``--clear`` removes every ``cli-prefer``/``cli-ban`` of the resource.
+see docs/lab.md); ``--clear`` removes every ``cli-prefer``/``cli-ban`` of the resource.
 
 :class:`PacemakerControl` is the seam; :class:`CrmResourceControl` the real adapter (a
 command prefix lets it run inside a namespace); :class:`FakePacemakerControl` the fake

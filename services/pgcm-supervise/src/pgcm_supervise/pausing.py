@@ -78,7 +78,7 @@ class PauseController:
     async def pause(self) -> None:
         """PAUSE every PgBouncer; on any failure resume all of them and raise.
 
-        The caller bounds the call with ``anyio.fail_after`` (STYLE C4).
+        The caller bounds the call with ``anyio.fail_after`` (the caller owns the timeout).
 
         Raises:
             PgBouncersFailed: some PgBouncer refused or could not be reached.
@@ -174,7 +174,7 @@ class PauseController:
     async def _fan_out(
         self, operation: str, call: Callable[[PgBouncerAdminProtocol], Awaitable[None]]
     ) -> None:
-        # All must finish (STYLE C8): one PgBouncer failing does not stop the others, and
+        # All must finish: one PgBouncer failing does not stop the others, and
         # every failure is reported, never "last error wins" (E5).
         failures: dict[str, Exception] = {}
 

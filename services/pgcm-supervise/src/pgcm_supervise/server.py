@@ -3,7 +3,7 @@
 Wire-compatible with the original's ``failover.proto`` (see protos/failover.proto). The
 one table mapping domain errors to gRPC statuses is :data:`STATUS_TABLE`.
 
-Timers follow STYLE C2: :class:`FailoverServer` is an async context manager whose task
+Every timer has an owner: :class:`FailoverServer` is an async context manager whose task
 group owns every pause-expiry timer; each timer keeps its own ``CancelScope`` so a resume
 or a newer pause cancels exactly it, and a timer that fires resumes only if no newer
 pause started (:meth:`PauseController.resume` with ``only_generation``). On exit the
@@ -218,7 +218,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         """Own the timers' task group; on exit resume a PgBouncer we still hold paused.
 
         Cancellation:
-            The exit path resumes shielded, bounded by ``cleanup_timeout`` (STYLE C5/C7).
+            The exit path resumes shielded, bounded by ``cleanup_timeout``.
         """
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -329,11 +329,11 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
     async def resume_for_shutdown(self) -> None:
         """Refuse new pauses and resume a PgBouncer we hold paused, first thing on exit.
 
-        Called before the gRPC server drains and the status lease is revoked (STYLE C7):
+        Called before the gRPC server drains and the status lease is revoked:
         clients must not wait on a paused PgBouncer while the rest shuts down.
 
         Cancellation:
-            Shielded, bounded by ``cleanup_timeout`` (STYLE C5).
+            Shielded, bounded by ``cleanup_timeout``.
         """
         self._closing = True
         self._cancel_expiry()
@@ -543,7 +543,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
                 state = await self._crm.read_cluster_state()
                 already = state.node(requested) if requested else None
                 if already is not None and state.primary_node == requested:
-                    # Already in the requested state is success (STYLE E4): a caller
+                    # Already in the requested state is success: a caller
                     # retrying after a lost answer must not see an error.
                     return await self._already_primary(already, requested)
                 target = choose_target(state, requested)

@@ -19,7 +19,7 @@ def test_unexported_metrics_accept_every_update_and_expose_nothing() -> None:
 
 
 def test_a_supervise_without_metrics_address_never_imports_prometheus_client() -> None:
-    # prometheus_client costs RSS (issue 4's budget); only metrics_address may load it.
+    # prometheus_client costs RSS (the daemon's memory budget); only metrics_address may load it.
     code = (
         "import sys; import pgcm_supervise.cli, pgcm_supervise.app;"
         " from pgcm_supervise.metrics import SuperviseMetrics;"

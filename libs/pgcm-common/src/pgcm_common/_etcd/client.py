@@ -5,7 +5,8 @@ aetcd 1.0 opens ``grpc.aio.insecure_channel`` in ``Client.connect`` and nowhere 
 pass our keepalive options and wait (bounded) for the connection before the first
 request. Everything else (request building, auth token metadata, stubs) stays aetcd's.
 Watches and lease keepalives use aetcd's generated stubs directly: aetcd's own watcher
-runs unowned asyncio tasks, which STYLE C2 forbids. See docs/adr/0001-etcd-client.md.
+runs unowned asyncio tasks, which pgcm forbids (every task needs an owner that outlives
+it). See docs/adr/0001-etcd-client.md.
 
 A frozen member (SIGSTOP, a stuck VM) is the hard case: the kernel still accepts its
 TCP connections and buffers our requests, but nothing ever answers, so only timeouts

@@ -1,4 +1,4 @@
-"""Per-key revision gate: drops stale and replayed watch events (STYLE C9: pure, sync)."""
+"""Per-key revision gate: drops stale and replayed watch events (pure, synchronous)."""
 
 from __future__ import annotations
 

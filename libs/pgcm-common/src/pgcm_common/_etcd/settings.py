@@ -1,4 +1,4 @@
-"""Connection settings for etcd, shared by every service (STYLE K1/K2)."""
+"""Connection settings for etcd, shared by every service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A watch that survives restarts, hangs and compaction (STYLE C9).
+"""A watch that survives restarts, hangs and compaction.
 
 :func:`follow_keys` keeps a watch open and hands each event to a callback in its own
 task: on a broken stream it re-watches from the last seen revision + 1 (the store moves

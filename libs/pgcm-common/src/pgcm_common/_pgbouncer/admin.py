@@ -51,7 +51,7 @@ _log = structlog.get_logger()
 
 
 class PgBouncerAdminProtocol(Protocol):
-    """What services need from one PgBouncer's admin console (a seam, STYLE M4)."""
+    """What services need from one PgBouncer's admin console (a seam: tests use a verified fake)."""
 
     @property
     def endpoint(self) -> PgBouncerEndpoint:
@@ -135,7 +135,7 @@ class PgBouncerAdmin:
                 port=endpoint.port,
                 user=self._settings.user,
                 # Never None: asyncpg would then read ~/.pgpass (a blocking file read
-                # and a credential source outside our settings, STYLE K3).
+                # and a credential source outside our settings).
                 password=self._password() or "",
                 database=self._settings.database,
                 timeout=self._settings.connect_timeout.total_seconds(),
@@ -203,7 +203,7 @@ class PgBouncerAdmin:
         """Send PAUSE and wait until every server connection is released.
 
         PAUSE waits for running transactions, so it can take arbitrarily long: the
-        caller bounds it (``with anyio.fail_after(...)``, STYLE C4). If the call ends
+        caller bounds it (``with anyio.fail_after(...)``). If the call ends
         without success — the deadline fired, the caller was cancelled or the
         connection broke — the PAUSE already registered inside PgBouncer is undone:
         the admin connection is dropped, RESUME is sent on a fresh one (shielded,

@@ -64,7 +64,7 @@ class PgBouncerSettings(BaseModel):
     password: SecretStr | None = None
     database: str = Field(default="pgbouncer", min_length=1)
     connect_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
-    # Bounds the shielded RESUME sent after an abandoned PAUSE (STYLE C5): it starts when
+    # Bounds the shielded RESUME sent after an abandoned PAUSE: it starts when
     # the cleanup starts, independent of the caller's deadline that just expired.
     cleanup_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
 

@@ -341,7 +341,7 @@ async def open_simple_query(
     """Connect and log in to ``endpoint``; yield the connection and always close it.
 
     ``connect_timeout`` bounds connecting and logging in only; the caller bounds the
-    queries (STYLE C4).
+    queries: the caller owns the timeout.
 
     Raises:
         PgBouncerUnreachable: No connection within ``connect_timeout``.
