@@ -21,6 +21,7 @@ from typing import Self, final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from pgcm_common._etcd.lock import lock_key
 from pgcm_common.errors import PgcmError
 
 __all__ = [
@@ -70,7 +71,7 @@ class KeyLayout:
         self.master_record = self.master + b".json"
         self.proxies_prefix = f"{self.namespace}/proxies/".encode()
         self.supervise_prefix = f"{self.namespace}/supervise/".encode()
-        self.lock = f"{self.namespace}/lock".encode()
+        self.lock = lock_key(self.namespace)
 
     def proxy_ack(self, proxy_id: str) -> bytes:
         """Return the key of one proxy's acknowledgement."""

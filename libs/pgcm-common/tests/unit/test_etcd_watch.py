@@ -73,6 +73,30 @@ async def test_watch_keys_rewatches_after_a_broken_stream_without_loss_or_replay
     assert summary(got) == [("put", b"/k", b"2"), ("put", b"/k", b"3")]
 
 
+async def test_watch_keys_backs_off_with_capped_jittered_growing_delays() -> None:
+    store = FakeEtcdStore()
+    with capture_logs() as logs, anyio.fail_after(5):
+        async with watch_keys(store, b"/k", 0):
+            store.unavailable = True
+            store.break_watches()
+            await eventually(lambda: _at_least(_errors(logs), 3))
+            store.unavailable = False
+    attempts = [(e["attempt"], float(str(e["retry_in"]))) for e in _errors(logs)][:3]
+    assert [attempt for attempt, _ in attempts] == [1, 2, 3]
+    # Full jitter below a cap that doubles from 0.2 s (never under half the first delay):
+    # proxies that lost the same etcd member do not come back in lock step.
+    caps = [0.2, 0.4, 0.8]
+    assert all(0.1 <= delay <= cap for (_, delay), cap in zip(attempts, caps, strict=True))
+
+
+async def _at_least(entries: Sequence[object], count: int) -> bool:
+    return len(entries) >= count
+
+
+def _errors(logs: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
+    return [entry for entry in logs if entry["event"] == "etcd.watch.error"]
+
+
 async def test_watch_keys_relists_after_compaction_and_reports_vanished_keys() -> None:
     store = FakeEtcdStore()
     await store.put(b"/ns/a", b"1")

@@ -90,7 +90,7 @@ async def open_adapters(settings: FailoverSettings) -> AsyncIterator[Adapters]:
 
 def layout_of(settings: FailoverSettings) -> KeyLayout:
     """Return the cluster's etcd key layout."""
-    return KeyLayout(settings.cluster.namespace, settings.cluster.master_key)
+    return settings.cluster.layout
 
 
 def pipeline_options(settings: FailoverSettings, target: str | None) -> PipelineOptions:

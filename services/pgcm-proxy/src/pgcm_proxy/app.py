@@ -77,7 +77,7 @@ async def serve(
         Revokes the acknowledgement's lease (shielded, bounded) and closes etcd.
     """
     template = await load_template(settings.pgbouncer_config_template_file)
-    layout = KeyLayout(settings.cluster.namespace, settings.cluster.master_key)
+    layout = settings.cluster.layout
     try:
         ack_key = layout.proxy_ack(settings.proxy_id)
     except ValueError as exc:

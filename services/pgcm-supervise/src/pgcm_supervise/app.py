@@ -231,7 +231,7 @@ async def serve(
         paused it, the status lease is revoked, sockets are closed and removed.
     """
     metrics = SuperviseMetrics(export=settings.metrics_address is not None)
-    layout = KeyLayout(settings.cluster.namespace, settings.cluster.master_key)
+    layout = settings.cluster.layout
     crm = build_crm_mon(settings)
     resolver = build_resolver(settings)
     admins = admins_for(settings.pgbouncer)

@@ -38,13 +38,21 @@ from pgcm_common._etcd.model import (
     KeyValue,
     Lease,
 )
+from pgcm_common.backoff import Backoff
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = ["EtcdLock", "LockHolder", "LockStatus", "lock_key", "read_lock_status"]
 
 log = structlog.get_logger()
 
-_RETRY_S = 0.2
+
+def _retry_backoff() -> Backoff:
+    """Delays between attempts while etcd is unavailable: exponential with jitter.
+
+    Operators starting switchovers from several hosts at once, or one CLI retrying through
+    an etcd leader election, should not all retry in the same instant.
+    """
+    return Backoff(initial=timedelta(milliseconds=200), maximum=timedelta(seconds=2))
 
 
 def lock_key(namespace: str) -> bytes:
@@ -258,7 +266,7 @@ class EtcdLock(anyio.AsyncContextManagerMixin):
             self._log.info("etcd.lock.release", fencing_token=token, msg="lock released")
 
     async def _take(self, lease: Lease) -> int:
-        failures = 0
+        retry = _retry_backoff()
         while True:
             try:
                 value = LockHolder.current(self._holder).to_json()
@@ -270,11 +278,13 @@ class EtcdLock(anyio.AsyncContextManagerMixin):
                     return current.create_revision
                 if current is not None:
                     await self._wait_released(current)
-                failures = 0
+                retry.reset()
             except EtcdUnavailable as exc:
-                failures += 1
-                self._log.warning("etcd.lock.acquire.error", error=str(exc), attempt=failures)
-                await anyio.sleep(min(2.0, _RETRY_S * failures))
+                delay = retry.next_delay()
+                self._log.warning(
+                    "etcd.lock.acquire.error", error=str(exc), attempt=retry.attempt, retry_in=delay
+                )
+                await anyio.sleep(delay)
 
     async def _wait_released(self, current: KeyValue) -> None:
         try:
@@ -339,11 +349,13 @@ class EtcdLock(anyio.AsyncContextManagerMixin):
             scope.cancel()
 
     async def _grant_lease(self) -> Lease:
-        failures = 0
+        retry = _retry_backoff()
         while True:
             try:
                 return await self._store.grant_lease(self._ttl)
             except EtcdUnavailable as exc:
-                failures += 1
-                self._log.warning("etcd.lock.acquire.error", error=str(exc), attempt=failures)
-                await anyio.sleep(min(2.0, _RETRY_S * failures))
+                delay = retry.next_delay()
+                self._log.warning(
+                    "etcd.lock.acquire.error", error=str(exc), attempt=retry.attempt, retry_in=delay
+                )
+                await anyio.sleep(delay)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import structlog
@@ -27,14 +28,17 @@ from pgcm_common._etcd.model import (
     WatchEvent,
     WatchHandle,
 )
+from pgcm_common.backoff import Backoff
 from pgcm_common.errors import EtcdError
 
 __all__ = ["EventSink", "follow_keys", "watch_keys"]
 
 log = structlog.get_logger()
 
-_BACKOFF_FIRST_S = 0.2
-_BACKOFF_MAX_S = 2.0
+# Re-watch delays. Jittered: a restarted etcd member drops every proxy's watch at the
+# same moment, and without jitter they would all come back in lock step.
+_REWATCH_FIRST = timedelta(milliseconds=200)
+_REWATCH_MAX = timedelta(seconds=2)
 
 EventSink = Callable[[WatchEvent], Awaitable[None]]
 
@@ -144,7 +148,7 @@ class _Pump:
 
     async def run(self, task_status: TaskStatus[None]) -> None:
         started = False
-        failures = 0
+        retry = Backoff(initial=_REWATCH_FIRST, maximum=_REWATCH_MAX)
         while True:
             try:
                 async with self._store.open_watch(
@@ -153,13 +157,13 @@ class _Pump:
                     if not started:
                         started = True
                         task_status.started()
-                    elif failures:
+                    elif retry.attempt:
                         self._log.info(
                             "etcd.watch.restart",
                             revision=self._next,
                             msg="watch re-established from the last seen revision + 1",
                         )
-                    failures = 0
+                    retry.reset()
                     if self._next == 0:
                         # Watching "from now": pin where "now" was, so a re-watch after
                         # a failure does not skip what happened meanwhile.
@@ -175,11 +179,9 @@ class _Pump:
                 try:
                     await self._relist()
                 except EtcdError as relist_exc:
-                    failures += 1
-                    await self._backoff(relist_exc, failures)
+                    await self._backoff(relist_exc, retry)
             except EtcdError as exc:
-                failures += 1
-                await self._backoff(exc, failures)
+                await self._backoff(exc, retry)
 
     async def _follow(self, watch: WatchHandle) -> None:
         while True:
@@ -192,12 +194,12 @@ class _Pump:
                 # batches may stop short of their header revision: only empty ones count.)
                 self._next = max(self._next, batch.revision + 1)
 
-    async def _backoff(self, exc: EtcdError, failures: int) -> None:
-        delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (failures - 1))
+    async def _backoff(self, exc: EtcdError, retry: Backoff) -> None:
+        delay = retry.next_delay()
         self._log.warning(
             "etcd.watch.error",
             error=str(exc),
-            attempt=failures,
+            attempt=retry.attempt,
             retry_in=delay,
             revision=self._next,
             msg="watch broken; re-watching",
