@@ -16,6 +16,7 @@ import anyio
 from pgcm_lab.errors import LabError
 from pgcm_lab.lab import DEFAULT_STATE_DIR, Lab, Service
 from pgcm_lab.pgcm import failover_argv, start_pgcm
+from pgcm_lab.probe import NO_ANSWER, PROBE_TIMEOUT_S
 
 __all__ = ["main"]
 
@@ -120,9 +121,14 @@ def _print_status(status: dict[str, object]) -> None:
             f"{'' if score is None else score:>6} {_yes(node.get('etcd')):<5} "
             f"{_yes(node.get('pgbouncer'))}\n"
         )
+    silent = status.get("no_answer")
+    if isinstance(silent, list) and silent:
+        out.write(f"no answer within {PROBE_TIMEOUT_S:g}s from: {', '.join(map(str, silent))}\n")
 
 
 def _yes(value: object) -> str:
+    if value == NO_ANSWER:
+        return "NO-ANSWER"
     return "-" if value is None else ("ok" if value else "FAIL")
 
 

@@ -12,6 +12,7 @@ the lab created them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -30,6 +31,7 @@ import anyio
 from pgcm_lab.crm import ClusterView, parse_crm_mon
 from pgcm_lab.errors import CommandFailed, LabAlreadyUp, LabError, LabNotUp
 from pgcm_lab.load import LoadReport, max_latency_ms, parse_pgbench
+from pgcm_lab.probe import NO_ANSWER, bounded
 from pgcm_lab.render import (
     RenderedFile,
     etcd_argv,
@@ -914,24 +916,40 @@ class Lab:
 
     # ------------------------------------------------------------------ status
     async def status(self) -> dict[str, object]:
-        """Everything ``pgcm-lab status`` shows, as a JSON-ready dict."""
+        """Everything ``pgcm-lab status`` shows, as a JSON-ready dict.
+
+        Every probe is bounded (:func:`pgcm_lab.probe.bounded`): a frozen component shows
+        as ``"no answer"`` and is listed under ``no_answer``, never hangs the status.
+        """
         running = self.running_nodes()
+        silent: list[str] = []
         nodes: list[dict[str, object]] = []
         view: ClusterView | None = None
-        with contextlib.suppress(LabError):
-            view = await self.view() if [n for n in running if n != APP_NODE] else None
+        if [n for n in running if n != APP_NODE]:
+            with contextlib.suppress(LabError):
+                got = await bounded(self.view)
+                view = None if got == NO_ANSWER else got
+                if got == NO_ANSWER:
+                    silent.append("crm_mon")
         repl: dict[str, tuple[str, str]] = {}
         if view is not None and view.primary is not None:
+            primary = view.primary
             with contextlib.suppress(LabError, ValueError):
-                repl = await self.replication(view.primary)
+                got_repl = await bounded(functools.partial(self.replication, primary))
+                if got_repl == NO_ANSWER:
+                    silent.append(f"postgresql on {primary}")
+                else:
+                    repl = got_repl
         for node in self.topology.all_nodes:
             up = node.name in running
             entry: dict[str, object] = {"name": node.name, "address": str(node.address),
                                         "running": up}  # fmt: skip
             if up and not node.is_app:
-                entry["etcd"] = await self._etcd_ok(node.name)
+                entry["etcd"] = await bounded(functools.partial(self._etcd_ok, node.name))
             if up:
-                entry["pgbouncer"] = await self._bouncer_ok(node.name)
+                entry["pgbouncer"] = await bounded(functools.partial(self._bouncer_ok, node.name))
+            silent += [f"{part} on {node.name}" for part in ("etcd", "pgbouncer")
+                       if entry.get(part) == NO_ANSWER]  # fmt: skip
             if not node.is_app:
                 entry["online"] = view is not None and node.name in view.online
                 entry["score"] = view.scores.get(node.name) if view else None
@@ -944,6 +962,7 @@ class Lab:
             "quorum": view.quorum if view else False,
             "dc": view.dc if view else None,
             "nodes": nodes,
+            "no_answer": silent,
         }
 
     # ------------------------------------------------------------------ down

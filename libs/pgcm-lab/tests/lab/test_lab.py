@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from pgcm_lab.lab import BRIDGE_NS, Lab, Progress, lab_leftovers, node_pids, postmaster_pids
-from pgcm_lab.topology import CLONE, PG_BINDIR, PGDATA
+from pgcm_lab.probe import NO_ANSWER
+from pgcm_lab.topology import APP_NODE, CLONE, PG_BINDIR, PGDATA
 
 pytestmark = pytest.mark.lab
 
@@ -154,6 +155,26 @@ async def test_rejoin_stops_a_postmaster_pacemaker_lost_track_of(lab: Lab) -> No
     assert f"[{stray}] LOG:  received fast shutdown request" in log
     assert f"[{stray}] LOG:  performing immediate shutdown" not in log
     assert (await lab.replication(primary))[node][0] == "streaming"
+
+
+async def test_status_reports_a_frozen_pgbouncer_as_no_answer_instead_of_hanging(
+    lab: Lab,
+) -> None:
+    """A SIGSTOPped PgBouncer accepts connections and never answers: status must not wait."""
+    pidfile = lab.host_path(APP_NODE, "/run/pgbouncer/pgbouncer.pid")
+    pid = pidfile.read_text().split()[0]  # a PID of the node's own PID namespace
+    await lab.exec(APP_NODE, ["kill", "-STOP", pid])
+    try:
+        with anyio.fail_after(30):
+            status = await lab.status()
+    finally:
+        await lab.exec(APP_NODE, ["kill", "-CONT", pid])
+    nodes = status["nodes"]
+    assert isinstance(nodes, list)
+    app = next(n for n in nodes if n["name"] == APP_NODE)
+    assert app["pgbouncer"] == NO_ANSWER
+    assert status["no_answer"] == [f"pgbouncer on {APP_NODE}"]
+    assert status["primary"] is not None
 
 
 async def test_down_leaves_nothing_behind(lab: Lab) -> None:
