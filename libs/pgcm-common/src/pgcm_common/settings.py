@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import tomllib
 import types
@@ -39,6 +40,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, final
 
 import tomli_w
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -71,6 +73,7 @@ __all__ = [
     "Duration",
     "InvalidSettings",
     "LoadedConfigFile",
+    "NonEmptySecret",
     "PgcmSettings",
     "add_settings_arguments",
     "common_arguments",
@@ -202,6 +205,20 @@ Duration = Annotated[
 ]
 """A non-negative :class:`~datetime.timedelta` read from ``"5s"``/``"500ms"``/seconds."""
 
+
+def _not_empty_secret(value: SecretStr) -> SecretStr:
+    # An empty secret is nearly always a templating slip (an EnvironmentFile line whose
+    # value went missing). Taken as "no secret" it would quietly turn authentication
+    # off; taken as a secret it fails only at run time. Refuse it while loading, so
+    # that show-config and run agree.
+    if not value.get_secret_value():
+        raise ValueError("must not be empty (leave it unset instead)")
+    return value
+
+
+NonEmptySecret = Annotated[SecretStr, AfterValidator(_not_empty_secret)]
+"""A :class:`~pydantic.SecretStr` that refuses ``""``: leave such a setting unset instead."""
+
 # ----------------------------------------------------------------- shared sub-models
 
 
@@ -280,18 +297,42 @@ class InvalidSettings(ConfigError):
         self.args = ("\n".join(f"invalid setting {k!r}: {p}" for k, p in self.problems),)
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+_LEADING_KEY = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+
+
+def _problems(exc: ValidationError, cls: type[BaseModel]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    paths = {leaf.path for leaf in _leaves(cls)}
     for error in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in error["loc"]) or "<settings>"
+        key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required but not set"
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
+        if key not in paths:
+            key = _key_named_by(message, within=key, paths=paths)
         problems.append((key, message))
     return problems
+
+
+def _key_named_by(message: str, *, within: str, paths: set[str]) -> str:
+    """Return the setting a check across several settings is about.
+
+    Such checks (model validators) have no location of their own, so pydantic reports
+    them against the whole model (or sub-model). Their messages start with the key they
+    are about (``"bind_address '...' is not loopback"``, ``"tokens.alice is empty"``);
+    that key, when it names a setting, is more use to an operator than the model.
+    """
+    prefix = f"{within}." if within else ""
+    match = _LEADING_KEY.match(message)
+    if match is not None:
+        word = match.group(0)
+        for candidate in (word, word.split(".", 1)[0]):
+            if prefix + candidate in paths:
+                return prefix + candidate
+    return within or "<settings>"
 
 
 # --------------------------------------------------------------------------- the model
@@ -438,11 +479,14 @@ class _Leaf:
 
 
 def _unwrap_optional(annotation: object) -> object:
+    """Return the type under ``X | None`` and ``Annotated[X, ...]`` (``NonEmptySecret``)."""
     origin = typing.get_origin(annotation)
     if origin in {typing.Union, types.UnionType}:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
+            return _unwrap_optional(args[0])
+    if origin is Annotated:
+        return _unwrap_optional(typing.get_args(annotation)[0])
     return annotation
 
 
@@ -586,7 +630,7 @@ def load_settings(
         kwargs: dict[str, Any] = dict(overrides or {})
         settings = cls(**kwargs)
     except ValidationError as exc:
-        raise InvalidSettings(_problems(exc)) from exc
+        raise InvalidSettings(_problems(exc, cls)) from exc
     except SettingsError as exc:
         # pydantic-settings decodes list/dict values from the environment as JSON and
         # raises its own error on bad JSON (PGCM_TOKENS=5s): still a bad setting.
@@ -600,12 +644,27 @@ _SETTINGS_ERROR_FIELD = re.compile(r'field "([^"]+)"')
 
 
 def _settings_error_key(exc: SettingsError, cls: type[PgcmSettings]) -> str:
-    """Return the environment variable a pydantic-settings error is about."""
+    """Return the environment variable a pydantic-settings error is about.
+
+    pydantic-settings names only the top-level field (``etcd``) although the variable
+    holding the bad JSON is a nested one (``PGCM_ETCD__ENDPOINTS``): find that variable
+    by decoding the list and map variables of that field ourselves.
+    """
     match = _SETTINGS_ERROR_FIELD.search(str(exc))
     if match is None:
         return "<environment>"
     field = match.group(1)
-    return ENV_PREFIX + field.upper() if field in cls.model_fields else field
+    if field not in cls.model_fields:
+        return field
+    env = {name.upper(): value for name, value in _environ().items()}
+    for leaf in _leaves(cls):
+        in_field = leaf.path == field or leaf.path.startswith(f"{field}.")
+        if in_field and leaf.kind in {"list", "dict"} and leaf.env in env:
+            try:
+                json.loads(env[leaf.env])
+            except ValueError:
+                return leaf.env
+    return ENV_PREFIX + field.upper()
 
 
 # ---------------------------------------------------------------------------- flags
