@@ -26,6 +26,8 @@ class Service:
     other_table: str
     bad_env: tuple[str, str]
     bad_key: str
+    model_check: tuple[tuple[str, ...], str]
+    has_token: bool
 
 
 SERVICES = [
@@ -36,6 +38,8 @@ SERVICES = [
         "failover",
         ("PGCM_POLL_INTERVAL", "often"),
         "poll_interval",
+        (("--retry-interval", "2s", "--retry-max-interval", "1s"), "retry_max_interval"),
+        has_token=False,
     ),
     Service(
         "pgcm-supervise",
@@ -44,6 +48,8 @@ SERVICES = [
         "proxy",
         ("PGCM_CRM_MON_INTERVAL", "-1s"),
         "crm_mon_interval",
+        (("--bind-address", "10.0.0.1:8080"), "bind_address"),
+        has_token=True,
     ),
     Service(
         "pgcm-failover",
@@ -52,6 +58,8 @@ SERVICES = [
         "supervise",
         ("PGCM_PAUSE_TIMEOUT", "5x"),
         "pause_timeout",
+        (("--pause-timeout", "30s"), "pause_expiry"),
+        has_token=True,
     ),
 ]
 
@@ -106,3 +114,37 @@ def test_bad_value_exits_2_naming_the_key(
     monkeypatch.setenv(*service.bad_env)
     assert service.main(["show-config"]) == 2
     assert f"invalid setting '{service.bad_key}'" in capsys.readouterr().err
+
+
+def test_bad_json_in_a_nested_env_variable_names_that_variable(
+    service: Service, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGCM_ETCD__ENDPOINTS", "[127.0.0.1:2379")
+    assert service.main(["show-config"]) == 2
+    assert capsys.readouterr().err == (
+        f"{service.prog}: invalid setting 'PGCM_ETCD__ENDPOINTS': not valid JSON\n"
+    )
+
+
+def test_a_check_across_settings_names_the_key_it_is_about(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags, key = service.model_check
+    assert service.main(["show-config", *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"{service.prog}: invalid setting {key!r}: ")
+
+
+@pytest.mark.parametrize("command", ["show-config", "run"])
+def test_an_empty_token_is_refused_by_every_command_naming_the_key(
+    service: Service,
+    command: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not service.has_token:
+        pytest.skip(f"{service.prog} has no token")
+    monkeypatch.setenv("PGCM_TOKEN", "")
+    assert service.main([command]) == 2
+    assert capsys.readouterr().err == (
+        f"{service.prog}: invalid setting 'token': must not be empty (leave it unset instead)\n"
+    )

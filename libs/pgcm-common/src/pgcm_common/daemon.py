@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar, final
 
 import structlog
@@ -21,9 +22,19 @@ import structlog
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
+from pgcm_common.original_config import convert_original_file
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
 
-__all__ = ["EXIT_BAD_CONFIG", "EXIT_FATAL", "EXIT_OK", "Daemon", "most_telling_error"]
+__all__ = [
+    "CONVERT_COMMAND",
+    "EXIT_BAD_CONFIG",
+    "EXIT_FATAL",
+    "EXIT_OK",
+    "Daemon",
+    "add_convert_command",
+    "most_telling_error",
+    "run_convert_command",
+]
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -68,11 +79,14 @@ class Daemon(Generic[S]):
             parents=[common],
             help="print the effective configuration as TOML (secrets redacted)",
         )
+        add_convert_command(sub)
         return parser
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Run the command line; return the process exit code."""
         args = self.build_parser().parse_args(argv)
+        if args.command == CONVERT_COMMAND:
+            return run_convert_command(self.prog, args)
         log_format = getattr(args, "log_format", "auto")
         configure_logging(
             json=None if log_format == "auto" else log_format == "json",
@@ -120,6 +134,34 @@ class Daemon(Generic[S]):
             return EXIT_FATAL
         log.info("shutdown.complete", msg="stopped cleanly")
         return EXIT_OK
+
+
+CONVERT_COMMAND = "convert-config"
+
+
+def add_convert_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``convert-config ORIGINAL.toml`` (the same command in every pgcm service)."""
+    convert = sub.add_parser(
+        CONVERT_COMMAND,
+        help="print the pgcm TOML file equivalent to the original's flat config.toml",
+        description="Print the pgcm TOML file equivalent to a config.toml of the original "
+        "(gocardless/pgsql-cluster-manager): one file with the tables of all three "
+        "services, each key naming the original key it came from. Every service also "
+        "reads the original's file unchanged; converting is optional. Secrets are "
+        "copied as they are: write the output to a file only the service user can read.",
+    )
+    convert.add_argument("original", type=Path, metavar="ORIGINAL.toml")
+
+
+def run_convert_command(prog: str, args: argparse.Namespace) -> int:
+    """Print the conversion of ``args.original``; return 0, or 2 naming a bad key."""
+    try:
+        text = convert_original_file(args.original)
+    except ConfigError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return EXIT_BAD_CONFIG
+    sys.stdout.write(text)
+    return EXIT_OK
 
 
 def most_telling_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import tomllib
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, final
 
+import structlog
 import tomli_w
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -56,6 +59,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from pgcm_common import original_config
 from pgcm_common.errors import ConfigError
 from pgcm_common.records import KeyLayout
 
@@ -71,6 +75,7 @@ __all__ = [
     "Duration",
     "InvalidSettings",
     "LoadedConfigFile",
+    "NonEmptySecret",
     "PgcmSettings",
     "add_settings_arguments",
     "common_arguments",
@@ -86,6 +91,8 @@ ENV_PREFIX = "PGCM_"
 SHARED_TABLES = frozenset({"cluster", "etcd", "pgbouncer"})
 SERVICE_TABLES = frozenset({"proxy", "supervise", "failover"})
 REDACTED = "<redacted>"
+
+_log = structlog.get_logger("pgcm.settings")
 
 # --------------------------------------------------------------------------- durations
 
@@ -202,6 +209,20 @@ Duration = Annotated[
 ]
 """A non-negative :class:`~datetime.timedelta` read from ``"5s"``/``"500ms"``/seconds."""
 
+
+def _not_empty_secret(value: SecretStr) -> SecretStr:
+    # An empty secret is nearly always a templating slip (an EnvironmentFile line whose
+    # value went missing). Taken as "no secret" it would quietly turn authentication
+    # off; taken as a secret it fails only at run time. Refuse it while loading, so
+    # that show-config and run agree.
+    if not value.get_secret_value():
+        raise ValueError("must not be empty (leave it unset instead)")
+    return value
+
+
+NonEmptySecret = Annotated[SecretStr, AfterValidator(_not_empty_secret)]
+"""A :class:`~pydantic.SecretStr` that refuses ``""``: leave such a setting unset instead."""
+
 # ----------------------------------------------------------------- shared sub-models
 
 
@@ -280,18 +301,42 @@ class InvalidSettings(ConfigError):
         self.args = ("\n".join(f"invalid setting {k!r}: {p}" for k, p in self.problems),)
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+_LEADING_KEY = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+
+
+def _problems(exc: ValidationError, cls: type[BaseModel]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    paths = {leaf.path for leaf in _leaves(cls)}
     for error in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in error["loc"]) or "<settings>"
+        key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required but not set"
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
+        if key not in paths:
+            key = _key_named_by(message, within=key, paths=paths)
         problems.append((key, message))
     return problems
+
+
+def _key_named_by(message: str, *, within: str, paths: set[str]) -> str:
+    """Return the setting a check across several settings is about.
+
+    Such checks (model validators) have no location of their own, so pydantic reports
+    them against the whole model (or sub-model). Their messages start with the key they
+    are about (``"bind_address '...' is not loopback"``, ``"tokens.alice is empty"``);
+    that key, when it names a setting, is more use to an operator than the model.
+    """
+    prefix = f"{within}." if within else ""
+    match = _LEADING_KEY.match(message)
+    if match is not None:
+        word = match.group(0)
+        for candidate in (word, word.split(".", 1)[0]):
+            if prefix + candidate in paths:
+                return prefix + candidate
+    return within or "<settings>"
 
 
 # --------------------------------------------------------------------------- the model
@@ -304,10 +349,14 @@ class LoadedConfigFile:
     Attributes:
         path: where it was read.
         sha256: hex digest of its bytes (logged as ``hash=`` by ``config_file.loaded``).
+        original_format: whether it has the original's flat keys (``etcd-endpoints``).
+        ignored: the original's keys in it that pgcm ignores -> why.
     """
 
     path: Path
     sha256: str
+    original_format: bool = False
+    ignored: Mapping[str, str] = field(default_factory=dict)
 
 
 _LOADING: ContextVar[_LoadRequest | None] = ContextVar("pgcm_settings_loading", default=None)
@@ -371,7 +420,10 @@ class _TomlTableSource(PydanticBaseSettingsSource):
 
 @final
 class _LegacyEnvSource(PydanticBaseSettingsSource):
-    """The original's environment names: ``PGCM_`` + the flag name with ``_`` for ``-``."""
+    """The original's environment names: ``PGCM_`` + the flag name with ``_`` for ``-``.
+
+    See :mod:`pgcm_common.original_config` for the names and what each one sets.
+    """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[object, str, bool]:  # noqa: ARG002
         return None, field_name, False
@@ -381,13 +433,28 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
         if not issubclass(cls, PgcmSettings):
             return {}
         env = {k.upper(): v for k, v in _environ().items()}
-        result: dict[str, Any] = {}
         leaves = {leaf.path: leaf for leaf in _leaves(cls)}
+        found: dict[str, str] = {}
+        for target, text in original_config.env_values(env, cls.section).items():
+            table, key = target.split(".", 1)
+            found[key if table == cls.section else target] = text
         for original, path in cls.original_keys.items():
-            name = ENV_PREFIX + original.upper().replace("-", "_")
-            if name in env and path in leaves:
-                _set_path(result, path, leaves[path].from_text([env[name]]))
+            # Further spellings some services accept; empty means unset, as in viper.
+            text = env.get(original_config.original_env_name(original), "")
+            if text and path not in found:
+                found[path] = text
+        result: dict[str, Any] = {}
+        for path, text in found.items():
+            leaf = leaves.get(path)
+            if leaf is None:
+                continue
+            # viper split lists on whitespace; pgcm's flags split them on commas.
+            texts = _LIST_SEPARATORS.split(text) if leaf.kind == "list" else [text]
+            _set_path(result, path, leaf.from_text(texts))
         return result
+
+
+_LIST_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def _environ() -> Mapping[str, str]:
@@ -438,11 +505,14 @@ class _Leaf:
 
 
 def _unwrap_optional(annotation: object) -> object:
+    """Return the type under ``X | None`` and ``Annotated[X, ...]`` (``NonEmptySecret``)."""
     origin = typing.get_origin(annotation)
     if origin in {typing.Union, types.UnionType}:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
+            return _unwrap_optional(args[0])
+    if origin is Annotated:
+        return _unwrap_optional(typing.get_args(annotation)[0])
     return annotation
 
 
@@ -534,14 +604,19 @@ def _read_toml(cls: type[PgcmSettings], path: Path) -> tuple[dict[str, Any], Loa
     shared = _shared_fields(cls)
     ignored = (SHARED_TABLES | SERVICE_TABLES) - shared - {cls.section}
     result: dict[str, Any] = {}
+    flat: dict[str, object] = {}
     for key, value in doc.items():
         if key in ignored:
             continue  # another service's table: one file configures them all
+        if original_config.is_original_key(key):
+            flat[key] = value  # the original's flat format (a drop-in file)
+            continue
         if key not in shared and key != cls.section:
             raise ConfigError(
                 key,
                 f"unknown top-level key in {str(path)!r}; expected tables "
-                + ", ".join(f"[{t}]" for t in sorted(shared | {cls.section})),
+                + ", ".join(f"[{t}]" for t in sorted(shared | {cls.section}))
+                + " or the original's keys (see docs/configuration.md)",
             )
         if not isinstance(value, dict):
             raise ConfigError(key, f"must be a table ([{key}]), not a value")
@@ -550,7 +625,30 @@ def _read_toml(cls: type[PgcmSettings], path: Path) -> tuple[dict[str, Any], Loa
         else:
             _merge(result, {key: _normalise_table(value, where=key, aliases={})})
     digest = hashlib.sha256(data).hexdigest()
-    return result, LoadedConfigFile(path=path, sha256=digest)
+    if not flat:
+        return result, LoadedConfigFile(path=path, sha256=digest)
+    original = original_config.read_original(flat)
+    _merge_original(result, original, cls)
+    loaded = LoadedConfigFile(
+        path=path, sha256=digest, original_format=True, ignored=dict(original.ignored)
+    )
+    return result, loaded
+
+
+def _merge_original(
+    result: dict[str, Any], original: original_config.OriginalConfig, cls: type[PgcmSettings]
+) -> None:
+    """Add the settings of the original's flat keys; a pgcm table may not set them too."""
+    for table, keys in original.tables_for(cls.section).items():
+        for key, value in keys.items():
+            path = key if table == cls.section else f"{table}.{key}"
+            node: object = result
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                source = original.sources[f"{table}.{key}"]
+                raise ConfigError(source, f"sets the same setting as [{table}] {key}")
+            _set_path(result, path, value)
 
 
 S = TypeVar("S", bound=PgcmSettings)
@@ -586,7 +684,7 @@ def load_settings(
         kwargs: dict[str, Any] = dict(overrides or {})
         settings = cls(**kwargs)
     except ValidationError as exc:
-        raise InvalidSettings(_problems(exc)) from exc
+        raise InvalidSettings(_problems(exc, cls)) from exc
     except SettingsError as exc:
         # pydantic-settings decodes list/dict values from the environment as JSON and
         # raises its own error on bad JSON (PGCM_TOKENS=5s): still a bad setting.
@@ -600,12 +698,27 @@ _SETTINGS_ERROR_FIELD = re.compile(r'field "([^"]+)"')
 
 
 def _settings_error_key(exc: SettingsError, cls: type[PgcmSettings]) -> str:
-    """Return the environment variable a pydantic-settings error is about."""
+    """Return the environment variable a pydantic-settings error is about.
+
+    pydantic-settings names only the top-level field (``etcd``) although the variable
+    holding the bad JSON is a nested one (``PGCM_ETCD__ENDPOINTS``): find that variable
+    by decoding the list and map variables of that field ourselves.
+    """
     match = _SETTINGS_ERROR_FIELD.search(str(exc))
     if match is None:
         return "<environment>"
     field = match.group(1)
-    return ENV_PREFIX + field.upper() if field in cls.model_fields else field
+    if field not in cls.model_fields:
+        return field
+    env = {name.upper(): value for name, value in _environ().items()}
+    for leaf in _leaves(cls):
+        in_field = leaf.path == field or leaf.path.startswith(f"{field}.")
+        if in_field and leaf.kind in {"list", "dict"} and leaf.env in env:
+            try:
+                json.loads(env[leaf.env])
+            except ValueError:
+                return leaf.env
+    return ENV_PREFIX + field.upper()
 
 
 # ---------------------------------------------------------------------------- flags
@@ -841,4 +954,27 @@ def settings_from_args(
     config_file: Path | None = getattr(namespace, "config_file", None)
     if config_file is None and (env_file := _environ().get(ENV_PREFIX + "CONFIG_FILE")):
         config_file = Path(env_file)
-    return load_settings(cls, config_file=config_file, overrides=flag_overrides(namespace, cls))
+    settings, loaded = load_settings(
+        cls, config_file=config_file, overrides=flag_overrides(namespace, cls)
+    )
+    _log_original_format(loaded)
+    return settings, loaded
+
+
+def _log_original_format(loaded: LoadedConfigFile | None) -> None:
+    """Say that the original's format was read, and name its keys pgcm ignores (once)."""
+    if loaded is not None and loaded.original_format:
+        _log.info(
+            "config_file.original_format",
+            path=str(loaded.path),
+            msg="read the original's flat format; convert-config prints the pgcm file",
+        )
+    ignored = dict(loaded.ignored) if loaded is not None else {}
+    ignored.update(original_config.ignored_in_env({k.upper(): v for k, v in _environ().items()}))
+    if ignored:
+        _log.warning(
+            "config.keys_ignored",
+            keys=sorted(ignored),
+            reasons=ignored,
+            msg="the original read these keys; pgcm has no use for them and ignores them",
+        )

@@ -17,7 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from pgcm_common.daemon import most_telling_error
+from pgcm_common.daemon import (
+    CONVERT_COMMAND,
+    add_convert_command,
+    most_telling_error,
+    run_convert_command,
+)
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
@@ -65,11 +70,13 @@ the cluster's status, or clean up what a killed switchover left.
   pgcm-failover status [--json]
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
+  pgcm-failover convert-config ORIGINAL.toml
 
 Settings come from (lowest to highest precedence) the defaults, the TOML file given
 with --config-file (tables [failover], [cluster] and [etcd]; other services' tables are
 ignored), PGCM_* environment variables, and the flags below. Durations take Go-style
-values such as 500ms, 5s, 1m30s.
+values such as 500ms, 5s, 1m30s. The original's flat config.toml (etcd-endpoints = ...)
+and its PGCM_* names are read too; convert-config prints the equivalent pgcm file.
 
 Exit codes: 0 success, 1 failed and rolled back cleanly (or refused), 2 bad
 configuration, 3 failed and something needs a human (the report says what).
@@ -130,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "show-config", parents=[common], help="print the effective configuration as TOML"
     )
+    add_convert_command(sub)
     return parser
 
 
@@ -148,6 +156,8 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == CONVERT_COMMAND:
+        return run_convert_command(PROG, args)
     command = args.command or "run"
     as_json = bool(getattr(args, "json", False))
     dry_run = bool(getattr(args, "dry_run", False))

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Self, final
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from pgcm_common.etcd import EtcdSettings
 from pgcm_common.settings import (
@@ -19,6 +19,7 @@ from pgcm_common.settings import (
     ETCD_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    NonEmptySecret,
     PgcmSettings,
 )
 
@@ -104,7 +105,9 @@ class FailoverSettings(PgcmSettings):
         default=None, description="Client certificate for mutual TLS (PEM)."
     )
     tls_key_file: Path | None = Field(default=None, description="Client private key (PEM).")
-    token: SecretStr | None = Field(default=None, description="Bearer token sent to supervise.")
+    token: NonEmptySecret | None = Field(
+        default=None, description="Bearer token sent to supervise."
+    )
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:

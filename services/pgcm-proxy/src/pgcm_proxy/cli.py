@@ -24,6 +24,10 @@ Settings come from (lowest to highest precedence) the defaults, the TOML file gi
 with --config-file (tables [proxy] and [cluster]; other services' tables are ignored),
 PGCM_* environment variables, and the flags below. Durations take Go-style values such
 as 500ms, 5s, 1m30s. Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration.
+
+The original's flat config.toml (etcd-endpoints = ..., bind-address = ...) and its
+PGCM_* names (PGCM_ETCD_ENDPOINTS) are read too; convert-config ORIGINAL.toml prints
+the equivalent pgcm file.
 """
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -532,4 +533,69 @@ async def test_sigstopped_etcd_is_noticed_and_followed_after_it_resumes(
         with anyio.fail_after(20):
             await rig.wait_ack(store, HOST_B, second)
         assert await rig.client_reaches() == "beta"
+        assert await proxy.terminate() == 0
+
+
+async def test_the_originals_config_file_runs_the_proxy_unchanged(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    # The original's flat file with every key it read (supervise's and failover's too:
+    # one file served all its commands). The proxy id is not one of the original's
+    # settings, so the acknowledgement carries pgcm's default, the host name.
+    rig = dataclasses.replace(rig, proxy_id=socket.gethostname())
+    original: dict[str, object] = {
+        "etcd-namespace": rig.namespace,
+        "etcd-postgres-master-key": "/master",
+        "etcd-endpoints": [rig.etcd.endpoint],
+        "etcd-dial-timeout": "3s",
+        "etcd-timeout": "5s",
+        "etcd-dial-keep-alive-time": "5s",
+        "etcd-keep-alive-time": "30s",
+        "etcd-dial-keep-alive-timeout": "3s",
+        "etcd-keep-alive-timeout": "5s",
+        "etcd-get-timeout": "5s",
+        "etcd-stream-poll-interval": "30s",
+        "pgbouncer-user": POSTGRES_USER,
+        "pgbouncer-password": ADMIN_PASSWORD,
+        "pgbouncer-database": "pgbouncer",
+        "pgbouncer-socket-dir": "127.0.0.1",
+        "pgbouncer-port": str(rig.bouncer.port),
+        "pgbouncer-timeout": "1s",
+        "pgbouncer-config-file": str(rig.ini_path),
+        "pgbouncer-config-template-file": str(rig.template_path),
+        "pgbouncer-retry-interval": "5s",
+        "pgbouncer-retry-timeout": "500ms",
+        "bind-address": ":8080",
+        "host-key-update-retry-interval": "1s",
+        "pacemaker-poll-interval": "1s",
+        "pacemaker-get-timeout": "500ms",
+        "postgres-master-crm-xpath": "//node/instance_attributes/nvpair[@value='LATEST']/../..",
+        "failover-api-endpoints": ["pg01:8080", "pg02:8080", "pg03:8080"],
+        "health-check-timeout": "2s",
+        "lock-timeout": "5s",
+        "pause-timeout": "5s",
+        "pause-expiry": "25s",
+        "resume-timeout": "5s",
+        "pacemaker-timeout": "20s",
+    }
+    rig.config_path.write_text(tomli_w.dumps(original))
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(10):
+            await rig.wait_ack(store, HOST_B, second)
+        assert await rig.client_reaches() == "beta"
+        assert proxy.saw("config_file.original_format")
+        assert proxy.saw(
+            "config.keys_ignored",
+            keys=[
+                "etcd-get-timeout",
+                "etcd-keep-alive-time",
+                "etcd-keep-alive-timeout",
+                "pgbouncer-retry-interval",
+                "postgres-master-crm-xpath",
+            ],
+        )
         assert await proxy.terminate() == 0

@@ -18,12 +18,17 @@ Supervise a PostgreSQL node: publish Pacemaker's primary to etcd and serve the
 failover gRPC API (health_check, pause, resume, migrate, unmigrate).
 
 Commands: run (the default) serves until SIGTERM/SIGINT; show-config prints the
-effective configuration as TOML (secrets redacted).
+effective configuration as TOML (secrets redacted); convert-config prints
+the pgcm file equivalent to the original's config.toml.
 
 Settings come from (lowest to highest precedence) the defaults, the TOML file given
 with --config-file (tables [supervise] and [cluster]; other services' tables are ignored),
 PGCM_* environment variables, and the flags below. Durations take Go-style values such
 as 500ms, 5s, 1m30s. Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration.
+
+The original's flat config.toml (etcd-endpoints = ..., bind-address = ...) and its
+PGCM_* names (PGCM_ETCD_ENDPOINTS) are read too; convert-config ORIGINAL.toml prints
+the equivalent pgcm file.
 """
 
 

@@ -23,6 +23,7 @@ from pgcm_common.settings import (
     PGBOUNCER_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    NonEmptySecret,
     PgcmSettings,
 )
 
@@ -70,7 +71,7 @@ class SuperviseSettings(PgcmSettings):
         default=None,
         description="CA bundle that client certificates must chain to (enables mutual TLS).",
     )
-    token: SecretStr | None = Field(
+    token: NonEmptySecret | None = Field(
         default=None,
         description="Bearer token every caller must send (authorization metadata); "
         "logged as caller 'token'.",
