@@ -128,7 +128,7 @@ class SuperviseMetrics:
         self.pgbouncer_paused = OptionalGauge(
             "pgcm_supervise_pgbouncer_paused",
             "1 when the local PgBouncer is paused, 0 when not; absent while unknown "
-            "(before the first check, PgBouncer unreachable or older than 1.21).",
+            "(before the first node status).",
             registry=r,
         )
 
