@@ -15,7 +15,16 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typecheck", "protos", "unit", "integration", "lab", "build"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "protos",
+    "unit",
+    "alerts",
+    "integration",
+    "lab",
+    "build",
+]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -73,7 +82,28 @@ def unit(session: nox.Session) -> None:
         *_test_dirs("contract"),
         "tests/cli",
         "tests/fuzz",
+        "tests/consistency",
         *session.posargs,
+    )
+
+
+@nox.session
+def alerts(session: nox.Session) -> None:
+    """The shipped Prometheus rules and Grafana dashboard (needs promtool, Debian prometheus).
+
+    ``promtool check rules`` and the rules' unit tests, then the tests tying the rules,
+    their tests and the dashboard to the metrics the code exports.
+    """
+    rules = ROOT / "deploy/prometheus"
+    session.run("promtool", "check", "rules", str(rules / "pgcm-alerts.yml"), external=True)
+    # promtool resolves rule_files relative to the working directory.
+    with session.chdir(rules):
+        session.run("promtool", "test", "rules", "pgcm-alerts.test.yml", external=True)
+    session.run(
+        "pytest",
+        "tests/consistency/test_monitoring_assets.py",
+        *session.posargs,
+        env={"PGCM_REQUIRE_BINARIES": "1"},
     )
 
 

@@ -1,15 +1,20 @@
 """Structured logging for every pgcm process (structlog, configured once in ``cli.py``).
 
 JSON lines on stderr when stderr is not a terminal (journald, files, CI), the console
-renderer when it is, as the original did. Event names are dotted ``<subject>.<verb>``;
-human text goes in ``msg=``. Secrets never reach the output: :func:`redact_secrets`
-replaces any :class:`~pydantic.SecretStr` value and the value of any key that names a
-secret (``password``, ``token``, ...).
+renderer when it is, as the original did. When stderr is systemd's journal
+(``JOURNAL_STREAM`` names its device and inode), every line starts with its syslog
+priority (``<3>`` error ... ``<7>`` debug, as sd-daemon(3) describes), so
+``journalctl -p warning`` filters pgcm like any other service. Colours follow
+``NO_COLOR``: any non-empty value turns them off. Event names are dotted
+``<subject>.<verb>``; human text goes in ``msg=``. Secrets never reach the output:
+:func:`redact_secrets` replaces any :class:`~pydantic.SecretStr` value and the value of
+any key that names a secret (``password``, ``token``, ...).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import TextIO, final
@@ -18,7 +23,16 @@ import structlog
 from pydantic import SecretBytes, SecretStr
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "SECRET_KEYS", "bind_role", "configure_logging", "redact_secrets"]
+__all__ = [
+    "REDACTED",
+    "SECRET_KEYS",
+    "SYSLOG_PRIORITIES",
+    "bind_role",
+    "colour_allowed",
+    "configure_logging",
+    "is_journal_stream",
+    "redact_secrets",
+]
 
 REDACTED = "<redacted>"
 # Keys whose values are secrets whatever their type (a token passed as a plain str).
@@ -57,6 +71,71 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+# Syslog priorities of structlog's level names; journald reads a "<N>" line prefix as
+# the entry's priority (sd-daemon(3)). Unknown names get info's.
+SYSLOG_PRIORITIES: Mapping[str, int] = {
+    "critical": 2,
+    "fatal": 2,
+    "error": 3,
+    "exception": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
+}
+_INFO_PRIORITY = 6
+
+
+def colour_allowed(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Return whether output to ``stream`` may use ANSI colours.
+
+    Only on a terminal, and never when ``NO_COLOR`` is set to a non-empty value (the
+    convention every colouring tool follows).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except ValueError:  # a closed stream
+        return False
+
+
+def is_journal_stream(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Return whether ``stream`` is connected to systemd's journal.
+
+    systemd sets ``JOURNAL_STREAM=<device>:<inode>`` for a unit whose stdout or stderr
+    goes to the journal; the variable is inherited by children whose stderr may point
+    elsewhere, so the stream's own device and inode must match it.
+    """
+    env = os.environ if environ is None else environ
+    device, sep, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor behind it (StringIO)
+        return False
+    return st.st_dev == int(device) and st.st_ino == int(inode)
+
+
+@final
+class _SyslogPrefixed:
+    """Wrap a renderer so each rendered line starts with its syslog priority (``<N>``)."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        # add_log_level has normalised the name ("exception" -> "error") before us.
+        level = str(event_dict.get("level", method))
+        rendered = self._renderer(logger, method, event_dict)
+        if not isinstance(rendered, str):  # both renderers we wrap return text
+            raise TypeError(f"expected rendered text, got {type(rendered).__name__}")
+        return f"<{SYSLOG_PRIORITIES.get(level, _INFO_PRIORITY)}>{rendered}"
+
+
 @final
 class _CurrentStderr:
     """Write to whatever ``sys.stderr`` is now, not to the one seen at configure time.
@@ -84,11 +163,13 @@ def configure_logging(
         json: force JSON (True) or console (False) output; None picks JSON unless the
             stream is a terminal.
         level: the lowest level logged, as ``logging.INFO`` or ``"debug"``.
-        stream: where to write; stderr by default.
+        stream: where to write; stderr by default. When it is the journal (see
+            :func:`is_journal_stream`), lines carry their syslog priority prefix.
     """
     out = stream if stream is not None else sys.stderr
     if json is None:
         json = not out.isatty()
+    journal = is_journal_stream(out)
     numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -96,13 +177,17 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         redact_secrets,
     ]
-    renderer: list[Processor]
+    preprocess: list[Processor] = []
+    render: Processor
     if json:
-        renderer = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        preprocess = [structlog.processors.dict_tracebacks]
+        render = structlog.processors.JSONRenderer()
     else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        render = structlog.dev.ConsoleRenderer(colors=colour_allowed(out))
+    if journal:
+        render = _SyslogPrefixed(render)
     structlog.configure(
-        processors=[*shared, *renderer],
+        processors=[*shared, *preprocess, render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(
             file=out if stream is not None else _CurrentStderr()  # type: ignore[arg-type]  # write/flush is all PrintLogger uses

@@ -1,15 +1,37 @@
-"""What the daemons' metrics need in common: a stand-in for metrics nobody exports.
+"""What the daemons' metrics need in common.
 
-prometheus_client is imported only when a daemon serves metrics (``metrics_address``):
-without it, every metric is a :class:`Discarded`, which accepts the same calls and
-keeps nothing (about 1.5 MB less resident memory per daemon).
+* :class:`Discarded` stands in for every metric when nothing exports them: prometheus_client
+  is imported only when a daemon serves metrics (``metrics_address``); without it, every
+  metric accepts the same calls and keeps nothing (about 1.5 MB less resident memory).
+* :class:`OptionalGauge` is a gauge whose series is absent until it has a value, so
+  "unknown" or "never happened" is no series rather than a sentinel such as -1 or 0.
+* :func:`register_build_info` adds ``pgcm_build_info{service, version}`` (value 1).
+
+Names follow Prometheus' conventions: base units with the unit as suffix
+(``_seconds``), ``_total`` on counters (prometheus_client appends it), ``_info`` on
+identity pseudo-metrics whose labels carry the information and whose value is 1.
 """
 
 from __future__ import annotations
 
-from typing import Self, final
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Self, cast, final
 
-__all__ = ["Discarded"]
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+
+__all__ = [
+    "BUILD_INFO",
+    "Discarded",
+    "OptionalGauge",
+    "distribution_version",
+    "register_build_info",
+]
+
+BUILD_INFO = "pgcm_build_info"
 
 
 @final
@@ -26,8 +48,86 @@ class Discarded:
     def set(self, value: float) -> None:
         """Discard a value."""
 
+    def clear(self) -> None:
+        """Discard the end of a value."""
+
     def observe(self, amount: float) -> None:
         """Discard an observation."""
 
     def remove(self, *_values: str) -> None:
         """Discard a series removal."""
+
+
+@final
+class OptionalGauge:
+    """An unlabelled gauge with no series until :meth:`set`, and none again after :meth:`clear`.
+
+    prometheus_client's own gauge always exposes a value (0 before the first ``set``);
+    a Prometheus rule cannot tell that 0 from a real one, so pgcm never exports it.
+    """
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        """Register the gauge ``name`` in ``registry``."""
+        self._name = name
+        self._documentation = documentation
+        self._value: float | None = None
+        # The registry only calls describe() and collect(): no need to import the ABC.
+        registry.register(cast("Collector", self))
+
+    @property
+    def value(self) -> float | None:
+        """Return the current value, None when there is none."""
+        return self._value
+
+    def set(self, value: float) -> None:
+        """Expose ``value`` from now on."""
+        self._value = float(value)
+
+    def clear(self) -> None:
+        """Stop exposing a value (the state is unknown again)."""
+        self._value = None
+
+    def describe(self) -> Iterator[Metric]:
+        """Yield the family without samples (for the registry's name clash check)."""
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - only when exported
+
+        yield GaugeMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the family, with its one sample when there is a value."""
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - only when exported
+
+        family = GaugeMetricFamily(self._name, self._documentation)
+        value = self._value  # read once: the scrape may run in another thread
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+
+
+def distribution_version(distribution: str) -> str:
+    """Return the installed version of ``distribution`` (``unknown`` when not installed).
+
+    It reads the package metadata from disk: call it at import time, not on the event
+    loop.
+    """
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def register_build_info(registry: CollectorRegistry, service: str, service_version: str) -> None:
+    """Add ``pgcm_build_info{service, version}`` with value 1 to ``registry``.
+
+    Args:
+        registry: the daemon's registry.
+        service: the daemon's distribution name (``pgcm-supervise``, ``pgcm-proxy``).
+        service_version: its version (see :func:`distribution_version`).
+    """
+    from prometheus_client import Info  # noqa: PLC0415 - only when exported
+
+    Info(
+        BUILD_INFO.removesuffix("_info"),
+        "The running pgcm daemon: its service and version (value 1).",
+        registry=registry,
+    ).info({"service": service, "version": service_version})

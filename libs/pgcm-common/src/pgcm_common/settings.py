@@ -935,7 +935,8 @@ def common_arguments(cls: type[PgcmSettings]) -> argparse.ArgumentParser:
         "--log-format",
         default=argparse.SUPPRESS,
         choices=["auto", "json", "console"],
-        help="auto: JSON unless stderr is a terminal (default: auto)",
+        help="auto: JSON unless stderr is a terminal (default: auto); lines to the "
+        "systemd journal start with their syslog priority; NO_COLOR turns colours off",
     )
     add_settings_arguments(parent, cls)
     return parent

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, final
 
 import structlog
 
-from pgcm_common.metrics import Discarded
+from pgcm_common.metrics import (
+    Discarded,
+    OptionalGauge,
+    distribution_version,
+    register_build_info,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["ProxyMetrics", "serve_metrics"]
 
 log = structlog.get_logger("pgcm.proxy.metrics")
+
+# Read here, at import, because it reads package metadata from disk (never on the loop).
+_VERSION = distribution_version("pgcm-proxy")
 
 _APPLY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -32,10 +40,11 @@ class ProxyMetrics:
     """Every metric the proxy exports; ``registry`` is what the HTTP endpoint serves."""
 
     primary: Gauge | Discarded
-    applied_revision: Gauge | Discarded
+    target_revision: OptionalGauge | Discarded
+    applied_revision: OptionalGauge | Discarded
     reloads: Counter | Discarded
     rejected: Counter | Discarded
-    last_success: Gauge | Discarded
+    last_success: OptionalGauge | Discarded
     apply_errors: Counter | Discarded
     apply_seconds: Histogram | Discarded
 
@@ -49,6 +58,7 @@ class ProxyMetrics:
         if not export:
             discarded = Discarded()
             self.primary = self.applied_revision = self.last_success = discarded
+            self.target_revision = discarded
             self.reloads = self.rejected = self.apply_errors = discarded
             self.apply_seconds = discarded
             return
@@ -61,15 +71,23 @@ class ProxyMetrics:
         )
 
         self._registry = registry = registry if registry is not None else CollectorRegistry()
+        register_build_info(registry, "pgcm-proxy", _VERSION)
         self.primary = Gauge(
             "pgcm_proxy_primary_host_info",
             "The host PgBouncer routes to (value 1 on the current host's series).",
             ["host"],
             registry=registry,
         )
-        self.applied_revision = Gauge(
+        self.target_revision = OptionalGauge(
+            "pgcm_proxy_target_revision",
+            "etcd mod revision of the newest valid primary address read from etcd; "
+            "absent before the first.",
+            registry=registry,
+        )
+        self.applied_revision = OptionalGauge(
             "pgcm_proxy_applied_revision",
-            "etcd mod revision of the primary address last applied and acknowledged.",
+            "etcd mod revision of the primary address last applied and acknowledged; "
+            "absent before the first.",
             registry=registry,
         )
         self.reloads = Counter(
@@ -84,9 +102,10 @@ class ProxyMetrics:
             ["reason"],
             registry=registry,
         )
-        self.last_success = Gauge(
+        self.last_success = OptionalGauge(
             "pgcm_proxy_last_success_timestamp_seconds",
-            "Unix time of the last apply confirmed by SHOW DATABASES and acknowledged.",
+            "Unix time of the last apply confirmed by SHOW DATABASES and acknowledged; "
+            "absent before the first.",
             registry=registry,
         )
         self.apply_errors = Counter(

@@ -190,7 +190,10 @@ def offer_and_log(
                 source=source,
                 msg="refusing the etcd value; keeping the last good configuration",
             )
-        case Accepted() | Stale():
+        case Accepted(target):
+            # Compared with pgcm_proxy_applied_revision: a proxy that lags behind etcd.
+            metrics.target_revision.set(target.revision)
+        case Stale():
             pass
 
 

@@ -396,6 +396,9 @@ async def test_deleted_key_and_hostile_values_leave_the_ini_byte_identical(
         assert 'pgcm_proxy_rejected_values_total{reason="whitespace_or_control"}' in metrics
         assert f'pgcm_proxy_primary_host_info{{host="{HOST_A}"}} 1.0' in metrics
         assert f"pgcm_proxy_applied_revision {float(first)}" in metrics
+        # Refused values never become the target: the proxy is not behind etcd's primary.
+        assert f"pgcm_proxy_target_revision {float(first)}" in metrics
+        assert 'pgcm_build_info{service="pgcm-proxy",version="' in metrics
         assert await proxy.terminate() == 0
 
 

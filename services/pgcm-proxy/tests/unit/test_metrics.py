@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
 
@@ -40,3 +41,21 @@ def test_a_proxy_without_metrics_address_never_imports_prometheus_client() -> No
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_exported_metrics_name_the_build_and_expose_no_value_before_the_first_apply() -> None:
+    metrics = ProxyMetrics()
+    sample = metrics.registry.get_sample_value
+    labels = {"service": "pgcm-proxy", "version": version("pgcm-proxy")}
+    assert sample("pgcm_build_info", labels) == 1
+    for name in (
+        "pgcm_proxy_target_revision",
+        "pgcm_proxy_applied_revision",
+        "pgcm_proxy_last_success_timestamp_seconds",
+    ):
+        assert sample(name) is None, name
+    metrics.target_revision.set(9)
+    metrics.routed_to("10.0.0.1", 7, 1.0, 0.002)
+    assert sample("pgcm_proxy_target_revision") == 9
+    assert sample("pgcm_proxy_applied_revision") == 7
+    assert sample("pgcm_proxy_last_success_timestamp_seconds") == 1.0

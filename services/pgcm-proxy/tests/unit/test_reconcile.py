@@ -208,6 +208,16 @@ def test_rejections_are_logged_and_counted_by_reason() -> None:
     assert value == 1.0
 
 
+def test_the_target_revision_follows_accepted_values_only() -> None:
+    state, metrics = DesiredState(), ProxyMetrics()
+    offer_and_log(state, kv(b"10.0.0.2", 7), metrics, "watch")
+    offer_and_log(state, Deleted(KEY, 8), metrics, "watch")
+    offer_and_log(state, kv(b"10.0.0.3 ; evil", 9), metrics, "watch")
+    assert metrics.registry.get_sample_value("pgcm_proxy_target_revision") == 7
+    offer_and_log(state, kv(b"10.0.0.3", 10), metrics, "poll")
+    assert metrics.registry.get_sample_value("pgcm_proxy_target_revision") == 10
+
+
 async def test_change_rewrites_reloads_confirms_and_acknowledges(ini: Path) -> None:
     store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
     await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.2", 7))

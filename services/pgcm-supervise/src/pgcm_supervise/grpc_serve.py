@@ -36,7 +36,7 @@ from pgcm_supervise.security import (
 )
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["MUTATING_METHODS", "GrpcServerOptions", "RpcMetrics", "serve_grpc"]
 
@@ -69,18 +69,19 @@ class GrpcServerOptions:
 
 @final
 class RpcMetrics:
-    """``pgcm_supervise_rpc_requests_total{method,status}`` and a duration histogram."""
+    """``pgcm_supervise_rpc_requests_total{method,status}``, durations, the last failure."""
 
     requests: Counter | Discarded
     duration: Histogram | Discarded
+    last_failure: Gauge | Discarded
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         """Register the metrics in ``registry`` (None: not exported, so discarded)."""
         if registry is None:
-            self.requests = self.duration = Discarded()
+            self.requests = self.duration = self.last_failure = Discarded()
             return
         # Imported here so a supervise without metrics_address never loads it.
-        from prometheus_client import Counter, Histogram  # noqa: PLC0415
+        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415
 
         self.requests = Counter(
             "pgcm_supervise_rpc_requests",
@@ -91,6 +92,15 @@ class RpcMetrics:
         self.duration = Histogram(
             "pgcm_supervise_rpc_duration_seconds",
             "Duration of failover API calls by method.",
+            ["method"],
+            registry=registry,
+        )
+        # A timestamp, not only the counter: an alert on increase() misses a method's
+        # first failure (the series starts at 1), which is the one that matters here.
+        self.last_failure = Gauge(
+            "pgcm_supervise_rpc_last_failure_timestamp_seconds",
+            "Unix time of the last failover API call by method that did not end OK; "
+            "absent for a method that never failed.",
             ["method"],
             registry=registry,
         )
@@ -148,6 +158,8 @@ class _RequestHooks:
                     elapsed = time.monotonic() - started
                     metrics.requests.labels(method, status.name).inc()
                     metrics.duration.labels(method).observe(elapsed)
+                    if status is not Status.OK:
+                        metrics.last_failure.labels(method).set(time.time())
                     finish = _log.info if status is Status.OK else _log.warning
                     finish("grpc.request.finish", status=status.name, duration=elapsed)
 

@@ -15,7 +15,12 @@ import anyio
 import structlog
 from anyio.abc import SocketStream, TaskStatus
 
-from pgcm_common.metrics import Discarded
+from pgcm_common.metrics import (
+    Discarded,
+    OptionalGauge,
+    distribution_version,
+    register_build_info,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["Discarded", "SuperviseMetrics", "parse_host_port", "serve_metrics"]
 
 log = structlog.get_logger("pgcm.supervise.metrics")
+
+# Read here, at import, because it reads package metadata from disk (never on the loop).
+_VERSION = distribution_version("pgcm-supervise")
 
 # Bound on reading one scrape request: a client that never finishes its headers must not
 # hold a task for ever.
@@ -35,15 +43,15 @@ class SuperviseMetrics:
     """Every metric supervise exports; one instance per process (or per test)."""
 
     crm_mon_reads: Counter | Discarded
-    crm_mon_seconds: Histogram | Discarded
+    crm_mon_duration: Histogram | Discarded
     publications: Counter | Discarded
     refusals: Counter | Discarded
     conflicts: Counter | Discarded
     etcd_errors: Counter | Discarded
     published_primary: Gauge | Discarded
-    last_publication: Gauge | Discarded
+    last_publication: OptionalGauge | Discarded
     nudges: Counter | Discarded
-    pgbouncer_paused: Gauge | Discarded
+    pgbouncer_paused: OptionalGauge | Discarded
 
     def __init__(self, registry: CollectorRegistry | None = None, *, export: bool = True) -> None:
         """Create the metrics in ``registry`` (a fresh one by default).
@@ -56,7 +64,7 @@ class SuperviseMetrics:
             discarded = Discarded()
             self.crm_mon_reads = self.publications = self.refusals = discarded
             self.conflicts = self.etcd_errors = self.nudges = discarded
-            self.crm_mon_seconds = discarded
+            self.crm_mon_duration = discarded
             self.published_primary = self.last_publication = self.pgbouncer_paused = discarded
             return
         # Imported here so a supervise without metrics_address never loads it.
@@ -74,8 +82,9 @@ class SuperviseMetrics:
             ["outcome"],
             registry=r,
         )
-        self.crm_mon_seconds = Histogram(
-            "pgcm_supervise_crm_mon_seconds",
+        register_build_info(r, "pgcm-supervise", _VERSION)
+        self.crm_mon_duration = Histogram(
+            "pgcm_supervise_crm_mon_duration_seconds",
             "Duration of one crm_mon read.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=r,
@@ -101,26 +110,27 @@ class SuperviseMetrics:
             "pgcm_supervise_etcd_errors", "etcd requests that failed.", registry=r
         )
         self.published_primary = Gauge(
-            "pgcm_supervise_published_primary",
-            "1 for the primary (node, address) this process last saw in etcd as its own "
-            "view; absent before the first publication.",
+            "pgcm_supervise_published_primary_info",
+            "The primary (node, address) this process last saw in etcd as its own view "
+            "(value 1); absent before the first publication.",
             ["node", "address"],
             registry=r,
         )
-        self.last_publication = Gauge(
+        self.last_publication = OptionalGauge(
             "pgcm_supervise_last_publication_timestamp_seconds",
-            "Unix time of the last cycle that found etcd holding this node's view.",
+            "Unix time of the last cycle that found etcd holding this node's view; "
+            "absent before the first.",
             registry=r,
         )
         self.nudges = Counter(
             "pgcm_supervise_nudges", "Datagrams received from the alert agent.", registry=r
         )
-        self.pgbouncer_paused = Gauge(
+        self.pgbouncer_paused = OptionalGauge(
             "pgcm_supervise_pgbouncer_paused",
-            "1 when the local PgBouncer is paused, 0 when not, -1 when unknown.",
+            "1 when the local PgBouncer is paused, 0 when not; absent while unknown "
+            "(before the first node status).",
             registry=r,
         )
-        self.pgbouncer_paused.set(-1)
 
     def set_published_primary(self, node: str, address: str) -> None:
         """Make ``(node, address)`` the only labelled series of the primary gauge."""

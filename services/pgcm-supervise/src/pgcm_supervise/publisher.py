@@ -201,7 +201,7 @@ async def read_observation(
         return _failed(exc, observed_at, metrics, "failed")
     finally:
         if metrics is not None:
-            metrics.crm_mon_seconds.observe(time.monotonic() - started)
+            metrics.crm_mon_duration.observe(time.monotonic() - started)
     if metrics is not None:
         metrics.crm_mon_reads.labels("ok").inc()
     return Observation(state, None, observed_at)

@@ -362,7 +362,9 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
         self._last_at = self._monotonic()
         if self._metrics is not None:
             self._metrics.publications.labels("status").inc()
-            if status.pgbouncer_paused is not None:
+            if status.pgbouncer_paused is None:
+                self._metrics.pgbouncer_paused.clear()  # unknown: no series, no sentinel
+            else:
                 self._metrics.pgbouncer_paused.set(1 if status.pgbouncer_paused else 0)
 
     async def _own_address(self, observation: Observation) -> str | None:

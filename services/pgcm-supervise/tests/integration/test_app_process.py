@@ -89,7 +89,9 @@ def test_supervise_publishes_then_exits_0_on_sigterm(
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
         ) as response:
             body = response.read().decode()
-        assert 'pgcm_supervise_published_primary{address="127.0.0.1",node="pcmk1"} 1.0' in body
+        assert 'pgcm_supervise_published_primary_info{address="127.0.0.1",node="pcmk1"} 1.0' in body
+        assert 'pgcm_build_info{service="pgcm-supervise",version="' in body
+        assert "pgcm_supervise_last_publication_timestamp_seconds " in body
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text(errors="replace")[-4000:]
     finally:

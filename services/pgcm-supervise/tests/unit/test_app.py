@@ -83,5 +83,5 @@ async def test_metrics_endpoint_serves_the_exposition() -> None:
         tg.cancel_scope.cancel()
     text = body.decode()
     assert text.startswith("HTTP/1.1 200 OK")
-    assert 'pgcm_supervise_published_primary{address="10.0.0.12",node="n2"} 1.0' in text
+    assert 'pgcm_supervise_published_primary_info{address="10.0.0.12",node="n2"} 1.0' in text
     assert 'node="n1"' not in text

@@ -220,7 +220,10 @@ async def test_publishes_bare_address_and_record() -> None:
     )
     assert record.with_quorum
     assert record.observed_at == T0
-    assert sample(metrics, "pgcm_supervise_published_primary", node="n1", address="10.0.0.11") == 1
+    assert (
+        sample(metrics, "pgcm_supervise_published_primary_info", node="n1", address="10.0.0.11")
+        == 1
+    )
 
 
 async def test_refusal_keeps_last_value_and_counts_the_reason() -> None:
