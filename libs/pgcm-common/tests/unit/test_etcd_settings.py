@@ -62,6 +62,23 @@ def test_client_cert_without_key_is_rejected() -> None:
         EtcdSettings(cert_file=Path("/c.pem"))
 
 
+@pytest.mark.parametrize(
+    "endpoints", [["127.0.0.1:2379"], ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]]
+)
+def test_client_cert_without_tls_is_rejected_naming_the_keys(endpoints: list[str]) -> None:
+    # It used to be ignored: the connection was plain text although a cert was given.
+    with pytest.raises(ValidationError, match="cert_file and key_file need TLS"):
+        EtcdSettings(endpoints=endpoints, cert_file=Path("/c.pem"), key_file=Path("/k.pem"))
+
+
+@pytest.mark.parametrize(
+    "tls", [{"ca_file": Path("/ca.pem")}, {"endpoints": ["https://10.0.0.1:2379"]}]
+)
+def test_client_cert_with_tls_is_accepted(tls: dict[str, object]) -> None:
+    settings = EtcdSettings(cert_file=Path("/c.pem"), key_file=Path("/k.pem"), **tls)  # type: ignore[arg-type]
+    assert settings.use_tls
+
+
 def test_bad_endpoint_is_rejected_naming_it() -> None:
     with pytest.raises(ValidationError, match="ftp"):
         EtcdSettings(endpoints=["ftp://h:1"])
