@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from structlog.testing import capture_logs
 
-from pgcm_common.etcd import EtcdEndpoint, EtcdSettings
+from pgcm_common.etcd import EtcdEndpoint, EtcdSettings, open_etcd
 
 
 @pytest.mark.parametrize(
@@ -108,3 +109,29 @@ def test_hedge_delay_defaults_to_half_a_second_and_must_be_positive() -> None:
     )
     with pytest.raises(ValidationError, match="must be positive"):
         EtcdSettings(hedge_delay=timedelta(0))
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        (EtcdSettings(username="root", password=SecretStr("pw")), True),
+        (
+            EtcdSettings(
+                endpoints=["https://127.0.0.1:2379"], username="root", password=SecretStr("pw")
+            ),
+            False,
+        ),
+        (EtcdSettings(), False),
+    ],
+    ids=["password-plain-text", "password-tls", "no-password"],
+)
+async def test_a_password_sent_without_tls_is_warned_about(
+    settings: EtcdSettings, *, warned: bool
+) -> None:
+    # Nothing connects until the first request: no etcd is needed to see the warning.
+    with capture_logs() as logs:
+        async with open_etcd(settings):
+            pass
+    events = [e for e in logs if e["event"] == "etcd.auth.plaintext"]
+    assert [e["log_level"] for e in events] == (["warning"] if warned else [])
+    assert "'pw'" not in repr(events)
