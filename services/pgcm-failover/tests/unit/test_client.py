@@ -266,18 +266,21 @@ async def test_cancelling_the_caller_still_cancels_a_call_in_flight() -> None:
             assert scope.cancelled_caught
 
 
+TEST_TOKEN = "t0ken"  # noqa: S105 - a throw-away test token
+
+
 async def test_a_token_without_tls_is_warned_about_once_per_endpoint() -> None:
     with capture_logs() as logs:
-        SuperviseEndpoint("127.0.0.1:8080", token="t0ken").close()
+        SuperviseEndpoint("127.0.0.1:8080", token=TEST_TOKEN).close()
         SuperviseEndpoint("127.0.0.1:8081").close()
     warnings = [e for e in logs if e["event"] == "supervise.token.cleartext"]
     assert [(e["log_level"], e["endpoint"]) for e in warnings] == [("warning", "127.0.0.1:8080")]
     assert "without TLS" in warnings[0]["msg"]
-    assert "t0ken" not in repr(logs)
+    assert TEST_TOKEN not in repr(logs)
 
 
 async def test_a_token_with_tls_is_not_warned_about() -> None:
     context = ssl.create_default_context()
     with capture_logs() as logs:
-        SuperviseEndpoint("127.0.0.1:8080", ssl_context=context, token="t0ken").close()
+        SuperviseEndpoint("127.0.0.1:8080", ssl_context=context, token=TEST_TOKEN).close()
     assert [e for e in logs if e["event"] == "supervise.token.cleartext"] == []

@@ -139,8 +139,7 @@ def test_grpc_error_clips_any_long_message() -> None:
 
 def test_unknown_target_message_shows_an_escaped_prefix() -> None:
     assert str(UnknownMigrationTarget("a\nb" + "c" * 100, ("n1",))) == (
-        f"node 'a\\nb{'c' * 29}'... (103 chars) is not in the cluster "
-        "(known: n1)"
+        f"node 'a\\nb{'c' * 29}'... (103 chars) is not in the cluster (known: n1)"
     )
 
 
