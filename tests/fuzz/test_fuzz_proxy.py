@@ -3,13 +3,16 @@
 An etcd value either raises :class:`~pgcm_proxy.errors.RejectedAddress` or, rendered into
 a real pgbouncer.ini template, changes nothing but the host: no added line, and no
 ``=``, ``;``, ``#``, quote, brace or whitespace (each of which PgBouncer reads as
-structure). A template either raises :class:`~pgcm_proxy.errors.TemplateError` or
-renders with exactly its own lines.
+structure). An accepted host name is never an IPv4 address in one of the spellings
+the C library's ``inet_aton`` reads (hex, octal, fewer than four parts), and a
+refusal quotes at most a short prefix of the value. A template either raises
+:class:`~pgcm_proxy.errors.TemplateError` or renders with exactly its own lines.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import string
 from typing import Final
 
@@ -104,6 +107,46 @@ def test_plain_addresses_are_accepted_or_refused_without_crashing(text: str) -> 
         assert address.host == text.lower()
     else:
         assert parsed == ipaddress.ip_address(text)
+
+
+def _ipv4_part(value: int, base: str) -> str:
+    if base == "hex":
+        return hex(value)
+    if base == "octal":
+        return "0" + format(value, "o")
+    return str(value)
+
+
+numeric_ipv4 = st.lists(
+    st.tuples(st.integers(0, 2**32 - 1), st.sampled_from(("dec", "hex", "octal"))),
+    min_size=1,
+    max_size=4,
+).map(lambda parts: ".".join(_ipv4_part(v, b) for v, b in parts))
+
+
+def _inet_aton_reads(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
+
+@given(numeric_ipv4 | addresses | values.map(lambda raw: raw.decode("latin-1")))
+@example("0x7f000001")
+@example("127.1")
+@example("0177.0.0.1")
+@example("1.0x1")
+def test_an_accepted_host_name_is_never_a_numeric_ipv4_spelling(text: str) -> None:
+    try:
+        address = parse_primary_address(text.encode("utf-8", "surrogatepass"))
+    except RejectedAddress as exc:
+        assert len(str(exc)) < 200  # noqa: PT017 - a refusal quotes a short prefix only
+        return
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        assert not _inet_aton_reads(address.host), address.host
 
 
 template_texts = st.text(max_size=200) | st.lists(

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from structlog.testing import capture_logs
 
-from pgcm_common.etcd import EtcdEndpoint, EtcdSettings
+from pgcm_common.etcd import EtcdEndpoint, EtcdSettings, open_etcd
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,23 @@ def test_client_cert_without_key_is_rejected() -> None:
         EtcdSettings(cert_file=Path("/c.pem"))
 
 
+@pytest.mark.parametrize(
+    "endpoints", [["127.0.0.1:2379"], ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]]
+)
+def test_client_cert_without_tls_is_rejected_naming_the_keys(endpoints: list[str]) -> None:
+    # It used to be ignored: the connection was plain text although a cert was given.
+    with pytest.raises(ValidationError, match="cert_file and key_file need TLS"):
+        EtcdSettings(endpoints=endpoints, cert_file=Path("/c.pem"), key_file=Path("/k.pem"))
+
+
+@pytest.mark.parametrize(
+    "tls", [{"ca_file": Path("/ca.pem")}, {"endpoints": ["https://10.0.0.1:2379"]}]
+)
+def test_client_cert_with_tls_is_accepted(tls: dict[str, object]) -> None:
+    settings = EtcdSettings(cert_file=Path("/c.pem"), key_file=Path("/k.pem"), **tls)
+    assert settings.use_tls
+
+
 def test_bad_endpoint_is_rejected_naming_it() -> None:
     with pytest.raises(ValidationError, match="ftp"):
         EtcdSettings(endpoints=["ftp://h:1"])
@@ -91,3 +109,29 @@ def test_hedge_delay_defaults_to_half_a_second_and_must_be_positive() -> None:
     )
     with pytest.raises(ValidationError, match="must be positive"):
         EtcdSettings(hedge_delay=timedelta(0))
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        (EtcdSettings(username="root", password=SecretStr("pw")), True),
+        (
+            EtcdSettings(
+                endpoints=["https://127.0.0.1:2379"], username="root", password=SecretStr("pw")
+            ),
+            False,
+        ),
+        (EtcdSettings(), False),
+    ],
+    ids=["password-plain-text", "password-tls", "no-password"],
+)
+async def test_a_password_sent_without_tls_is_warned_about(
+    settings: EtcdSettings, *, warned: bool
+) -> None:
+    # Nothing connects until the first request: no etcd is needed to see the warning.
+    with capture_logs() as logs:
+        async with open_etcd(settings):
+            pass
+    events = [e for e in logs if e["event"] == "etcd.auth.plaintext"]
+    assert [e["log_level"] for e in events] == (["warning"] if warned else [])
+    assert "'pw'" not in repr(events)

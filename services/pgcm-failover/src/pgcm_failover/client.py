@@ -155,6 +155,13 @@ class SuperviseEndpoint:
         if channel is None:
             host, port = parse_endpoint(endpoint)
             channel = Channel(host, port, ssl=ssl_context)
+            if token is not None and ssl_context is None:
+                log.warning(
+                    "supervise.token.cleartext",
+                    endpoint=endpoint,
+                    msg="sending the bearer token without TLS: anyone on the network path "
+                    "can read it; set tls_ca_file to use TLS",
+                )
         self._channel = channel
         metadata: Mapping[str, str] = {} if token is None else {"authorization": f"Bearer {token}"}
         self._stub = FailoverStub(channel, metadata=metadata)

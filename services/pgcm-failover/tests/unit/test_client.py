@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from grpclib.testing import ChannelFor
+from structlog.testing import capture_logs
 
 from pgcm_common.proto.failover import (
     Empty,
@@ -262,3 +264,23 @@ async def test_cancelling_the_caller_still_cancels_a_call_in_flight() -> None:
             with anyio.move_on_after(0.2) as scope:
                 await endpoint.resume()
             assert scope.cancelled_caught
+
+
+TEST_TOKEN = "t0ken"  # noqa: S105 - a throw-away test token
+
+
+async def test_a_token_without_tls_is_warned_about_once_per_endpoint() -> None:
+    with capture_logs() as logs:
+        SuperviseEndpoint("127.0.0.1:8080", token=TEST_TOKEN).close()
+        SuperviseEndpoint("127.0.0.1:8081").close()
+    warnings = [e for e in logs if e["event"] == "supervise.token.cleartext"]
+    assert [(e["log_level"], e["endpoint"]) for e in warnings] == [("warning", "127.0.0.1:8080")]
+    assert "without TLS" in warnings[0]["msg"]
+    assert TEST_TOKEN not in repr(logs)
+
+
+async def test_a_token_with_tls_is_not_warned_about() -> None:
+    context = ssl.create_default_context()
+    with capture_logs() as logs:
+        SuperviseEndpoint("127.0.0.1:8080", ssl_context=context, token=TEST_TOKEN).close()
+    assert [e for e in logs if e["event"] == "supervise.token.cleartext"] == []

@@ -4,6 +4,12 @@ The etcd value is untrusted input: anyone who can write the key could otherwise 
 PgBouncer configuration (the original wrote a newline-injected value straight into
 pgbouncer.ini). Only an IPv4 address, an IPv6 address or a DNS hostname passes; the
 value must already be exactly that, with no surrounding whitespace to trim.
+
+An IPv4 address in any other spelling that the C library's ``inet_aton`` reads
+(``0x7f000001``, ``127.1``, ``0177.0.0.1``) is refused: it is neither a canonical
+address nor a hostname, and what it means depends on which resolver PgBouncer was
+built with. Such a value could be acknowledged (``SHOW DATABASES`` shows the text as
+written) while PgBouncer cannot connect to it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ _MAX_LABEL_LENGTH: Final = 63
 # RFC 1123 label: letters, digits and inner hyphens. Underscores are refused: they are not
 # valid in hostnames and PgBouncer passes the value to getaddrinfo() unchanged.
 _LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+# A part of a numeric IPv4 spelling as inet_aton reads it: decimal, octal or hex.
+_NUMBER: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 
 
 @final
@@ -77,6 +85,8 @@ def _is_hostname(text: str) -> bool:
     labels = text.split(".")
     if not all(len(label) <= _MAX_LABEL_LENGTH and _LABEL.fullmatch(label) for label in labels):
         return False
-    # A name whose last label is numeric would be read as a (malformed) IPv4 address by
-    # getaddrinfo(), e.g. "10.0.0.256": refuse it instead of letting PgBouncer guess.
-    return not labels[-1].isdigit()
+    # A name whose last label is a number (decimal, octal or hex: "10.0.0.256",
+    # "0x7f000001", "1.0x1") would be read as a (malformed or non-canonical) IPv4
+    # address by inet_aton/getaddrinfo(): refuse it instead of letting PgBouncer guess.
+    # Top-level domains are never numeric, so no real hostname is lost.
+    return _NUMBER.fullmatch(labels[-1]) is None

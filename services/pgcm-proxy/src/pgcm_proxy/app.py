@@ -9,6 +9,7 @@ and acknowledges under ``<ns>/proxies/<id>``.
 from __future__ import annotations
 
 import contextlib
+import stat
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
@@ -30,7 +31,7 @@ from pgcm_proxy.metrics import ProxyMetrics, serve_metrics
 from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_config
 from pgcm_proxy.settings import ProxySettings
 from pgcm_proxy.template import ConfigTemplate
-from pgcm_proxy.writer import ConfigFile
+from pgcm_proxy.writer import DEFAULT_NEW_FILE_MODE, ConfigFile
 
 __all__ = ["load_template", "serve"]
 
@@ -57,6 +58,19 @@ async def load_template(path: Path) -> ConfigTemplate:
     if not template.routed_databases():
         raise TemplateError(str(path), None, "no [databases] entry uses {{.Host}}")
     return template
+
+
+async def _template_mode(path: Path) -> int:
+    """Return the template's permission bits: a new pgbouncer.ini gets the same.
+
+    Read and write bits only (a config file is never executable or set-id). The
+    template was read a moment ago; should it vanish meanwhile, 0640 is used.
+    """
+    try:
+        status = await anyio.Path(path).stat()
+    except OSError:
+        return DEFAULT_NEW_FILE_MODE
+    return stat.S_IMODE(status.st_mode) & 0o666
 
 
 async def serve(
@@ -124,7 +138,10 @@ async def _run(
 ) -> None:
     state = DesiredState()
     admins = routing_consoles_for(settings.pgbouncer)
-    config = ConfigFile(settings.pgbouncer_config_file)
+    config = ConfigFile(
+        settings.pgbouncer_config_file,
+        new_file_mode=await _template_mode(settings.pgbouncer_config_template_file),
+    )
     reconciler = Reconciler(
         proxy_id=settings.proxy_id,
         template=template,

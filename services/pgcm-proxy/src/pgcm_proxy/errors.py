@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from typing import final
 
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.untrusted import excerpt
 
 __all__ = ["PgBouncersFailed", "RejectedAddress", "RoutingNotConfirmed", "TemplateError"]
-
-_SHOWN_BYTES = 80
 
 
 @final
@@ -29,7 +28,7 @@ class RejectedAddress(PgcmError):
     def __init__(self, reason: str, raw: bytes | None) -> None:
         self.reason = reason
         self.raw = raw
-        shown = "<none>" if raw is None else repr(raw[:_SHOWN_BYTES])
+        shown = "<none>" if raw is None else excerpt(raw)
         super().__init__(f"refusing primary address ({reason}): {shown}")
 
 

@@ -30,6 +30,7 @@ from pgcm_common.errors import PgcmError
 from pgcm_common.etcd import Deleted, RevisionGate, WatchEvent
 from pgcm_common.pgbouncer import DatabaseRow, PgBouncerEndpoint
 from pgcm_common.records import ProxyAck, now_utc
+from pgcm_common.untrusted import excerpt
 from pgcm_proxy.address import PrimaryAddress, parse_primary_address
 from pgcm_proxy.errors import PgBouncersFailed, RejectedAddress, RoutingNotConfirmed
 from pgcm_proxy.metrics import ProxyMetrics
@@ -185,7 +186,7 @@ def offer_and_log(
                 "proxy.primary.rejected",
                 reason=reason,
                 revision=revision,
-                value=None if raw is None else raw[:80].decode("ascii", errors="backslashreplace"),
+                value=None if raw is None else excerpt(raw),
                 kept_host=None if current is None else current.address.host,
                 source=source,
                 msg="refusing the etcd value; keeping the last good configuration",

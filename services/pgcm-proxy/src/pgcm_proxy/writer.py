@@ -1,5 +1,9 @@
 """Write pgbouncer.ini atomically, keeping its mode and owner, only when it changes.
 
+A file that does not exist yet is created with the mode it is given (the proxy passes
+its template's mode), else 0640: pgbouncer.ini may hold passwords, and a process umask
+is no guide to who may read them. An existing file keeps its mode and owner.
+
 :class:`ConfigFile` splits a rewrite in two, so that the slow parts stay off the
 latency that matters (etcd put to rewritten file, ``benchmarks/bench_proxy.py``):
 
@@ -51,9 +55,9 @@ import aiofiles.os
 
 from pgcm_proxy.exchange import exchange
 
-__all__ = ["ConfigFile"]
+__all__ = ["DEFAULT_NEW_FILE_MODE", "ConfigFile"]
 
-_DEFAULT_MODE = 0o644
+DEFAULT_NEW_FILE_MODE = 0o640
 _TEMPORARY_SUFFIX = ".pgcm-tmp"
 
 _P = ParamSpec("_P")
@@ -79,9 +83,6 @@ class _Attributes:
         return cls(stat.S_IMODE(status.st_mode), (status.st_uid, status.st_gid))
 
 
-_NEW_FILE = _Attributes(_DEFAULT_MODE, None)
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class _Spare:
@@ -101,9 +102,15 @@ class ConfigFile:
     rather than racing it (the newer content always lands last).
     """
 
-    def __init__(self, path: Path) -> None:
-        """Manage ``path``; nothing is touched until the first call."""
+    def __init__(self, path: Path, *, new_file_mode: int = DEFAULT_NEW_FILE_MODE) -> None:
+        """Manage ``path``; nothing is touched until the first call.
+
+        Args:
+            path: the config file.
+            new_file_mode: permission bits of the file when this creates it.
+        """
         self.path = path
+        self._new_file = _Attributes(stat.S_IMODE(new_file_mode), None)
         self._replacing = threading.Lock()
         self._state = threading.Lock()  # guards _spare and _displaced
         self._spare: _Spare | None = None
@@ -150,7 +157,7 @@ class ConfigFile:
             try:
                 current, status = _read_with_status(self.path)
             except FileNotFoundError:
-                attributes = _NEW_FILE
+                attributes = self._new_file
             else:
                 if current == data:
                     return False
@@ -180,7 +187,7 @@ class ConfigFile:
         # sync) waits a moment for the spare instead of creating a second one.
         with contextlib.suppress(OSError), self._state:
             if self._spare is None:
-                self._spare = _new_spare(self.path, _current_attributes(self.path))
+                self._spare = _new_spare(self.path, self._current_attributes())
         # The fsyncs last: their journal commit then carries the two changes above too,
         # and the next swap does not find them in a commit that ext4 started meanwhile.
         for target, flags in (
@@ -192,6 +199,12 @@ class ConfigFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _current_attributes(self) -> _Attributes:
+        try:
+            return _Attributes.of(self.path.stat())
+        except FileNotFoundError:
+            return self._new_file
 
     def _remove_displaced(self) -> None:
         with self._state:
@@ -237,13 +250,6 @@ def _read_with_status(path: Path) -> tuple[bytes, os.stat_result]:
         return content, status
     finally:
         os.close(fd)
-
-
-def _current_attributes(path: Path) -> _Attributes:
-    try:
-        return _Attributes.of(path.stat())
-    except FileNotFoundError:
-        return _NEW_FILE
 
 
 def _new_spare(path: Path, attributes: _Attributes) -> _Spare:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -355,6 +356,11 @@ HOSTILE_VALUES = [
     b"a" * 254,
     b"evil_host",
     b"10.0.0.256",
+    # IPv4 spellings inet_aton reads but PgBouncer's resolver may not: SHOW DATABASES
+    # would show the text as written, so only refusing them keeps acks truthful.
+    b"0x7f000002",
+    b"127.2",
+    b"0177.0.0.2",
     "prim\u00e4r".encode(),
     b"\x00",
     b"{{.Host}}",
@@ -399,6 +405,22 @@ async def test_deleted_key_and_hostile_values_leave_the_ini_byte_identical(
         # Refused values never become the target: the proxy is not behind etcd's primary.
         assert f"pgcm_proxy_target_revision {float(first)}" in metrics
         assert 'pgcm_build_info{service="pgcm-proxy",version="' in metrics
+        assert await proxy.terminate() == 0
+
+
+async def test_a_missing_ini_is_created_with_the_templates_mode(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    # Neither the old fixed 0644 nor the 0640 fallback: the template's own mode.
+    rig.write_config()
+    rig.template_path.chmod(0o604)
+    rig.ini_path.unlink()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        assert stat.S_IMODE(rig.ini_path.stat().st_mode) == 0o604
+        assert f"host={HOST_A}" in rig.ini_path.read_text()
         assert await proxy.terminate() == 0
 
 

@@ -34,6 +34,15 @@ HOSTILE_VALUES: list[tuple[bytes | None, str]] = [
     (b"{{.Host}}", "not_an_address"),
     (b"%", "not_an_address"),
     (b"a" * 64 + b".example", "not_an_address"),
+    # IPv4 spellings inet_aton reads (hex, octal, short forms): not canonical, not names.
+    (b"0x7f000001", "not_an_address"),
+    (b"0X7F000001", "not_an_address"),
+    (b"127.1", "not_an_address"),
+    (b"0177.0.0.1", "not_an_address"),
+    (b"0x7f.0.0.1", "not_an_address"),
+    (b"10.0x1", "not_an_address"),
+    (b"db.0x1f", "not_an_address"),
+    (b"2130706433", "not_an_address"),
 ]
 
 
@@ -54,6 +63,8 @@ def test_hostile_values_are_refused_with_a_reason(raw: bytes | None, reason: str
         (b"pg1", "pg1"),
         (b"PG-1.db.Example.com", "pg-1.db.example.com"),
         (b"1a.example", "1a.example"),
+        (b"0x7f.example", "0x7f.example"),
+        (b"deadbeef", "deadbeef"),
     ],
 )
 def test_addresses_and_hostnames_are_accepted_in_canonical_form(raw: bytes, host: str) -> None:
@@ -77,3 +88,11 @@ def test_a_remembered_address_is_returned_again_and_a_refusal_is_never_remembere
         with pytest.raises(RejectedAddress) as refused:
             parse_primary_address(b"10.1.2.3\nlisten_port=1")
         assert refused.value.reason == "whitespace_or_control"
+
+
+@pytest.mark.parametrize("raw", [b"a" * 100_000, b"\xff" * 100_000])
+def test_a_refusal_quotes_only_a_short_escaped_prefix(raw: bytes) -> None:
+    with pytest.raises(RejectedAddress) as caught:
+        parse_primary_address(raw)
+    assert len(str(caught.value)) < 200
+    assert "(100000 bytes)" in str(caught.value)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pgcm_proxy import exchange
-from pgcm_proxy.writer import ConfigFile
+from pgcm_proxy.writer import DEFAULT_NEW_FILE_MODE, ConfigFile
 
 
 def names(directory: Path) -> list[str]:
@@ -55,12 +55,37 @@ async def test_new_content_replaces_the_file_and_keeps_its_mode(target: Path) ->
     await assert_only_the_config_left_after_close(config)
 
 
-async def test_a_missing_file_is_created(tmp_path: Path) -> None:
+async def test_a_missing_file_is_created_0640_whatever_the_umask(tmp_path: Path) -> None:
+    # It may hold passwords: neither a permissive umask nor a default makes it
+    # world-readable.
     path = tmp_path / "pgbouncer.ini"
     config = ConfigFile(path)
-    assert await write(config, "fresh\n") is True
+    previous = os.umask(0)
+    try:
+        assert await write(config, "fresh\n") is True
+    finally:
+        os.umask(previous)
     assert path.read_text() == "fresh\n"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == DEFAULT_NEW_FILE_MODE == 0o640
+    await assert_only_the_config_left_after_close(config)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])
+async def test_a_missing_file_is_created_with_the_mode_given(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "pgbouncer.ini"
+    config = ConfigFile(path, new_file_mode=mode)
+    assert await write(config, "fresh\n") is True
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    # The spare prepared for the next rewrite has the file's mode, not the default.
+    assert [stat.S_IMODE(p.stat().st_mode) for p in spares(tmp_path)] == [mode]
+    await assert_only_the_config_left_after_close(config)
+
+
+async def test_an_existing_file_keeps_its_mode_over_the_mode_for_new_files(target: Path) -> None:
+    target.chmod(0o604)
+    config = ConfigFile(target, new_file_mode=0o600)
+    assert await write(config, "new\n") is True
+    assert stat.S_IMODE(target.stat().st_mode) == 0o604
     await assert_only_the_config_left_after_close(config)
 
 

@@ -165,6 +165,7 @@ async def _open_failover_api(
         clone_id=settings.clone_id,
         cleanup_timeout=settings.shutdown_grace,
         reconcile_interval=settings.retry_interval,
+        max_pause_expiry=settings.max_pause_expiry,
         on_pause_state=on_pause_state,
     )
     control = CrmResourceControl(CrmResourceOptions(command_prefix=tuple(settings.command_prefix)))

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import final
 
 from pgcm_common.errors import PacemakerError, PgBouncerError, PgcmError
+from pgcm_common.untrusted import excerpt
 
 __all__ = [
     "ClusterWithoutQuorum",
@@ -78,7 +79,8 @@ class UnknownMigrationTarget(PacemakerError):
     def __init__(self, node: str, known: tuple[str, ...]) -> None:
         self.node = node
         self.known = known
-        super().__init__(f"node {node!r} is not in the cluster (known: {', '.join(known)})")
+        # The name came from the caller: quoted short and escaped, never whole.
+        super().__init__(f"node {excerpt(node)} is not in the cluster (known: {', '.join(known)})")
 
 
 @final

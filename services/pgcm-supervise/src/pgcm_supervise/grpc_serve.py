@@ -1,11 +1,14 @@
 """Serve the failover API with grpclib: bind, authenticate, log, count, close gracefully.
 
 A ``RecvRequest`` listener wraps each request's handler (the original's
-``LoggingInterceptor``): it checks credentials (UNAUTHENTICATED before any handler runs),
+``LoggingInterceptor``): it refuses oversized metadata and checks credentials
+(RESOURCE_EXHAUSTED, UNAUTHENTICATED before any handler runs),
 binds ``trace``, ``method`` and ``caller`` through structlog contextvars so every log
 line of the request carries them, logs ``grpc.request.start`` and
 ``grpc.request.finish`` with the status and ``duration``, and counts RPCs by method
-and status.
+and status. Requests are decoded by :class:`~pgcm_supervise.limits.BoundedCodec` (size,
+shape and string bounds, see ``limits.py``), and HTTP/2 flow control lets a caller
+push at most 64 KiB per connection that no handler has read.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import structlog
 from anyio.abc import TaskStatus
 from grpclib import GRPCError
 from grpclib._typing import IServable
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server, Stream
 
 from pgcm_common.metrics import Discarded
+from pgcm_supervise.limits import MAX_METADATA_BYTES, BoundedCodec, metadata_size
 from pgcm_supervise.security import (
     Authenticator,
     SecurityOptions,
@@ -45,6 +50,9 @@ _log = structlog.get_logger("pgcm_supervise.grpc")
 MUTATING_METHODS = frozenset({"pause", "resume", "migrate", "migrate_to", "unmigrate"})
 _TRACE_HEADER = "x-trace-id"
 _MAX_TRACE_LEN = 64
+# HTTP/2's smallest flow-control windows: requests are tiny, and a caller cannot make
+# us buffer more than this of a message before its handler has read (and refused) it.
+_WINDOW_BYTES = 65_536
 
 
 @final
@@ -126,6 +134,7 @@ class _RequestHooks:
         peer = event.peer.addr()
         denied: GRPCError | None = None
         try:
+            _check_metadata(event)
             caller = self._auth.identify(event.metadata, event.peer)
         except GRPCError as exc:
             denied, caller = exc, "unauthenticated"
@@ -166,6 +175,15 @@ class _RequestHooks:
         event.method_func = wrapped
 
 
+def _check_metadata(event: RecvRequest) -> None:
+    size = metadata_size(event.metadata)
+    if size > MAX_METADATA_BYTES:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request metadata of {size} bytes exceeds the {MAX_METADATA_BYTES} byte limit",
+        )
+
+
 async def _bind(host: str, port: int) -> socket.socket:
     infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if not infos:
@@ -200,7 +218,13 @@ async def serve_grpc(
     """
     check_exposure(options.host, options.security)
     context = await anyio.to_thread.run_sync(server_ssl_context, options.security)
-    server = Server(list(handlers))
+    server = Server(
+        list(handlers),
+        codec=BoundedCodec(),
+        config=Configuration(
+            http2_connection_window_size=_WINDOW_BYTES, http2_stream_window_size=_WINDOW_BYTES
+        ),
+    )
     hooks = _RequestHooks(Authenticator(options.security), RpcMetrics(options.registry))
     listen(server, RecvRequest, hooks.on_recv_request)
     sock = await _bind(options.host, options.port)

@@ -5,8 +5,9 @@
 * mTLS: with a CA file, a client certificate chaining to it is required at handshake.
 * Tokens: ``authorization: Bearer <token>`` metadata, compared in constant time with
   every configured token; the matching token's *name* identifies the caller in logs.
-* A non-loopback listener without TLS or token is refused unless ``insecure`` is set,
-  so an API that can pause every client is never exposed by accident.
+* A non-loopback listener must authenticate callers (mutual TLS or a token), and
+  tokens need TLS there, unless ``insecure`` is set: an API that can pause every
+  client is never exposed, nor its tokens sent in clear text, by accident.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class SecurityOptions:
         tls_key_file: the certificate's private key (PEM).
         tls_client_ca_file: CA bundle client certificates must chain to (mTLS).
         tokens: ``name -> token``; when not empty every call must carry one of them.
-        insecure: allow a non-loopback address without TLS or token.
+        insecure: allow a non-loopback address without authentication, or with
+            tokens but without TLS.
     """
 
     tls_cert_file: Path | None = None
@@ -91,18 +93,29 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(host: str, security: SecurityOptions) -> None:
-    """Refuse to listen on ``host`` without TLS or token unless ``insecure`` is set.
+    """Refuse a non-loopback listener without authentication, or with tokens but no TLS.
+
+    A caller on another host must be authenticated (mutual TLS or a token), and a token
+    must travel inside TLS; ``insecure`` lifts both rules.
 
     Raises:
         ConfigError: naming ``insecure``.
     """
-    if security.tls or security.tokens or security.insecure or is_loopback(host):
+    if security.insecure or is_loopback(host):
         return
-    raise ConfigError(
-        "insecure",
-        f"refusing to serve the failover API on non-loopback {host!r} without TLS or a "
-        "token; configure tls_cert_file/tls_key_file or a token, or set insecure = true",
-    )
+    if not (security.tokens or security.tls_client_ca_file is not None):
+        raise ConfigError(
+            "insecure",
+            f"refusing to serve the failover API on non-loopback {host!r} without "
+            "authentication; configure tls_client_ca_file (mutual TLS) or a token with "
+            "tls_cert_file/tls_key_file, or set insecure = true",
+        )
+    if security.tokens and not security.tls:
+        raise ConfigError(
+            "insecure",
+            f"refusing to accept bearer tokens in clear text on non-loopback {host!r}; "
+            "configure tls_cert_file/tls_key_file, or set insecure = true",
+        )
 
 
 def server_ssl_context(security: SecurityOptions) -> ssl.SSLContext | None:

@@ -51,6 +51,7 @@ from pgcm_common.proto.failover import (
     ResumeResponse,
     UnmigrateResponse,
 )
+from pgcm_common.untrusted import excerpt
 from pgcm_supervise.errors import (
     ClusterWithoutQuorum,
     InvalidRequest,
@@ -58,6 +59,7 @@ from pgcm_supervise.errors import (
     PauseSuperseded,
     UnknownMigrationTarget,
 )
+from pgcm_supervise.limits import MAX_STATUS_MESSAGE_CHARS, check_request
 from pgcm_supervise.pacemaker_control import PacemakerControl, choose_target
 from pgcm_supervise.pausing import PauseController
 
@@ -104,6 +106,10 @@ def grpc_error(exc: BaseException, *, timeout_message: str = "exceeded timeout")
     """Return the GRPCError a handler raises for ``exc`` (see :data:`STATUS_TABLE`)."""
     status = next((s for kind, s in STATUS_TABLE if isinstance(exc, kind)), Status.INTERNAL)
     message = timeout_message if isinstance(exc, TimeoutError) else str(exc)
+    # Trailers are HPACK-encoded in pure Python, in time quadratic in their length: no
+    # message, whatever it quotes, may be long.
+    if len(message) > MAX_STATUS_MESSAGE_CHARS:
+        message = message[: MAX_STATUS_MESSAGE_CHARS - 3] + "..."
     return GRPCError(status, message)
 
 
@@ -139,6 +145,8 @@ class FailoverServerOptions:
         resume_retry_max: longest wait between two tries of a RESUME that failed.
         reconcile_interval: wait between two tries of the startup reconcile while a
             failover lock is held or etcd does not answer.
+        max_pause_expiry: the longest pause expiry (and PAUSE timeout) a caller may
+            ask for; longer requests are refused with INVALID_ARGUMENT.
         on_pause_state: called with True/False whenever our pause starts or ends
             holding (wire it to the ``pgcm_supervise_pgbouncer_paused`` gauge).
     """
@@ -149,10 +157,11 @@ class FailoverServerOptions:
     cleanup_timeout: timedelta = timedelta(seconds=5)
     resume_retry_max: timedelta = timedelta(seconds=5)
     reconcile_interval: timedelta = timedelta(seconds=5)
+    max_pause_expiry: timedelta = timedelta(minutes=5)
     on_pause_state: Callable[[bool], None] | None = field(default=None, compare=False)
 
 
-def _pause_durations(request: PauseRequest) -> tuple[float, float]:
+def _pause_durations(request: PauseRequest, ceiling: timedelta) -> tuple[float, float]:
     for name, value in (
         ("timeout", request.timeout),
         ("expiry", request.expiry),
@@ -168,6 +177,12 @@ def _pause_durations(request: PauseRequest) -> tuple[float, float]:
     if expiry <= 0:
         # A pause without expiry would hold every client forever if the caller died.
         raise InvalidRequest("expiry", "must be positive")
+    limit = ceiling.total_seconds()
+    for name, seconds in (("timeout", timeout), ("expiry", expiry)):
+        if seconds > limit:
+            # Every client of the node waits while paused: a pause that outlives any
+            # switchover is a mistake (or an attack), not something to honour.
+            raise InvalidRequest(name, f"must be at most {limit:g}s (max_pause_expiry)")
     return timeout, expiry
 
 
@@ -488,7 +503,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
                 was resumed), INVALID_ARGUMENT, UNAVAILABLE or ABORTED (see the table).
         """
         try:
-            timeout, expiry = _pause_durations(message)
+            timeout, expiry = _pause_durations(message, self._options.max_pause_expiry)
         except InvalidRequest as exc:
             raise grpc_error(exc) from exc
         if self._closing:
@@ -534,7 +549,16 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
 
     @override
     async def migrate_to(self, message: MigrateRequest) -> MigrateResponse:
-        """Move the primary to ``message.target`` (empty: as :meth:`migrate`)."""
+        """Move the primary to ``message.target`` (empty: as :meth:`migrate`).
+
+        Raises:
+            GRPCError: INVALID_ARGUMENT for a target longer than a Pacemaker node name
+                can be or holding non-printable characters (``limits.py``).
+        """
+        try:
+            check_request(message)
+        except InvalidRequest as exc:
+            raise grpc_error(exc) from exc
         return await self._migrate(message.target)
 
     async def _migrate(self, requested: str) -> MigrateResponse:
@@ -560,14 +584,14 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
                         raise
                     return await self._already_primary(target, requested)
         except (PgcmError, TimeoutError) as exc:
-            _log.warning("pacemaker.migrate.failed", requested=requested, error=str(exc))
+            _log.warning("pacemaker.migrate.failed", requested=excerpt(requested), error=str(exc))
             raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
         _log.info(
             "pacemaker.migrate",
             resource=resource,
             target=target.name,
             address=address,
-            requested=requested or None,
+            requested=excerpt(requested) if requested else None,
         )
         return MigrateResponse(
             migrating_to=target.name, address=address, created_at=self._clock.now()
@@ -579,7 +603,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             "pacemaker.migrate",
             target=node.name,
             address=address,
-            requested=requested or None,
+            requested=excerpt(requested) if requested else None,
             outcome="already_primary",
             msg="the target already holds the primary role; nothing to move",
         )

@@ -63,7 +63,8 @@ class SuperviseSettings(PgcmSettings):
     bind_address: str = Field(
         default="127.0.0.1:8080",
         description="host:port of the failover gRPC API. A non-loopback address needs "
-        "TLS or a token, or insecure = true.",
+        "authentication (tls_client_ca_file or a token), and a token needs TLS, unless "
+        "insecure = true.",
     )
     tls_cert_file: Path | None = Field(default=None, description="Server certificate (PEM).")
     tls_key_file: Path | None = Field(default=None, description="Server private key (PEM).")
@@ -83,7 +84,8 @@ class SuperviseSettings(PgcmSettings):
     )
     insecure: bool = Field(
         default=False,
-        description="Allow a non-loopback bind address without TLS or token.",
+        description="Allow a non-loopback bind address without authentication, and "
+        "tokens without TLS (both send or accept credentials anyone can read or forge).",
     )
     node_name: str = Field(
         default_factory=socket.gethostname,
@@ -181,6 +183,11 @@ class SuperviseSettings(PgcmSettings):
         description="Bound on each shielded clean-up step at shutdown (resume PgBouncer, "
         "revoke the status lease); systemd's TimeoutStopSec must exceed it.",
     )
+    max_pause_expiry: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Longest pause (expiry, and PAUSE timeout) a caller may ask for; "
+        "longer requests are refused. Every client of the node waits during a pause.",
+    )
     metrics_address: str | None = Field(
         default=None,
         description="host:port for Prometheus metrics; unset means no metrics endpoint.",
@@ -201,6 +208,8 @@ class SuperviseSettings(PgcmSettings):
             # silently accept "**********" as a real token.
             if not token.get_secret_value().strip("*"):
                 raise ValueError(f"tokens.{name} is empty or a masked placeholder")
+        if self.max_pause_expiry <= timedelta(0):
+            raise ValueError("max_pause_expiry must be positive")
         if self.address_source == "static" and not self.node_addresses:
             raise ValueError("address_source = 'static' needs node_addresses")
         return self
@@ -211,10 +220,20 @@ class SuperviseSettings(PgcmSettings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        secured = self.tls_cert_file is not None or self.token is not None or bool(self.tokens)
-        if not (secured or self.insecure or _is_loopback(self.bind_address)):
+        if self.insecure or _is_loopback(self.bind_address):
+            return self
+        tokens = self.token is not None or bool(self.tokens)
+        if not (tokens or self.tls_client_ca_file is not None):
             raise ValueError(
-                f"bind_address {self.bind_address!r} is not loopback: set tls_cert_file/"
-                "tls_key_file or token, or insecure = true"
+                f"insecure: bind_address {self.bind_address!r} is not loopback and callers "
+                "are not authenticated: set tls_client_ca_file (mutual TLS) or a token "
+                "with tls_cert_file/tls_key_file, or insecure = true"
+            )
+        if tokens and self.tls_cert_file is None:
+            # Callers would send the bearer token across the network in clear text.
+            raise ValueError(
+                f"insecure: bind_address {self.bind_address!r} is not loopback and "
+                "token/tokens need TLS (tls_cert_file and tls_key_file), or callers send "
+                "them in clear text; set insecure = true to allow it"
             )
         return self

@@ -39,22 +39,53 @@ def test_status_interval_must_fit_in_the_lease() -> None:
         )
 
 
+TLS = {"tls_cert_file": "/etc/pgcm/server.crt", "tls_key_file": "/etc/pgcm/server.key"}
+
+
 def test_named_tokens_secure_an_exposed_address_and_stay_secret() -> None:
     s, _ = load_settings(
         SuperviseSettings,
-        overrides={"bind_address": "0.0.0.0:8080", "tokens": {"ops": "t0ken"}},
+        overrides={"bind_address": "0.0.0.0:8080", "tokens": {"ops": "t0ken"}, **TLS},
     )
     assert s.tokens["ops"].get_secret_value() == "t0ken"
     assert "t0ken" not in repr(s)
 
 
 @pytest.mark.parametrize("address", [":8080", "0.0.0.0:8080", "10.0.0.1:8080", "pg01:8080"])
-def test_exposed_bind_address_needs_tls_token_or_insecure(address: str) -> None:
+def test_exposed_bind_address_needs_authentication_or_insecure(address: str) -> None:
     with pytest.raises(ConfigError, match="not loopback"):
         load_settings(SuperviseSettings, overrides={"bind_address": address})
-    for extra in ({"insecure": True}, {"token": "t"}):
+    allowed: list[dict[str, object]] = [
+        {"insecure": True},
+        {"insecure": True, "token": "t"},
+        {"token": "t", **TLS},
+        {"tls_client_ca_file": "/etc/pgcm/clients-ca.crt", **TLS},
+    ]
+    for extra in allowed:
         s, _ = load_settings(SuperviseSettings, overrides={"bind_address": address, **extra})
         assert s.bind_address == address
+
+
+def test_exposed_bind_address_with_tls_but_no_authentication_is_refused() -> None:
+    with pytest.raises(ConfigError, match="insecure") as caught:
+        load_settings(SuperviseSettings, overrides={"bind_address": "0.0.0.0:8080", **TLS})
+    assert "not authenticated" in str(caught.value)
+
+
+@pytest.mark.parametrize("tokens", [{"token": "t"}, {"tokens": {"ops": "t0ken"}}])
+def test_exposed_bind_address_with_a_token_but_no_tls_is_refused(
+    tokens: dict[str, object],
+) -> None:
+    with pytest.raises(ConfigError, match="insecure") as caught:
+        load_settings(SuperviseSettings, overrides={"bind_address": "10.0.0.1:8080", **tokens})
+    assert "clear text" in str(caught.value)
+
+
+def test_max_pause_expiry_defaults_to_five_minutes_and_must_be_positive() -> None:
+    s, _ = load_settings(SuperviseSettings)
+    assert s.max_pause_expiry == timedelta(minutes=5)
+    with pytest.raises(ConfigError, match="max_pause_expiry"):
+        load_settings(SuperviseSettings, overrides={"max_pause_expiry": "0s"})
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "[::1]:8080", "localhost:8080"])

@@ -956,6 +956,13 @@ async def open_etcd(settings: EtcdSettings) -> AsyncIterator[AetcdStore]:
     Cancellation:
         Closing on exit is shielded and bounded.
     """
+    if settings.password is not None and not settings.use_tls:
+        log.warning(
+            "etcd.auth.plaintext",
+            endpoints=settings.endpoints,
+            msg="the etcd password is sent without TLS: anyone on the network path can "
+            "read it; set ca_file or use https:// endpoints",
+        )
     store = AetcdStore(settings, await _read_credentials(settings))
     try:
         yield store

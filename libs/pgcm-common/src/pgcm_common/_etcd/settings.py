@@ -80,7 +80,10 @@ class EtcdSettings(BaseModel):
     username: str | None = Field(default=None, description="etcd user (needs password)")
     password: SecretStr | None = Field(default=None, description="etcd user's password")
     ca_file: Path | None = Field(default=None, description="CA bundle; enables TLS")
-    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    cert_file: Path | None = Field(
+        default=None,
+        description="client certificate (mutual TLS; needs ca_file or https:// endpoints)",
+    )
     key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
     dial_timeout: Duration = Field(
         default=timedelta(seconds=2), description="bound on connecting to one endpoint"
@@ -132,6 +135,12 @@ class EtcdSettings(BaseModel):
             raise ValueError("username and password must be given together")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together")
+        if self.cert_file is not None and not self.use_tls:
+            # Without TLS the client certificate would never be presented: the
+            # connection would silently be plain text, the opposite of what was asked.
+            raise ValueError(
+                "cert_file and key_file need TLS: set ca_file or use https:// endpoints"
+            )
         return self
 
     @property

@@ -26,6 +26,7 @@ from anyio.abc import ByteReceiveStream
 from pgcm_common._pacemaker.errors import PacemakerCommandFailed
 from pgcm_common._pacemaker.model import ClusterState
 from pgcm_common._pacemaker.parse import MAX_INPUT_BYTES, crm_mon_failure_detail, parse_crm_mon
+from pgcm_common.processes import child_environment
 
 __all__ = [
     "CommandOutput",
@@ -187,6 +188,9 @@ async def run_command(
 ) -> CommandOutput:
     """Run ``argv`` to completion in its own process group and collect its output.
 
+    The child gets :func:`~pgcm_common.processes.child_environment`: never the
+    service's secrets.
+
     Args:
         argv: the command; never interpreted by a shell.
         kill_grace: how long to wait for the process to be reaped after SIGKILL.
@@ -202,7 +206,12 @@ async def run_command(
     command = tuple(argv)
     try:
         process = await anyio.open_process(
-            command, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, start_new_session=True
+            command,
+            stdin=DEVNULL,
+            stdout=PIPE,
+            stderr=PIPE,
+            start_new_session=True,
+            env=child_environment(),
         )
     except OSError as exc:
         raise PacemakerCommandFailed(command, None, str(exc)) from exc
