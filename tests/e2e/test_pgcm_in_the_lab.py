@@ -311,7 +311,7 @@ async def test_open_transaction_blocks_pause_and_the_switchover_rolls_back(
         # Start the switchover, and open the transaction once pgcm-failover runs: the
         # pre-flight refuses transactions older than the pause timeout, and this test is
         # about PAUSE itself being blocked.
-        argv = failover_argv(lab, ["--target", target, "--pause-timeout", "1s", "--json"])
+        argv = failover_argv(lab, ["--yes", "--target", target, "--pause-timeout", "1s", "--json"])
         process = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         async with process:
             assert process.stderr is not None
@@ -357,7 +357,7 @@ async def test_after_the_transaction_ends_the_same_connection_reaches_the_new_pr
         assert await client.query("select pg_is_in_recovery(), inet_server_addr();") == [
             f"f|{address(lab, primary)}"
         ]
-        run = await run_failover(lab)
+        run = await run_failover(lab, "--yes")
         assert run.returncode == 0, run.logs[-3000:]
         target = str(_dict(run.data["target"])["node"])
         assert target != primary
@@ -390,7 +390,7 @@ async def test_switchover_under_pgbench_has_zero_failed_transactions(lab: Lab) -
             # Switch once every pgbench client is connected through the app PgBouncer.
             while await _app_clients(lab) < 4:  # the 4 pgbench clients
                 await anyio.sleep(0.1)
-            run = await run_failover(lab)
+            run = await run_failover(lab, "--yes")
             results["run"] = run
         report = results["load"]
         assert run.returncode == 0, run.logs[-3000:]
@@ -429,7 +429,7 @@ async def test_switchovers_to_each_node_in_turn_all_succeed(lab: Lab) -> None:
         start = names.index(primary)
         for target in names[start + 1 :] + names[: start + 1]:
             await lab.wait_healthy()
-            run = await run_failover(lab, "--target", target)
+            run = await run_failover(lab, "--yes", "--target", target)
             assert run.returncode == 0, run.logs[-3000:]
             assert _dict(run.data["target"])["node"] == target
             await wait_everything_routes_to(lab, target)
@@ -449,7 +449,7 @@ async def test_killed_failover_leaves_nothing_that_cleanup_cannot_remove(lab: La
     with anyio.fail_after(180):
         primary = await lab.wait_healthy()
         target = next(n.name for n in lab.topology.others(primary))
-        argv = failover_argv(lab, ["--target", target, "--pause-expiry", f"{expiry:g}s"])
+        argv = failover_argv(lab, ["--yes", "--target", target, "--pause-expiry", f"{expiry:g}s"])
         process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         async with process:
             assert process.stderr is not None

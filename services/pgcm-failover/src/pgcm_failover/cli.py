@@ -2,8 +2,9 @@
 
 Exit codes:
     0  success (switchover done; status/plan shown; cleanup left nothing)
-    1  failed and rolled back cleanly (nothing needs a human), or refused
-    2  bad configuration (the message names the key)
+    1  failed and rolled back cleanly (nothing needs a human), refused, or not confirmed
+    2  bad configuration (the message names the key), or a switchover without a
+       terminal to confirm it on and without --yes
     3  failed and something needs a human (the report says what)
 """
 
@@ -61,7 +62,7 @@ DESCRIPTION = """\
 Run a zero-downtime switchover of the PostgreSQL primary (the default command), show
 the cluster's status, or clean up what a killed switchover left.
 
-  pgcm-failover [run] [--target NODE] [--dry-run] [--json]
+  pgcm-failover [run] [--target NODE] [--yes] [--dry-run] [--json]
   pgcm-failover status [--json]
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
@@ -71,8 +72,19 @@ with --config-file (tables [failover], [cluster] and [etcd]; other services' tab
 ignored), PGCM_* environment variables, and the flags below. Durations take Go-style
 values such as 500ms, 5s, 1m30s.
 
-Exit codes: 0 success, 1 failed and rolled back cleanly (or refused), 2 bad
-configuration, 3 failed and something needs a human (the report says what).
+A switchover first shows its plan (from, to and why, replication lag, the oldest
+transaction, the proxies it will wait for) and asks for confirmation on the terminal;
+--yes skips the question (for scripts). Without a terminal and without --yes it
+refuses (exit 2) and changes nothing.
+
+Exit codes: 0 success, 1 failed and rolled back cleanly (or refused, or not
+confirmed), 2 bad configuration (or no terminal to confirm on and no --yes), 3 failed
+and something needs a human (the report says what).
+"""
+
+NOT_CONFIRMED = f"""\
+{PROG}: refusing to start a switchover: it must be confirmed, and stdin is not a
+terminal to ask on. Pass --yes to run it from a script, or --dry-run to see the plan.
 """
 
 log = structlog.get_logger("pgcm.failover.cli")
@@ -93,6 +105,14 @@ def _action_arguments(*, run: bool) -> argparse.ArgumentParser:
             metavar="NODE",
             default=argparse.SUPPRESS,
             help="Pacemaker node to promote (default: the cluster's choice)",
+        )
+        group.add_argument(
+            "--yes",
+            "-y",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="start the switchover without showing the plan and asking (for scripts; "
+            "without a terminal a switchover needs it)",
         )
         group.add_argument(
             "--dry-run",
@@ -168,17 +188,16 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
     if command == "show-config":
         sys.stdout.write(render_toml(settings, header=f"Effective configuration of {PROG}."))
         return EXIT_OK
-    target: str | None = getattr(args, "target", None)
+    confirm = command == "run" and not dry_run and not getattr(args, "yes", False)
+    if confirm and not sys.stdin.isatty():
+        sys.stderr.write(NOT_CONFIRMED)
+        return EXIT_BAD_CONFIG
     try:
-        if command == "status":
-            return _status(settings, adapters, as_json=as_json)
-        if command == "cleanup":
-            return _cleanup(settings, adapters, as_json=as_json)
-        if dry_run:
-            return _dry_run(settings, adapters, target, as_json=as_json)
-        return _switchover(
-            settings, adapters, target, as_json=as_json, progress=progress, clock=clock
-        )
+        if command == "run":
+            return _run_command(
+                settings, adapters, args, confirm=confirm, progress=progress, clock=clock
+            )
+        return _read_command(command, settings, adapters, args)
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_BAD_CONFIG
@@ -188,6 +207,38 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
         log.error("failover.error", command=command, error=str(exc) or type(exc).__name__)
         sys.stderr.write(f"{PROG}: {command} failed: {exc}\n")
         return EXIT_FAILED
+
+
+def _read_command(
+    command: str, settings: FailoverSettings, adapters: AdaptersFactory, args: argparse.Namespace
+) -> int:
+    """Run a command other than a switchover; return its exit code."""
+    as_json = bool(getattr(args, "json", False))
+    if command == "status":
+        return _status(settings, adapters, as_json=as_json)
+    return _cleanup(settings, adapters, as_json=as_json)
+
+
+def _run_command(
+    settings: FailoverSettings,
+    adapters: AdaptersFactory,
+    args: argparse.Namespace,
+    *,
+    confirm: bool,
+    progress: bool,
+    clock: Clock,
+) -> int:
+    """Run ``run``: the dry run, or the switchover (after the operator confirmed it)."""
+    as_json = bool(getattr(args, "json", False))
+    target: str | None = getattr(args, "target", None)
+    if getattr(args, "dry_run", False):
+        return _dry_run(settings, adapters, target, as_json=as_json)
+    if confirm:
+        confirmed = _confirm(settings, adapters, target)
+        if confirmed is None:
+            return EXIT_FAILED
+        target = confirmed
+    return _switchover(settings, adapters, target, as_json=as_json, progress=progress, clock=clock)
 
 
 def _run(go: Callable[[], Awaitable[None]]) -> None:
@@ -243,6 +294,39 @@ def _switchover(
     else:
         sys.stdout.write(render_report(report, outcome=outcome))
     return code
+
+
+def _confirm(
+    settings: FailoverSettings, adapters: AdaptersFactory, target: str | None
+) -> str | None:
+    """Show the plan on stderr and ask on the terminal; return the confirmed target.
+
+    Returns None (nothing was changed) when the plan would be refused or the operator
+    does not answer yes. The confirmed target is pinned for the switchover: it must not
+    become another node because promotion scores changed while the operator read.
+    """
+    plans: list[Plan] = []
+
+    async def go() -> None:
+        async with adapters(settings) as opened:
+            plans.append(await make_plan(opened, settings, target))
+
+    _run(go)
+    if not plans:
+        return None
+    plan = plans[0]
+    sys.stderr.write(render_plan(plan, dry_run=False))
+    if not plan.would_proceed or plan.target is None:
+        sys.stderr.write(f"{PROG}: nothing was changed.\n")
+        return None
+    sys.stderr.write(f"\nMove the primary from {plan.old_primary} to {plan.target}? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in {"y", "yes"}:
+        sys.stderr.write(f"{PROG}: not confirmed; nothing was changed.\n")
+        log.info("failover.not_confirmed", target=plan.target)
+        return None
+    return plan.target
 
 
 def _dry_run(

@@ -217,9 +217,16 @@ def plan_to_dict(plan: Plan) -> dict[str, JsonValue]:
     }
 
 
-def render_plan(plan: Plan) -> str:
-    """Return the plan as text (nothing was changed)."""
-    lines = ["Dry run: nothing will be changed.", ""]
+def render_plan(plan: Plan, *, dry_run: bool = True) -> str:
+    """Return the plan as text.
+
+    Args:
+        plan: what a switchover now would do.
+        dry_run: title it as a dry run (``--dry-run``) rather than as the plan the
+            operator is asked to confirm.
+    """
+    title = "Dry run: nothing will be changed." if dry_run else "Switchover plan:"
+    lines = [title, ""]
     lines.append(f"primary now:  {plan.old_primary or '-'}")
     lines.append(
         f"target:       {plan.target or '-'}" + (f" ({plan.reason})" if plan.reason else "")
