@@ -49,6 +49,7 @@ from pgcm_failover.report import (
     status_to_dict,
 )
 from pgcm_failover.settings import FailoverSettings
+from pgcm_failover.terminal import printable
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_NEEDS_HUMAN", "EXIT_OK", "main"]
 
@@ -181,7 +182,7 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
     try:
         settings, loaded = settings_from_args(FailoverSettings, args)
     except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
+        _error(str(exc))
         return EXIT_BAD_CONFIG
     if loaded is not None:
         log.info("config_file.loaded", path=str(loaded.path), hash=loaded.sha256)
@@ -199,14 +200,19 @@ def main(  # noqa: PLR0911 - one return per exit path keeps the exit codes reada
             )
         return _read_command(command, settings, adapters, args)
     except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
+        _error(str(exc))
         return EXIT_BAD_CONFIG
     except (PgcmError, OSError, ssl.SSLError) as exc:
         # Raised before anything was changed (etcd unreachable, TLS files unreadable):
         # the switchover itself records its errors in the report instead.
         log.error("failover.error", command=command, error=str(exc) or type(exc).__name__)
-        sys.stderr.write(f"{PROG}: {command} failed: {exc}\n")
+        _error(f"{command} failed: {exc}")
         return EXIT_FAILED
+
+
+def _error(message: str) -> None:
+    """Write ``PROG: message`` to stderr, escaped: errors quote values from etcd."""
+    sys.stderr.write(f"{PROG}: {printable(message)}\n")
 
 
 def _read_command(
@@ -319,7 +325,8 @@ def _confirm(
     if not plan.would_proceed or plan.target is None:
         sys.stderr.write(f"{PROG}: nothing was changed.\n")
         return None
-    sys.stderr.write(f"\nMove the primary from {plan.old_primary} to {plan.target}? [y/N] ")
+    question = f"Move the primary from {plan.old_primary} to {plan.target}? [y/N] "
+    sys.stderr.write("\n" + printable(question))
     sys.stderr.flush()
     answer = sys.stdin.readline().strip().lower()
     if answer not in {"y", "yes"}:
@@ -370,7 +377,7 @@ def _cleanup(settings: FailoverSettings, adapters: AdaptersFactory, *, as_json: 
     try:
         _run(go)
     except CleanupRefused as exc:
-        sys.stderr.write(f"{PROG}: cleanup refused: {exc}\n")
+        _error(f"cleanup refused: {exc}")
         return EXIT_FAILED
     if not results:
         return EXIT_FAILED

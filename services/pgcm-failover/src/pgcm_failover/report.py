@@ -14,6 +14,7 @@ from typing import TextIO, final
 
 from pgcm_common.records import NodeRole, ProxyAck
 from pgcm_failover.pipeline import Phase, Report
+from pgcm_failover.terminal import printable
 
 __all__ = [
     "CleanupResult",
@@ -45,7 +46,18 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
+def _text(lines: Sequence[str]) -> str:
+    """Join rendered lines for a terminal: each line made printable, one newline each.
+
+    Every human rendering ends here, so no value from etcd or a peer can put a control
+    character on the operator's terminal; a value holding a newline cannot forge a line.
+    """
+    return "".join(printable(line) + "\n" for line in lines)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    # Escape cells before measuring them, so the columns stay aligned.
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -126,7 +138,7 @@ def render_report(report: Report, *, outcome: str) -> str:
     lines.extend(_table(["phase", "result", "time", "detail"], rows))
     lines.extend(f"note: {note}" for note in report.notes)
     lines.extend(f"NEEDS A HUMAN: {item}" for item in report.needs_human)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 @final
@@ -138,12 +150,16 @@ class ProgressDisplay:
 
     def __call__(self, phase: Phase) -> None:
         """Show ``phase`` (started, finished or failed)."""
+        # Only this display's own sequences may reach the terminal: the phase's name
+        # and detail (which can quote a peer's error) are escaped.
+        name = printable(phase.name)
         if phase.finished is None:
-            self._stream.write(f"\r\x1b[K… {phase.name}")
+            self._stream.write(f"\r\x1b[K… {name}")
         elif phase.ok:
-            self._stream.write(f"\r\x1b[K✓ {phase.name} ({_secs(phase.seconds)})\n")
+            self._stream.write(f"\r\x1b[K✓ {name} ({_secs(phase.seconds)})\n")
         else:
-            self._stream.write(f"\r\x1b[K✗ {phase.name} ({_secs(phase.seconds)}): {phase.detail}\n")
+            detail = printable(phase.detail)
+            self._stream.write(f"\r\x1b[K✗ {name} ({_secs(phase.seconds)}): {detail}\n")
         self._stream.flush()
 
 
@@ -278,7 +294,7 @@ def render_plan(plan: Plan, *, dry_run: bool = True) -> str:
         if plan.would_proceed
         else f"A switchover now would be REFUSED: {plan.refused or 'an endpoint is unhealthy'}"
     )
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 # ----------------------------------------------------------------------------- status
@@ -405,7 +421,7 @@ def render_status(status: Status) -> str:
     if status.stale:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def _paused(value: bool | None, known: bool) -> str:  # noqa: FBT001 - a small formatter
@@ -430,7 +446,7 @@ def render_cleanup(result: CleanupResult) -> str:
     """Return the cleanup result as text."""
     lines = [f"did: {item}" for item in result.done] or ["did: nothing (nothing to clean up)"]
     lines.extend(f"NEEDS A HUMAN: {item}" for item in result.needs_human)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def cleanup_to_dict(result: CleanupResult) -> dict[str, JsonValue]:

@@ -543,3 +543,13 @@ def test_the_real_command_without_a_terminal_refuses_before_connecting() -> None
     assert result.returncode == 2, result.stderr
     assert "refusing to start a switchover" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_error_quoting_etcd_is_escaped_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World()
+    error = EtcdError("etcdserver: \x1b]0;owned\x07\x1b[2J\u202eno")
+    assert main(["cleanup", *FAST], adapters=racing_adapters(world, grant_error=error)) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\u202e" not in err
+    assert "cleanup failed: etcdserver: \\x1b]0;owned\\x07\\x1b[2J\\u202eno" in err
