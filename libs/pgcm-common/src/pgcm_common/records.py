@@ -159,6 +159,11 @@ class ReplicationPeer(_Record):
     state: str
     sync_state: str
     lag_bytes: int | None = None
+    lag_s: float | None = Field(
+        default=None,
+        description="replay_lag in seconds; None when PostgreSQL has no recent measurement "
+        "(an idle standby) or the writer predates the field",
+    )
 
 
 @final
@@ -168,6 +173,11 @@ class PostgresStatus(_Record):
     in_recovery: bool
     replication: tuple[ReplicationPeer, ...] = ()
     oldest_transaction_age_s: float | None = None
+    timeline: int | None = Field(
+        default=None,
+        description="the timeline this PostgreSQL writes (primary) or receives (standby); "
+        "None when unknown or the writer predates the field",
+    )
 
 
 @final

@@ -20,6 +20,7 @@ from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
 from pgcm_common.records import KeyLayout, PrimaryRecord, RecordError, now_utc
 from pgcm_failover.client import ClientTls, SuperviseEndpoint, make_ssl_context
 from pgcm_failover.cluster import (
+    ClusterSnapshot,
     NodeStatusCluster,
     check_preflight,
     read_snapshot,
@@ -36,7 +37,14 @@ from pgcm_failover.pipeline import (
     Report,
     SuperviseClient,
 )
-from pgcm_failover.report import CleanupResult, EndpointHealth, Plan, ProxyRow, Status
+from pgcm_failover.report import (
+    CleanupResult,
+    EndpointHealth,
+    NodeReplication,
+    Plan,
+    ProxyRow,
+    Status,
+)
 from pgcm_failover.settings import FailoverSettings
 
 __all__ = [
@@ -47,6 +55,7 @@ __all__ = [
     "collect_status",
     "layout_of",
     "make_plan",
+    "node_replication",
     "open_adapters",
     "pipeline_options",
 ]
@@ -242,6 +251,40 @@ async def make_plan(adapters: Adapters, settings: FailoverSettings, target: str 
     )
 
 
+def node_replication(snapshot: ClusterSnapshot) -> dict[str, NodeReplication]:
+    """Return each node's timeline and replication state from the published facts.
+
+    The timeline comes from the node's own record; the replication state, sync state
+    and lag from the primary's ``pg_stat_replication`` row whose ``application_name``
+    is the node's name (as PAF requires). Nodes without any published fact are left out.
+    """
+    primary = snapshot.primary
+    primary_status = None if primary is None else snapshot.statuses.get(primary)
+    primary_pg = None if primary_status is None else primary_status.postgres
+    peers = {} if primary_pg is None else {r.application_name: r for r in primary_pg.replication}
+    found: dict[str, NodeReplication] = {}
+    for node in snapshot.nodes:
+        own = snapshot.statuses.get(node.name)
+        pg = None if own is None else own.postgres
+        timeline = None if pg is None else pg.timeline
+        peer = peers.get(node.name)
+        if node.name == primary and pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline, state="primary")
+        elif peer is not None:
+            found[node.name] = NodeReplication(
+                timeline=timeline,
+                state=peer.state,
+                sync_state=peer.sync_state,
+                lag_bytes=peer.lag_bytes,
+                lag_s=peer.lag_s,
+            )
+        elif node.name != primary and primary_pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline, state="not replicating")
+        elif pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline)
+    return found
+
+
 async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Status:
     """Read everything ``status`` shows from etcd (read-only).
 
@@ -290,6 +333,7 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
         move_constraints=() if view is None else view.move_constraints,
         stale=snapshot.stale,
         problems=tuple(problems),
+        replication=node_replication(snapshot),
     )
 
 

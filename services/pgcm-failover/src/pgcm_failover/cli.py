@@ -11,18 +11,27 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import json
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 
+import anyio
 import structlog
 
 from pgcm_common.daemon import most_telling_error
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
-from pgcm_common.settings import common_arguments, render_toml, settings_from_args
+from pgcm_common.records import now_utc
+from pgcm_common.settings import (
+    common_arguments,
+    parse_duration,
+    render_toml,
+    settings_from_args,
+)
 from pgcm_failover.app import (
     AdaptersFactory,
     Switchover,
@@ -35,6 +44,7 @@ from pgcm_failover.errors import CleanupRefused
 from pgcm_failover.pipeline import Clock
 from pgcm_failover.report import (
     CleanupResult,
+    JsonValue,
     Plan,
     ProgressDisplay,
     Status,
@@ -64,7 +74,7 @@ Run a zero-downtime switchover of the PostgreSQL primary (the default command), 
 the cluster's status, or clean up what a killed switchover left.
 
   pgcm-failover [run] [--target NODE] [--yes] [--dry-run] [--json]
-  pgcm-failover status [--json]
+  pgcm-failover status [--watch [INTERVAL]] [--json]
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
 
@@ -88,7 +98,37 @@ NOT_CONFIRMED = f"""\
 terminal to ask on. Pass --yes to run it from a script, or --dry-run to see the plan.
 """
 
+DEFAULT_WATCH_INTERVAL = timedelta(seconds=2)
+MIN_WATCH_INTERVAL = timedelta(milliseconds=100)
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
 log = structlog.get_logger("pgcm.failover.cli")
+
+
+def _watch_interval(text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if value < MIN_WATCH_INTERVAL:
+        raise argparse.ArgumentTypeError(f"at least {MIN_WATCH_INTERVAL.total_seconds():g}s")
+    return value
+
+
+def _status_arguments() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("command options")
+    group.add_argument(
+        "--watch",
+        metavar="INTERVAL",
+        nargs="?",
+        const=DEFAULT_WATCH_INTERVAL,
+        type=_watch_interval,
+        default=argparse.SUPPRESS,
+        help="refresh every INTERVAL (default 2s) until Ctrl-C (exit 0): redrawn in place "
+        "on a terminal; with --json one JSON document per line and refresh",
+    )
+    return parent
 
 
 def _action_arguments(*, run: bool) -> argparse.ArgumentParser:
@@ -140,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common, run_options], help="run a switchover (the default)")
     sub.add_parser(
         "status",
-        parents=[common, json_only],
-        help="show nodes, the etcd primary, proxies, PgBouncers, the lock",
+        parents=[common, json_only, _status_arguments()],
+        help="show nodes (role, score, timeline, replication, lag), the etcd primary, "
+        "proxies, PgBouncers, the lock; --watch to follow",
     )
     sub.add_parser(
         "cleanup",
@@ -221,6 +262,9 @@ def _read_command(
     """Run a command other than a switchover; return its exit code."""
     as_json = bool(getattr(args, "json", False))
     if command == "status":
+        watch: timedelta | None = getattr(args, "watch", None)
+        if watch is not None:
+            return _watch(settings, adapters, watch, as_json=as_json)
         return _status(settings, adapters, as_json=as_json)
     return _cleanup(settings, adapters, as_json=as_json)
 
@@ -247,15 +291,17 @@ def _run_command(
     return _switchover(settings, adapters, target, as_json=as_json, progress=progress, clock=clock)
 
 
-def _run(go: Callable[[], Awaitable[None]]) -> None:
+def _run(go: Callable[[], Awaitable[None]]) -> bool:
     """Run ``go`` until done or signalled; raise its errors bare, not in ExceptionGroups.
 
     An error raised inside nested task groups (the etcd lock's keepalive group, the
     watch pumps) arrives wrapped once per group; the exit-code mapping needs the error
     itself, or the operator gets a traceback instead of a message.
+
+    Returns whether a signal (Ctrl-C, SIGTERM) stopped it.
     """
     try:
-        run_until_signalled(go)
+        return run_until_signalled(go)
     except BaseExceptionGroup as group:
         leaf = most_telling_error(group)
         if not isinstance(leaf, Exception):
@@ -364,6 +410,48 @@ def _status(settings: FailoverSettings, adapters: AdaptersFactory, *, as_json: b
     if not found:
         return EXIT_FAILED
     sys.stdout.write(dumps(status_to_dict(found[0])) if as_json else render_status(found[0]))
+    return EXIT_OK
+
+
+def _watch(
+    settings: FailoverSettings, adapters: AdaptersFactory, interval: timedelta, *, as_json: bool
+) -> int:
+    """Show the status every ``interval`` until Ctrl-C or SIGTERM (then exit 0).
+
+    A refresh that fails (etcd briefly unreachable) is shown and retried at the next
+    interval: a watch outlives the trouble it is there to show.
+    """
+    redraw = not as_json and sys.stdout.isatty()
+
+    def show(status: Status | None, error: str | None) -> None:
+        at = now_utc().isoformat(timespec="seconds")
+        if as_json:
+            doc: dict[str, JsonValue] = {"at": at, "error": error}
+            if status is not None:
+                doc = {"at": at, **status_to_dict(status)}
+            sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+        else:
+            # Home and clear, then the new frame: redrawn in place on a terminal.
+            frame = CLEAR_SCREEN if redraw else "\n"
+            frame += printable(f"{PROG} status, every {interval.total_seconds():g}s, at {at}")
+            frame += " (Ctrl-C to stop)\n\n"
+            frame += render_status(status) if status else f"error: {printable(error or '')}\n"
+            sys.stdout.write(frame)
+        sys.stdout.flush()
+
+    async def go() -> None:
+        async with adapters(settings) as opened:
+            while True:
+                try:
+                    status = await collect_status(opened, settings)
+                except PgcmError as exc:
+                    log.warning("failover.status.error", error=str(exc))
+                    show(None, str(exc) or type(exc).__name__)
+                else:
+                    show(status, None)
+                await anyio.sleep(interval.total_seconds())
+
+    _run(go)
     return EXIT_OK
 
 

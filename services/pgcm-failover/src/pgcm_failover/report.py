@@ -20,6 +20,7 @@ __all__ = [
     "CleanupResult",
     "EndpointHealth",
     "JsonValue",
+    "NodeReplication",
     "Plan",
     "ProgressDisplay",
     "ProxyRow",
@@ -302,6 +303,28 @@ def render_plan(plan: Plan, *, dry_run: bool = True) -> str:
 
 @final
 @dataclass(frozen=True, slots=True)
+class NodeReplication:
+    """One node's PostgreSQL facts as ``status`` shows them (None: not published).
+
+    Attributes:
+        timeline: the timeline the node writes (primary) or receives (standby).
+        state: ``primary``, or the standby's ``pg_stat_replication`` state on the
+            primary (``streaming``, ``catchup``, ...), or ``not replicating`` when the
+            primary lists no row for it.
+        sync_state: ``sync``, ``async``, ``potential`` or ``quorum`` (standbys only).
+        lag_bytes: how far the standby's replay is behind the primary's WAL.
+        lag_s: the standby's replay lag in seconds, as PostgreSQL measured it.
+    """
+
+    timeline: int | None = None
+    state: str | None = None
+    sync_state: str | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Status:
     """Everything ``pgcm-failover status`` shows."""
 
@@ -320,6 +343,19 @@ class Status:
     move_constraints: tuple[str, ...]
     stale: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    replication: Mapping[str, NodeReplication] = field(default_factory=dict)
+
+
+def _replication_dict(facts: NodeReplication | None) -> JsonValue:
+    if facts is None:
+        return None
+    return {
+        "timeline": facts.timeline,
+        "state": facts.state,
+        "sync_state": facts.sync_state,
+        "lag_bytes": facts.lag_bytes,
+        "lag_s": facts.lag_s,
+    }
 
 
 def status_to_dict(status: Status) -> dict[str, JsonValue]:
@@ -331,6 +367,7 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
                 "online": n.online,
                 "role": n.role,
                 "promotion_score": n.promotion_score,
+                "postgres": _replication_dict(status.replication.get(n.name)),
             }
             for n in status.nodes
         ],
@@ -376,11 +413,13 @@ def render_status(status: Status) -> str:
             "online" if n.online else "OFFLINE",
             n.role,
             "-" if n.promotion_score is None else str(n.promotion_score),
+            *_replication_cells(status.replication.get(n.name)),
             _paused(status.pgbouncer_paused.get(n.name, None), n.name in status.pgbouncer_paused),
         ]
         for n in status.nodes
     ]
-    lines.extend(_table(["node", "state", "role", "score", "pgbouncer"], rows))
+    header = ["node", "state", "role", "score", "timeline", "replication", "lag", "lag time"]
+    lines.extend(_table([*header, "pgbouncer"], rows))
     lines.append("")
     age = "-" if status.primary_age_s is None else f"{status.primary_age_s:.1f}s ago"
     lines.append(
@@ -422,6 +461,21 @@ def render_status(status: Status) -> str:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)
     return _text(lines)
+
+
+def _replication_cells(facts: NodeReplication | None) -> list[str]:
+    """Return the timeline, replication, lag and lag time cells of one node."""
+    if facts is None:
+        return ["-", "-", "-", "-"]
+    timeline = "-" if facts.timeline is None else str(facts.timeline)
+    state = facts.state or "-"
+    if facts.sync_state and state == "streaming":
+        state = facts.sync_state
+    elif facts.sync_state:
+        state = f"{facts.sync_state} ({state})"
+    lag = "-" if facts.lag_bytes is None else f"{facts.lag_bytes} B"
+    lag_s = "-" if facts.lag_s is None else f"{facts.lag_s:.3f}s"
+    return [timeline, state, lag, lag_s]
 
 
 def _paused(value: bool | None, known: bool) -> str:  # noqa: FBT001 - a small formatter

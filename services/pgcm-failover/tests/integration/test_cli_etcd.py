@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,7 +12,15 @@ import anyio
 import pytest
 
 from pgcm_common.etcd import open_etcd
-from pgcm_common.records import KeyLayout, NodeRole, NodeStatus, ProxyAck, now_utc
+from pgcm_common.records import (
+    KeyLayout,
+    NodeRole,
+    NodeStatus,
+    PostgresStatus,
+    ProxyAck,
+    ReplicationPeer,
+    now_utc,
+)
 from pgcm_testkit.etcd import EtcdMember, random_key
 
 pytestmark = pytest.mark.integration
@@ -73,3 +82,75 @@ def test_status_escapes_hostile_proxy_ids_and_hosts_from_real_etcd(etcd: EtcdMem
     assert data["proxies"][0]["ack"]["host"] == HOSTILE
     assert data["etcd_primary"]["address"] == HOSTILE
     assert data["move_constraints"] == [HOSTILE]
+
+
+async def publish_cluster(etcd: EtcdMember, keys: KeyLayout) -> None:
+    primary_pg = PostgresStatus(
+        in_recovery=False,
+        timeline=2,
+        replication=(
+            ReplicationPeer(
+                application_name="n2",
+                state="streaming",
+                sync_state="potential",
+                lag_bytes=128,
+                lag_s=0.5,
+            ),
+        ),
+    )
+    async with open_etcd(etcd.settings()) as store:
+        for node, pg in (("n1", primary_pg), ("n2", PostgresStatus(in_recovery=True, timeline=2))):
+            status = NodeStatus(
+                node=node,
+                address=None,
+                observed_at=now_utc(),
+                with_quorum=True,
+                dc="n1",
+                primary="n1",
+                nodes=(
+                    NodeRole(name="n1", online=True, role="Promoted", promotion_score=1001),
+                    NodeRole(name="n2", online=True, role="Unpromoted", promotion_score=1000),
+                ),
+                postgres=pg,
+            )
+            await store.put(keys.node_status(node), status.to_json())
+
+
+def test_status_watch_json_refreshes_until_ctrl_c_and_exits_0(etcd: EtcdMember) -> None:
+    namespace = random_key("watch").decode()
+    keys = KeyLayout(namespace, "/master")
+    anyio.run(publish_cluster, etcd, keys)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+    argv = [sys.executable, "-m", "pgcm_failover", "status", "--watch", "100ms", "--json"]
+    argv += ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace]
+    argv += ["--status-max-age", "1h", "--log-level", "error"]
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = json.loads(process.stdout.readline())
+            second = json.loads(process.stdout.readline())
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, err
+    for doc in (first, second):
+        n1, n2 = doc["nodes"]
+        assert n1["postgres"] == {
+            "timeline": 2,
+            "state": "primary",
+            "sync_state": None,
+            "lag_bytes": None,
+            "lag_s": None,
+        }
+        assert n2["postgres"] == {
+            "timeline": 2,
+            "state": "streaming",
+            "sync_state": "potential",
+            "lag_bytes": 128,
+            "lag_s": 0.5,
+        }
+    assert first["at"] <= second["at"]
