@@ -7,6 +7,8 @@ Every key is under the cluster namespace ``<ns>`` (``[cluster] namespace``)::
     <ns>/supervise/<node>      NodeStatus of each supervise (leased: vanishes with it)
     <ns>/proxies/<proxy id>    ProxyAck of each proxy (leased: vanishes with it)
     <ns>/lock                  the failover lock (pgcm_common.etcd.EtcdLock)
+    <ns>/history/<start>-<pid> SwitchoverRecord of each pgcm-failover run (bounded: the
+                               CLI keeps the newest ``history_limit``)
 
 The JSON records are parsed at the edge with :meth:`from_json`, which raises
 :class:`RecordError` for anything malformed (they are untrusted input like any etcd
@@ -27,11 +29,13 @@ __all__ = [
     "KeyLayout",
     "NodeRole",
     "NodeStatus",
+    "PhaseRecord",
     "PostgresStatus",
     "PrimaryRecord",
     "ProxyAck",
     "RecordError",
     "ReplicationPeer",
+    "SwitchoverRecord",
     "now_utc",
 ]
 
@@ -56,6 +60,7 @@ class KeyLayout:
     """The etcd keys of one cluster, computed once from the namespace and master key."""
 
     __slots__ = (
+        "history_prefix",
         "lock",
         "master",
         "master_record",
@@ -71,6 +76,7 @@ class KeyLayout:
         self.proxies_prefix = f"{self.namespace}/proxies/".encode()
         self.supervise_prefix = f"{self.namespace}/supervise/".encode()
         self.lock = f"{self.namespace}/lock".encode()
+        self.history_prefix = f"{self.namespace}/history/".encode()
 
     def proxy_ack(self, proxy_id: str) -> bytes:
         """Return the key of one proxy's acknowledgement."""
@@ -79,6 +85,11 @@ class KeyLayout:
     def node_status(self, node: str) -> bytes:
         """Return the key of one supervise's node status."""
         return self.supervise_prefix + _safe_segment(node)
+
+    def history_entry(self, started_at: datetime, pid: int) -> bytes:
+        """Return the key of one switchover's record; keys sort in start order."""
+        stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.history_prefix + f"{stamp}-{pid}".encode()
 
 
 def _safe_segment(name: str) -> bytes:
@@ -200,3 +211,34 @@ class NodeStatus(_Record):
         description="agent of the promotable resource, e.g. ocf:heartbeat:pgsqlms (PAF) or "
         "ocf:heartbeat:pgsql (legacy); None when the writer does not say",
     )
+
+
+@final
+class PhaseRecord(_Record):
+    """One timed phase of a recorded switchover."""
+
+    name: str
+    ok: bool
+    seconds: float | None
+    detail: str | None = None
+
+
+@final
+class SwitchoverRecord(_Record):
+    """What one pgcm-failover switchover did, kept in etcd for ``pgcm-failover history``."""
+
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    outcome: str = Field(description="succeeded, rolled_back or needs_human")
+    by: str = Field(description="who ran it: user@host")
+    pid: int
+    old_primary: str | None = None
+    planned_target: str | None = None
+    target: str | None = None
+    target_address: str | None = None
+    paused_s: float | None = None
+    total_s: float | None = None
+    phases: tuple[PhaseRecord, ...] = ()
+    proxies_acknowledged: tuple[str, ...] = ()
+    error: str | None = None
+    needs_human: tuple[str, ...] = ()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import structlog
@@ -25,7 +26,7 @@ from pgcm_common.daemon import most_telling_error
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
-from pgcm_common.records import now_utc
+from pgcm_common.records import SwitchoverRecord, now_utc
 from pgcm_common.settings import (
     common_arguments,
     parse_duration,
@@ -33,14 +34,17 @@ from pgcm_common.settings import (
     settings_from_args,
 )
 from pgcm_failover.app import (
+    Adapters,
     AdaptersFactory,
     Switchover,
     cleanup,
     collect_status,
+    layout_of,
     make_plan,
     open_adapters,
 )
 from pgcm_failover.errors import CleanupRefused
+from pgcm_failover.history import operator_identity, read_history, switchover_record, write_history
 from pgcm_failover.pipeline import Clock
 from pgcm_failover.report import (
     CleanupResult,
@@ -50,13 +54,16 @@ from pgcm_failover.report import (
     Status,
     cleanup_to_dict,
     dumps,
+    history_to_dict,
     plan_to_dict,
     render_cleanup,
+    render_history,
     render_plan,
     render_report,
     render_status,
     report_to_dict,
     status_to_dict,
+    total_seconds,
 )
 from pgcm_failover.settings import FailoverSettings
 from pgcm_failover.terminal import printable
@@ -75,6 +82,7 @@ the cluster's status, or clean up what a killed switchover left.
 
   pgcm-failover [run] [--target NODE] [--yes] [--dry-run] [--json]
   pgcm-failover status [--watch [INTERVAL]] [--json]
+  pgcm-failover history [-n N] [--json]
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
 
@@ -112,6 +120,16 @@ def _watch_interval(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     if value < MIN_WATCH_INTERVAL:
         raise argparse.ArgumentTypeError(f"at least {MIN_WATCH_INTERVAL.total_seconds():g}s")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
     return value
 
 
@@ -183,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, json_only, _status_arguments()],
         help="show nodes (role, score, timeline, replication, lag), the etcd primary, "
         "proxies, PgBouncers, the lock; --watch to follow",
+    )
+    history = sub.add_parser(
+        "history",
+        parents=[common, json_only],
+        help="show the last switchovers (newest first): start, who, from, to, result, "
+        "paused time, phase timings",
+    )
+    history.add_argument(
+        "-n",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="how many switchovers to show (default 20; etcd keeps history_limit)",
     )
     sub.add_parser(
         "cleanup",
@@ -261,6 +292,8 @@ def _read_command(
 ) -> int:
     """Run a command other than a switchover; return its exit code."""
     as_json = bool(getattr(args, "json", False))
+    if command == "history":
+        return _history(settings, adapters, args.n, as_json=as_json)
     if command == "status":
         watch: timedelta | None = getattr(args, "watch", None)
         if watch is not None:
@@ -325,27 +358,84 @@ def _switchover(
         clock=clock,
     )
 
+    started_at = now_utc()
+
     async def go() -> None:
         async with adapters(settings) as opened:
-            await run.run(opened)
+            try:
+                await run.run(opened)
+            finally:
+                # Also after a failure or Ctrl-C: shielded, with its own deadline.
+                with anyio.move_on_after(settings.cleanup_grace.total_seconds(), shield=True):
+                    await _record(opened, settings, run, started_at)
 
     _run(go)
     report = run.report
-    if not run.finished and run.error is None:
-        report.error = report.error or "interrupted by a signal; every undo step ran"
-    failed = report.error is not None or run.error is not None
-    if report.needs_human:
-        outcome, code = "needs_human", EXIT_NEEDS_HUMAN
-    elif failed:
-        outcome, code = "rolled_back", EXIT_FAILED
-    else:
-        outcome, code = "succeeded", EXIT_OK
+    outcome, code = _outcome(run)
     log.info("failover.done", outcome=outcome, exit_code=code, error=report.error)
     if as_json:
         sys.stdout.write(dumps(report_to_dict(report, outcome=outcome)))
     else:
         sys.stdout.write(render_report(report, outcome=outcome))
     return code
+
+
+def _outcome(run: Switchover) -> tuple[str, int]:
+    """Return the run's outcome and exit code; note an interruption in its report."""
+    report = run.report
+    if not run.finished and run.error is None:
+        report.error = report.error or "interrupted by a signal; every undo step ran"
+    if report.needs_human:
+        return "needs_human", EXIT_NEEDS_HUMAN
+    if report.error is not None or run.error is not None:
+        return "rolled_back", EXIT_FAILED
+    return "succeeded", EXIT_OK
+
+
+async def _record(
+    adapters: Adapters, settings: FailoverSettings, run: Switchover, started_at: datetime
+) -> None:
+    """Write the run's record to the history in etcd; log, never raise, on failure."""
+    outcome, _code = _outcome(run)
+    record = switchover_record(
+        run.report,
+        outcome=outcome,
+        started_at=started_at,
+        finished_at=now_utc(),
+        total_s=total_seconds(run.report),
+        by=operator_identity(),
+        pid=os.getpid(),
+    )
+    try:
+        await write_history(
+            adapters.store, layout_of(settings), record, keep=settings.history_limit
+        )
+    except (PgcmError, TimeoutError) as exc:
+        log.warning(
+            "failover.history.write_failed",
+            error=str(exc) or type(exc).__name__,
+            msg="this switchover is missing from 'pgcm-failover history'",
+        )
+
+
+def _history(
+    settings: FailoverSettings, adapters: AdaptersFactory, limit: int, *, as_json: bool
+) -> int:
+    found: list[tuple[list[SwitchoverRecord], list[str]]] = []
+
+    async def go() -> None:
+        async with adapters(settings) as opened:
+            found.append(await read_history(opened.store, layout_of(settings), limit=limit))
+
+    _run(go)
+    if not found:
+        return EXIT_FAILED
+    records, invalid = found[0]
+    if as_json:
+        sys.stdout.write(dumps(history_to_dict(records, invalid)))
+    else:
+        sys.stdout.write(render_history(records, invalid))
+    return EXIT_OK
 
 
 def _confirm(

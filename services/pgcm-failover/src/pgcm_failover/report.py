@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TextIO, final
 
-from pgcm_common.records import NodeRole, ProxyAck
+from pgcm_common.records import NodeRole, ProxyAck, SwitchoverRecord
 from pgcm_failover.pipeline import Phase, Report
 from pgcm_failover.terminal import printable
 
@@ -26,13 +26,16 @@ __all__ = [
     "ProxyRow",
     "Status",
     "dumps",
+    "history_to_dict",
     "plan_to_dict",
     "render_cleanup",
+    "render_history",
     "render_plan",
     "render_report",
     "render_status",
     "report_to_dict",
     "status_to_dict",
+    "total_seconds",
 ]
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
@@ -96,6 +99,11 @@ def report_to_dict(report: Report, *, outcome: str) -> dict[str, JsonValue]:
         "notes": list(report.notes),
         "needs_human": list(report.needs_human),
     }
+
+
+def total_seconds(report: Report) -> float | None:
+    """Return the switchover's duration from its first phase's start to its last end."""
+    return _total(report.phases)
 
 
 def _total(phases: Sequence[Phase]) -> float | None:
@@ -506,3 +514,46 @@ def render_cleanup(result: CleanupResult) -> str:
 def cleanup_to_dict(result: CleanupResult) -> dict[str, JsonValue]:
     """Return the cleanup result as JSON-able data."""
     return {"done": list(result.done), "needs_human": list(result.needs_human)}
+
+
+# ---------------------------------------------------------------------------- history
+
+
+def history_to_dict(
+    records: Sequence[SwitchoverRecord], invalid: Sequence[str]
+) -> dict[str, JsonValue]:
+    """Return the history (newest first) as JSON-able data."""
+    switchovers: list[JsonValue] = [json.loads(r.to_json()) for r in records]
+    return {"switchovers": switchovers, "unreadable": list(invalid)}
+
+
+def render_history(records: Sequence[SwitchoverRecord], invalid: Sequence[str]) -> str:
+    """Return the history (newest first): one row per run, its phase timings below it."""
+    lines: list[str] = []
+    if not records:
+        lines.append("no switchover recorded")
+    else:
+        rows = [
+            [
+                r.started_at.astimezone(UTC).isoformat(timespec="seconds"),
+                _secs((r.finished_at - r.started_at).total_seconds()),
+                r.by,
+                f"{r.old_primary or '-'} -> {r.target or r.planned_target or '-'}",
+                r.outcome,
+                _secs(r.paused_s),
+            ]
+            for r in records
+        ]
+        header, *table = _table(
+            ["started (UTC)", "took", "by", "from -> to", "result", "paused"], rows
+        )
+        lines.append(header)
+        for r, row in zip(records, table, strict=True):
+            lines.append(row)
+            phases = ", ".join(f"{p.name} {_secs(p.seconds)}" for p in r.phases)
+            lines.append(f"    phases: {phases or '-'}")
+            if r.error:
+                lines.append(f"    error: {r.error}")
+            lines.extend(f"    needs a human: {item}" for item in r.needs_human)
+    lines.extend(f"unreadable record: {key}" for key in invalid)
+    return _text(lines)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 
 import anyio
 import pytest
@@ -19,8 +20,10 @@ from pgcm_common.records import (
     PostgresStatus,
     ProxyAck,
     ReplicationPeer,
+    SwitchoverRecord,
     now_utc,
 )
+from pgcm_failover.history import write_history
 from pgcm_testkit.etcd import EtcdMember, random_key
 
 pytestmark = pytest.mark.integration
@@ -154,3 +157,35 @@ def test_status_watch_json_refreshes_until_ctrl_c_and_exits_0(etcd: EtcdMember) 
             "lag_s": 0.5,
         }
     assert first["at"] <= second["at"]
+
+
+async def write_records(etcd: EtcdMember, keys: KeyLayout, count: int, keep: int) -> None:
+    started = now_utc() - timedelta(hours=1)
+    async with open_etcd(etcd.settings()) as store:
+        for i in range(count):
+            at = started + timedelta(minutes=i)
+            record = SwitchoverRecord(
+                started_at=at,
+                finished_at=at + timedelta(seconds=4),
+                outcome="succeeded" if i % 2 == 0 else "rolled_back",
+                by="ops@host",
+                pid=1000 + i,
+                old_primary="n1",
+                target="n2",
+            )
+            await write_history(store, keys, record, keep=keep)
+
+
+def test_history_is_bounded_and_read_newest_first_from_real_etcd(etcd: EtcdMember) -> None:
+    namespace = random_key("history").decode()
+    keys = KeyLayout(namespace, "/master")
+    anyio.run(write_records, etcd, keys, 5, 3)
+    common = ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace]
+    result = cli("history", "--json", *common)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["pid"] for r in data["switchovers"]] == [1004, 1003, 1002]
+    assert data["unreadable"] == []
+    table = cli("history", "-n", "1", *common)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.decode().count("ops@host") == 1

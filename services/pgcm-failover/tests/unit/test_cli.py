@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import anyio
 import pytest
 
 from pgcm_common.errors import EtcdError
@@ -553,3 +555,38 @@ def test_an_error_quoting_etcd_is_escaped_on_stderr(capsys: pytest.CaptureFixtur
     assert "\x1b" not in err
     assert "\u202e" not in err
     assert "cleanup failed: etcdserver: \\x1b]0;owned\\x07\\x1b[2J\\u202eno" in err
+
+
+def test_every_switchover_is_recorded_in_the_history_also_a_failed_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(refuse_pause=True)
+    assert run(world, "--yes", "--json") == 1
+    world.refuse_pause = False
+    assert run(world, "--yes", "--json") == 0
+    capsys.readouterr()
+    assert run(world, "history", "--json") == 0
+    newest, failed = json.loads(capsys.readouterr().out)["switchovers"]
+    assert (newest["outcome"], newest["old_primary"], newest["target"]) == ("succeeded", "n1", "n2")
+    assert newest["paused_s"] == 0.75
+    assert newest["by"].endswith(f"@{socket.gethostname()}")
+    assert newest["pid"] == os.getpid()
+    assert [p["name"] for p in newest["phases"]][-1] == "wait_settled"
+    assert failed["outcome"] == "rolled_back"
+    assert "exceeded pause timeout" in failed["error"]
+    assert failed["started_at"] < newest["started_at"]
+    assert run(world, "history", "-n", "1") == 0
+    text = capsys.readouterr().out
+    assert "n1 -> n2" in text
+    assert "rolled_back" not in text
+
+
+def test_history_keeps_only_history_limit_records(capsys: pytest.CaptureFixture[str]) -> None:
+    world = World()
+    for _ in range(3):
+        assert run(world, "--yes", "--history-limit", "2") == 0
+    capsys.readouterr()
+    assert run(world, "history", "--json") == 0
+    assert len(json.loads(capsys.readouterr().out)["switchovers"]) == 2
+    listing = anyio.run(world.store.get_prefix, LAYOUT.history_prefix)
+    assert len(listing.items) == 2
