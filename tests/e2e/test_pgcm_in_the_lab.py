@@ -11,6 +11,7 @@ here asserts on them.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -442,6 +443,45 @@ async def test_switchovers_to_each_node_in_turn_all_succeed(lab: Lab) -> None:
             )
         assert await lab.wait_healthy() == primary
     record("switchover_each_node", seen)
+
+
+async def test_history_records_the_last_switchover(lab: Lab) -> None:
+    with anyio.fail_after(60):
+        primary = await lab.wait_healthy()
+        run = await run_failover(lab, "history", "-n", "1")
+    assert run.returncode == 0, run.logs[-2000:]
+    [last] = _list(run.data["switchovers"])
+    entry = _dict(last)
+    assert entry["outcome"] == "succeeded"
+    assert entry["target"] == primary  # the previous test's last switchover
+    assert "@" in str(entry["by"])
+    phases = [_dict(p)["name"] for p in _list(entry["phases"])]
+    assert phases[0] == "health_check"
+    assert "migrate" in phases
+
+
+async def test_status_watch_prints_a_json_document_per_refresh_until_ctrl_c(lab: Lab) -> None:
+    with anyio.fail_after(60):
+        primary = await lab.wait_healthy()
+        argv = failover_argv(lab, ["status", "--watch", "500ms", "--json"])
+        process = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        async with process:
+            assert process.stdout is not None
+            first = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 1 << 20)
+            process.send_signal(signal.SIGINT)
+            code = await process.wait()
+    assert code == 0
+    doc = _dict(json.loads(first))
+    nodes = {str(_dict(n)["name"]): _dict(n) for n in _list(doc["nodes"])}
+    assert nodes[primary]["role"] == "Promoted"
+    assert _dict(nodes[primary]["postgres"])["state"] == "primary"
+    assert isinstance(_dict(nodes[primary]["postgres"])["timeline"], int)
+    standbys = [n for name, n in nodes.items() if name != primary and n["online"]]
+    assert standbys
+    for standby in standbys:
+        facts = _dict(standby["postgres"])
+        assert facts["sync_state"] in {"sync", "async", "potential", "quorum"}
+        assert facts["timeline"] == _dict(nodes[primary]["postgres"])["timeline"]
 
 
 async def test_killed_failover_leaves_nothing_that_cleanup_cannot_remove(lab: Lab) -> None:
