@@ -484,6 +484,34 @@ async def test_status_watch_prints_a_json_document_per_refresh_until_ctrl_c(lab:
         assert facts["timeline"] == _dict(nodes[primary]["postgres"])["timeline"]
 
 
+async def _maintenance_mode(lab: Lab, node: str) -> str:
+    argv = ["crm_attribute", "--type", "crm_config", "--name", "maintenance-mode",
+            "--query", "--quiet"]  # fmt: skip
+    result = await lab.exec(node, argv, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "(unset)"
+
+
+async def test_maintenance_mode_is_set_shown_and_blocks_a_switchover_until_off(lab: Lab) -> None:
+    with anyio.fail_after(120):
+        primary = await lab.wait_healthy()
+        try:
+            on = await run_failover(lab, "maintenance", "on", "--reason", "e2e window")
+            assert on.returncode == 0, on.logs[-2000:]
+            assert await _maintenance_mode(lab, primary) == "true"
+            shown = _dict((await status(lab))["maintenance"])
+            assert (shown["enabled"], shown["reason"]) == (True, "e2e window")
+            refused = await run_failover(lab, "--yes")
+            assert refused.returncode == 1, refused.logs[-2000:]
+            assert "maintenance mode" in str(refused.data["error"])
+            assert refused.data["phases"] == []
+        finally:
+            off = await run_failover(lab, "maintenance", "off")
+        assert off.returncode == 0, off.logs[-2000:]
+        assert await _maintenance_mode(lab, primary) == "false"
+        assert await lab.wait_healthy() == primary
+        assert _dict((await status(lab))["maintenance"])["enabled"] is False
+
+
 async def test_killed_failover_leaves_nothing_that_cleanup_cannot_remove(lab: Lab) -> None:
     expiry, ttl = 8.0, 3.0
     with anyio.fail_after(180):

@@ -7,6 +7,7 @@ Every key is under the cluster namespace ``<ns>`` (``[cluster] namespace``)::
     <ns>/supervise/<node>      NodeStatus of each supervise (leased: vanishes with it)
     <ns>/proxies/<proxy id>    ProxyAck of each proxy (leased: vanishes with it)
     <ns>/lock                  the failover lock (pgcm_common.etcd.EtcdLock)
+    <ns>/maintenance           MaintenanceRecord: the last maintenance on/off, who, why
     <ns>/history/<start>-<pid> SwitchoverRecord of each pgcm-failover run (bounded: the
                                CLI keeps the newest ``history_limit``)
 
@@ -27,6 +28,7 @@ from pgcm_common.errors import PgcmError
 
 __all__ = [
     "KeyLayout",
+    "MaintenanceRecord",
     "NodeRole",
     "NodeStatus",
     "PhaseRecord",
@@ -62,6 +64,7 @@ class KeyLayout:
     __slots__ = (
         "history_prefix",
         "lock",
+        "maintenance",
         "master",
         "master_record",
         "namespace",
@@ -77,6 +80,7 @@ class KeyLayout:
         self.supervise_prefix = f"{self.namespace}/supervise/".encode()
         self.lock = f"{self.namespace}/lock".encode()
         self.history_prefix = f"{self.namespace}/history/".encode()
+        self.maintenance = f"{self.namespace}/maintenance".encode()
 
     def proxy_ack(self, proxy_id: str) -> bytes:
         """Return the key of one proxy's acknowledgement."""
@@ -242,3 +246,14 @@ class SwitchoverRecord(_Record):
     proxies_acknowledged: tuple[str, ...] = ()
     error: str | None = None
     needs_human: tuple[str, ...] = ()
+
+
+@final
+class MaintenanceRecord(_Record):
+    """The last change of Pacemaker's maintenance mode made through pgcm-failover."""
+
+    enabled: bool
+    reason: str
+    by: str = Field(description="who changed it: user@host")
+    at: AwareDatetime
+    endpoint: str | None = Field(default=None, description="the supervise that set it")

@@ -45,6 +45,7 @@ from pgcm_failover.app import (
 )
 from pgcm_failover.errors import CleanupRefused
 from pgcm_failover.history import operator_identity, read_history, switchover_record, write_history
+from pgcm_failover.maintenance import MAX_REASON_LENGTH, MaintenanceResult, switch_maintenance
 from pgcm_failover.pipeline import Clock
 from pgcm_failover.report import (
     CleanupResult,
@@ -55,9 +56,11 @@ from pgcm_failover.report import (
     cleanup_to_dict,
     dumps,
     history_to_dict,
+    maintenance_to_dict,
     plan_to_dict,
     render_cleanup,
     render_history,
+    render_maintenance,
     render_plan,
     render_report,
     render_status,
@@ -83,6 +86,7 @@ the cluster's status, or clean up what a killed switchover left.
   pgcm-failover [run] [--target NODE] [--yes] [--dry-run] [--json]
   pgcm-failover status [--watch [INTERVAL]] [--json]
   pgcm-failover history [-n N] [--json]
+  pgcm-failover maintenance on|off --reason TEXT [--json]
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
 
@@ -215,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many switchovers to show (default 20; etcd keeps history_limit)",
     )
+    maintenance = sub.add_parser(
+        "maintenance",
+        parents=[common, json_only],
+        help="put Pacemaker into or out of maintenance mode (through supervise; recorded "
+        "in etcd with who and why; switchovers refuse while it is on)",
+    )
+    maintenance.add_argument("state", choices=("on", "off"), help="on or off")
+    maintenance.add_argument(
+        "--reason",
+        default="",
+        help=f"why (required for on; at most {MAX_REASON_LENGTH} characters)",
+    )
     sub.add_parser(
         "cleanup",
         parents=[common, json_only],
@@ -294,6 +310,8 @@ def _read_command(
     as_json = bool(getattr(args, "json", False))
     if command == "history":
         return _history(settings, adapters, args.n, as_json=as_json)
+    if command == "maintenance":
+        return _maintenance(settings, adapters, args, as_json=as_json)
     if command == "status":
         watch: timedelta | None = getattr(args, "watch", None)
         if watch is not None:
@@ -435,6 +453,55 @@ def _history(
         sys.stdout.write(dumps(history_to_dict(records, invalid)))
     else:
         sys.stdout.write(render_history(records, invalid))
+    return EXIT_OK
+
+
+def _maintenance(
+    settings: FailoverSettings,
+    adapters: AdaptersFactory,
+    args: argparse.Namespace,
+    *,
+    as_json: bool,
+) -> int:
+    enabled = args.state == "on"
+    reason: str = args.reason
+    if enabled and not reason.strip():
+        _error("maintenance on needs --reason (why, for the record and the logs)")
+        return EXIT_BAD_CONFIG
+    if len(reason) > MAX_REASON_LENGTH:
+        _error(f"--reason is longer than {MAX_REASON_LENGTH} characters")
+        return EXIT_BAD_CONFIG
+    results: list[MaintenanceResult] = []
+
+    async def go() -> None:
+        async with adapters(settings) as opened:
+            results.append(
+                await switch_maintenance(
+                    opened.maintenance,
+                    opened.store,
+                    layout_of(settings),
+                    enabled=enabled,
+                    reason=reason,
+                    by=operator_identity(),
+                    call_timeout_s=settings.pacemaker_timeout.total_seconds(),
+                )
+            )
+
+    _run(go)
+    if not results:
+        return EXIT_FAILED
+    result = results[0]
+    log.info("failover.maintenance", enabled=enabled, endpoint=result.record.endpoint)
+    if as_json:
+        doc: dict[str, JsonValue] = {
+            "maintenance": maintenance_to_dict(result.record),
+            "skipped": list(result.skipped),
+        }
+        sys.stdout.write(dumps(doc))
+    else:
+        lines = [render_maintenance(result.record), f"set via {result.record.endpoint}"]
+        lines.extend(f"(did not answer: {endpoint})" for endpoint in result.skipped)
+        sys.stdout.write("".join(printable(line) + "\n" for line in lines))
     return EXIT_OK
 
 

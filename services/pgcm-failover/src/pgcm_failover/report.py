@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO, final
 
-from pgcm_common.records import NodeRole, ProxyAck, SwitchoverRecord
+from pgcm_common.records import MaintenanceRecord, NodeRole, ProxyAck, SwitchoverRecord
 from pgcm_failover.pipeline import Phase, Report
 from pgcm_failover.terminal import printable
 
@@ -27,9 +27,11 @@ __all__ = [
     "Status",
     "dumps",
     "history_to_dict",
+    "maintenance_to_dict",
     "plan_to_dict",
     "render_cleanup",
     "render_history",
+    "render_maintenance",
     "render_plan",
     "render_report",
     "render_status",
@@ -352,6 +354,31 @@ class Status:
     stale: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
     replication: Mapping[str, NodeReplication] = field(default_factory=dict)
+    maintenance: MaintenanceRecord | None = None
+
+
+def maintenance_to_dict(record: MaintenanceRecord | None) -> JsonValue:
+    """Return the maintenance record as JSON-able data (None: never switched)."""
+    if record is None:
+        return None
+    return {
+        "enabled": record.enabled,
+        "reason": record.reason,
+        "by": record.by,
+        "at": record.at.isoformat(),
+        "endpoint": record.endpoint,
+    }
+
+
+def render_maintenance(record: MaintenanceRecord | None) -> str:
+    """Return one line saying whether maintenance mode is on, since when, who and why."""
+    if record is None:
+        return "maintenance: off"
+    state = "ON" if record.enabled else "off"
+    return (
+        f"maintenance: {state} (since {record.at.isoformat(timespec='seconds')} by "
+        f"{record.by}: {record.reason})"
+    )
 
 
 def _replication_dict(facts: NodeReplication | None) -> JsonValue:
@@ -403,6 +430,7 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
         if status.lock_holder is None and status.lock_token is None
         else {"holder": status.lock_holder, "fencing_token": status.lock_token},
         "move_constraints": list(status.move_constraints),
+        "maintenance": maintenance_to_dict(status.maintenance),
         "stale": list(status.stale),
         "problems": list(status.problems),
     }
@@ -465,6 +493,7 @@ def render_status(status: Status) -> str:
         lines.append(f"lock: held by {holder} (token {status.lock_token})")
     constraints = ", ".join(status.move_constraints) or "none"
     lines.append(f"move constraints: {constraints}")
+    lines.append(render_maintenance(status.maintenance))
     if status.stale:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)

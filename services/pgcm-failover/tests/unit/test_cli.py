@@ -47,6 +47,8 @@ class World:
     primary: str = "n1"
     calls: list[str] = field(default_factory=list)
     refuse_pause: bool = False
+    maintenance: bool = False
+    down: tuple[str, ...] = ()  # endpoints that refuse set_maintenance
     fail_unmigrate: bool = False
     constraint: bool = False
     proxies: tuple[str, ...] = ("app1",)
@@ -94,7 +96,8 @@ class World:
         @asynccontextmanager
         async def opened() -> AsyncIterator[Adapters]:
             await self.publish()
-            yield Adapters(self.store, [Supervise("s1:1", self), Supervise("s2:1", self)])
+            clients = [Supervise("s1:1", self), Supervise("s2:1", self)]
+            yield Adapters(self.store, clients, maintenance=clients)
 
         return opened()
 
@@ -122,6 +125,12 @@ class Supervise:
         self.world.constraint = True
         await self.world.publish()
         return MigrationTarget(self.world.primary, ADDRESSES[self.world.primary])
+
+    async def set_maintenance(self, *, enabled: bool, reason: str, by: str) -> None:
+        if self.endpoint in self.world.down:
+            raise ConnectionRefusedError(f"{self.endpoint} is down")
+        self.world.calls.append(f"maintenance {enabled} {reason} {by.count('@')}")
+        self.world.maintenance = enabled
 
     async def unmigrate(self) -> None:
         self.world.calls.append("unmigrate")
@@ -590,3 +599,58 @@ def test_history_keeps_only_history_limit_records(capsys: pytest.CaptureFixture[
     assert len(json.loads(capsys.readouterr().out)["switchovers"]) == 2
     listing = anyio.run(world.store.get_prefix, LAYOUT.history_prefix)
     assert len(listing.items) == 2
+
+
+# ------------------------------------------------------------------------ maintenance
+
+
+def test_maintenance_on_is_set_recorded_shown_and_blocks_a_switchover(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(down=("s1:1",))
+    assert run(world, "maintenance", "on", "--reason", "kernel update", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert world.maintenance
+    assert world.calls == ["maintenance True kernel update 1"]
+    assert result["skipped"] == ["s1:1"]
+    assert result["maintenance"]["enabled"] is True
+    assert result["maintenance"]["reason"] == "kernel update"
+    assert result["maintenance"]["endpoint"] == "s2:1"
+    assert run(world, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["maintenance"]["by"].endswith(socket.gethostname())
+    assert run(world, "status") == 0
+    assert "maintenance: ON (since" in capsys.readouterr().out
+    world.calls.clear()
+    assert run(world, "--yes", "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "maintenance mode" in report["error"]
+    assert world.calls == []  # nothing paused, nothing moved
+    assert run(world, "--dry-run") == 1
+    assert "would be REFUSED: Pacemaker is in maintenance mode" in capsys.readouterr().out
+    assert run(world, "maintenance", "off") == 0
+    assert "maintenance: off" in capsys.readouterr().out
+    assert world.calls[-1].startswith("maintenance False")
+    assert run(world, "--yes") == 0
+    assert world.primary == "n2"
+
+
+def test_maintenance_on_without_a_reason_or_with_a_too_long_one_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World()
+    assert run(world, "maintenance", "on") == 2
+    assert "needs --reason" in capsys.readouterr().err
+    assert run(world, "maintenance", "on", "--reason", "x" * 257) == 2
+    assert "longer than 256" in capsys.readouterr().err
+    assert world.calls == []
+
+
+def test_maintenance_fails_with_exit_1_when_no_endpoint_answers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = World(down=("s1:1", "s2:1"))
+    assert run(world, "maintenance", "on", "--reason", "r") == 1
+    err = capsys.readouterr().err
+    assert "set_maintenance failed on 2 endpoint(s)" in err
+    assert not world.maintenance
+    assert anyio.run(world.store.get, LAYOUT.maintenance) is None
