@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pgcm_common.etcd import open_etcd
 from pgcm_common.records import (
@@ -32,17 +33,19 @@ pytestmark = pytest.mark.integration
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\r\x7f\x9b31m\u202eevil"
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess[bytes]:
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+
+
+async def cli(*argv: str) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m pgcm_failover ARGV`` without a terminal; return its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "pgcm_failover", *argv, "--log-level", "error"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-        timeout=60,
-        env=env,
-    )
+    with anyio.fail_after(60):
+        return await anyio.run_process(
+            [sys.executable, "-m", "pgcm_failover", *argv, "--log-level", "error"],
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env=_env(),
+        )
 
 
 async def publish_hostile(etcd: EtcdMember, keys: KeyLayout) -> None:
@@ -64,13 +67,15 @@ async def publish_hostile(etcd: EtcdMember, keys: KeyLayout) -> None:
         await store.put(keys.node_status("n1"), status.to_json())
 
 
-def test_status_escapes_hostile_proxy_ids_and_hosts_from_real_etcd(etcd: EtcdMember) -> None:
+async def test_status_escapes_hostile_proxy_ids_and_hosts_from_real_etcd(
+    etcd: EtcdMember,
+) -> None:
     namespace = random_key("hostile").decode()
     keys = KeyLayout(namespace, "/master")
-    anyio.run(publish_hostile, etcd, keys)
+    await publish_hostile(etcd, keys)
     common = ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace]
 
-    table = cli("status", *common)
+    table = await cli("status", *common)
     assert table.returncode == 0, table.stderr
     text = table.stdout.decode()
     assert all(c.isprintable() or c == "\n" for c in text)
@@ -78,7 +83,7 @@ def test_status_escapes_hostile_proxy_ids_and_hosts_from_real_etcd(etcd: EtcdMem
     assert b"\xe2\x80\xae" not in table.stdout  # U+202E, encoded
     assert "\\x1b]0;owned\\x07\\x1b[2J\\x0d\\x7f\\x9b31m\\u202eevil" in text
 
-    as_json = cli("status", "--json", *common)
+    as_json = await cli("status", "--json", *common)
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     assert data["proxies"][0]["proxy_id"] == HOSTILE
@@ -119,27 +124,25 @@ async def publish_cluster(etcd: EtcdMember, keys: KeyLayout) -> None:
             await store.put(keys.node_status(node), status.to_json())
 
 
-def test_status_watch_json_refreshes_until_ctrl_c_and_exits_0(etcd: EtcdMember) -> None:
+async def test_status_watch_json_refreshes_until_ctrl_c_and_exits_0(etcd: EtcdMember) -> None:
     namespace = random_key("watch").decode()
     keys = KeyLayout(namespace, "/master")
-    anyio.run(publish_cluster, etcd, keys)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+    await publish_cluster(etcd, keys)
     argv = [sys.executable, "-m", "pgcm_failover", "status", "--watch", "100ms", "--json"]
     argv += ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace]
     argv += ["--status-max-age", "1h", "--log-level", "error"]
-    with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    ) as process:
-        try:
+    with anyio.fail_after(60):
+        process = await anyio.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_env()
+        )
+        async with process:
             assert process.stdout is not None
-            first = json.loads(process.stdout.readline())
-            second = json.loads(process.stdout.readline())
+            lines = BufferedByteReceiveStream(process.stdout)
+            first = json.loads(await lines.receive_until(b"\n", 1 << 20))
+            second = json.loads(await lines.receive_until(b"\n", 1 << 20))
             process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    assert process.returncode == 0, err
+            code = await process.wait()
+    assert code == 0
     for doc in (first, second):
         n1, n2 = doc["nodes"]
         assert n1["postgres"] == {
@@ -176,16 +179,18 @@ async def write_records(etcd: EtcdMember, keys: KeyLayout, count: int, keep: int
             await write_history(store, keys, record, keep=keep)
 
 
-def test_history_is_bounded_and_read_newest_first_from_real_etcd(etcd: EtcdMember) -> None:
+async def test_history_is_bounded_and_read_newest_first_from_real_etcd(
+    etcd: EtcdMember,
+) -> None:
     namespace = random_key("history").decode()
     keys = KeyLayout(namespace, "/master")
-    anyio.run(write_records, etcd, keys, 5, 3)
+    await write_records(etcd, keys, 5, 3)
     common = ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace]
-    result = cli("history", "--json", *common)
+    result = await cli("history", "--json", *common)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [r["pid"] for r in data["switchovers"]] == [1004, 1003, 1002]
     assert data["unreadable"] == []
-    table = cli("history", "-n", "1", *common)
+    table = await cli("history", "-n", "1", *common)
     assert table.returncode == 0, table.stderr
     assert table.stdout.decode().count("ops@host") == 1
