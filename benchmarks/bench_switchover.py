@@ -83,7 +83,8 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
         with anyio.fail_after(30):
             while await _pgbench_clients(lab) < CLIENTS:
                 await anyio.sleep(0.1)
-        result = await lab.run(failover_argv(lab, ["--target", target, "--json"]), check=False)
+        argv = failover_argv(lab, ["--yes", "--target", target, "--json"])
+        result = await lab.run(argv, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"pgcm-failover failed: {result.stderr[-2000:]}")
     report = _dict(json.loads(result.stdout))

@@ -11,6 +11,7 @@ here asserts on them.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -311,7 +312,7 @@ async def test_open_transaction_blocks_pause_and_the_switchover_rolls_back(
         # Start the switchover, and open the transaction once pgcm-failover runs: the
         # pre-flight refuses transactions older than the pause timeout, and this test is
         # about PAUSE itself being blocked.
-        argv = failover_argv(lab, ["--target", target, "--pause-timeout", "1s", "--json"])
+        argv = failover_argv(lab, ["--yes", "--target", target, "--pause-timeout", "1s", "--json"])
         process = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         async with process:
             assert process.stderr is not None
@@ -357,7 +358,7 @@ async def test_after_the_transaction_ends_the_same_connection_reaches_the_new_pr
         assert await client.query("select pg_is_in_recovery(), inet_server_addr();") == [
             f"f|{address(lab, primary)}"
         ]
-        run = await run_failover(lab)
+        run = await run_failover(lab, "--yes")
         assert run.returncode == 0, run.logs[-3000:]
         target = str(_dict(run.data["target"])["node"])
         assert target != primary
@@ -390,7 +391,7 @@ async def test_switchover_under_pgbench_has_zero_failed_transactions(lab: Lab) -
             # Switch once every pgbench client is connected through the app PgBouncer.
             while await _app_clients(lab) < 4:  # the 4 pgbench clients
                 await anyio.sleep(0.1)
-            run = await run_failover(lab)
+            run = await run_failover(lab, "--yes")
             results["run"] = run
         report = results["load"]
         assert run.returncode == 0, run.logs[-3000:]
@@ -429,7 +430,7 @@ async def test_switchovers_to_each_node_in_turn_all_succeed(lab: Lab) -> None:
         start = names.index(primary)
         for target in names[start + 1 :] + names[: start + 1]:
             await lab.wait_healthy()
-            run = await run_failover(lab, "--target", target)
+            run = await run_failover(lab, "--yes", "--target", target)
             assert run.returncode == 0, run.logs[-3000:]
             assert _dict(run.data["target"])["node"] == target
             await wait_everything_routes_to(lab, target)
@@ -444,12 +445,79 @@ async def test_switchovers_to_each_node_in_turn_all_succeed(lab: Lab) -> None:
     record("switchover_each_node", seen)
 
 
+async def test_history_records_the_last_switchover(lab: Lab) -> None:
+    with anyio.fail_after(60):
+        primary = await lab.wait_healthy()
+        run = await run_failover(lab, "history", "-n", "1")
+    assert run.returncode == 0, run.logs[-2000:]
+    [last] = _list(run.data["switchovers"])
+    entry = _dict(last)
+    assert entry["outcome"] == "succeeded"
+    assert entry["target"] == primary  # the previous test's last switchover
+    assert "@" in str(entry["by"])
+    phases = [_dict(p)["name"] for p in _list(entry["phases"])]
+    assert phases[0] == "health_check"
+    assert "migrate" in phases
+
+
+async def test_status_watch_prints_a_json_document_per_refresh_until_ctrl_c(lab: Lab) -> None:
+    with anyio.fail_after(60):
+        primary = await lab.wait_healthy()
+        argv = failover_argv(lab, ["status", "--watch", "500ms", "--json"])
+        process = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        async with process:
+            assert process.stdout is not None
+            first = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 1 << 20)
+            process.send_signal(signal.SIGINT)
+            code = await process.wait()
+    assert code == 0
+    doc = _dict(json.loads(first))
+    nodes = {str(_dict(n)["name"]): _dict(n) for n in _list(doc["nodes"])}
+    assert nodes[primary]["role"] == "Promoted"
+    assert _dict(nodes[primary]["postgres"])["state"] == "primary"
+    assert isinstance(_dict(nodes[primary]["postgres"])["timeline"], int)
+    standbys = [n for name, n in nodes.items() if name != primary and n["online"]]
+    assert standbys
+    for standby in standbys:
+        facts = _dict(standby["postgres"])
+        assert facts["sync_state"] in {"sync", "async", "potential", "quorum"}
+        assert facts["timeline"] == _dict(nodes[primary]["postgres"])["timeline"]
+
+
+async def _maintenance_mode(lab: Lab, node: str) -> str:
+    argv = ["crm_attribute", "--type", "crm_config", "--name", "maintenance-mode",
+            "--query", "--quiet"]  # fmt: skip
+    result = await lab.exec(node, argv, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "(unset)"
+
+
+async def test_maintenance_mode_is_set_shown_and_blocks_a_switchover_until_off(lab: Lab) -> None:
+    with anyio.fail_after(120):
+        primary = await lab.wait_healthy()
+        try:
+            on = await run_failover(lab, "maintenance", "on", "--reason", "e2e window")
+            assert on.returncode == 0, on.logs[-2000:]
+            assert await _maintenance_mode(lab, primary) == "true"
+            shown = _dict((await status(lab))["maintenance"])
+            assert (shown["enabled"], shown["reason"]) == (True, "e2e window")
+            refused = await run_failover(lab, "--yes")
+            assert refused.returncode == 1, refused.logs[-2000:]
+            assert "maintenance mode" in str(refused.data["error"])
+            assert refused.data["phases"] == []
+        finally:
+            off = await run_failover(lab, "maintenance", "off")
+        assert off.returncode == 0, off.logs[-2000:]
+        assert await _maintenance_mode(lab, primary) == "false"
+        assert await lab.wait_healthy() == primary
+        assert _dict((await status(lab))["maintenance"])["enabled"] is False
+
+
 async def test_killed_failover_leaves_nothing_that_cleanup_cannot_remove(lab: Lab) -> None:
     expiry, ttl = 8.0, 3.0
     with anyio.fail_after(180):
         primary = await lab.wait_healthy()
         target = next(n.name for n in lab.topology.others(primary))
-        argv = failover_argv(lab, ["--target", target, "--pause-expiry", f"{expiry:g}s"])
+        argv = failover_argv(lab, ["--yes", "--target", target, "--pause-expiry", f"{expiry:g}s"])
         process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         async with process:
             assert process.stderr is not None

@@ -222,7 +222,7 @@ async def failover_with_fault(
     log is drained all along (a full pipe would stall the switchover). Returns the exit
     code and the log. The caller bounds the time.
     """
-    argv = failover_argv(lab, [*args, "--json"])
+    argv = failover_argv(lab, [*args, "--yes", "--json"])
     process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     logs: list[str] = []
     async with process, anyio.create_task_group() as tg:
@@ -278,7 +278,7 @@ async def test_back_to_back_switchovers_under_insert_load_have_no_errors_and_los
             with anyio.fail_after(120):
                 current = await lab.wait_healthy()
                 await wait_pgcm_ready(lab, current)
-                run = await run_failover(lab)
+                run = await run_failover(lab, "--yes")
             assert run.returncode == 0, run.logs[-3000:]
             held.append(float(str(run.data["paused_seconds"])))
     print(f"\n[faults] {SWITCHOVERS} switchovers, paused s: {held}, acked {len(seen.acked)}")  # noqa: T201
@@ -336,7 +336,7 @@ async def test_pgbouncer_restarted_under_the_proxy_routes_to_the_primary_again(
             while not await bouncer_answers(lab, node, seconds=2):
                 await anyio.sleep(0.2)
             # And a switchover afterwards reaches the restarted PgBouncer too.
-            run = await run_failover(lab)
+            run = await run_failover(lab, "--yes")
             assert run.returncode == 0, run.logs[-3000:]
     assert seen.errors == []
     await assert_converged(lab, seen)
@@ -386,7 +386,7 @@ async def test_switchover_succeeds_with_one_etcd_member_stopped(lab: Lab) -> Non
             assert victim is not None
             os.kill(victim, signal.SIGSTOP)
             try:
-                run = await run_failover(lab)
+                run = await run_failover(lab, "--yes")
             finally:
                 os.kill(victim, signal.SIGCONT)
             assert run.returncode == 0, run.logs[-3000:]
@@ -423,7 +423,7 @@ async def test_etcd_without_quorum_keeps_clients_working_and_refuses_a_switchove
                     await stop_etcd_member(lab, node.name)
                     stopped.append(node.name)
                 acked = len(seen.acked)
-                run = await run_failover(lab)
+                run = await run_failover(lab, "--yes")
                 assert run.returncode == 1, run.logs[-3000:]
                 # Refused at the health check: nothing was locked, paused or moved.
                 assert run.data["outcome"] == "rolled_back"

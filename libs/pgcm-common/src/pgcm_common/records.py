@@ -7,6 +7,9 @@ Every key is under the cluster namespace ``<ns>`` (``[cluster] namespace``)::
     <ns>/supervise/<node>      NodeStatus of each supervise (leased: vanishes with it)
     <ns>/proxies/<proxy id>    ProxyAck of each proxy (leased: vanishes with it)
     <ns>/lock                  the failover lock (pgcm_common.etcd.EtcdLock)
+    <ns>/maintenance           MaintenanceRecord: the last maintenance on/off, who, why
+    <ns>/history/<start>-<pid> SwitchoverRecord of each pgcm-failover run (bounded: the
+                               CLI keeps the newest ``history_limit``)
 
 The JSON records are parsed at the edge with :meth:`from_json`, which raises
 :class:`RecordError` for anything malformed (they are untrusted input like any etcd
@@ -26,13 +29,16 @@ from pgcm_common.errors import PgcmError
 
 __all__ = [
     "KeyLayout",
+    "MaintenanceRecord",
     "NodeRole",
     "NodeStatus",
+    "PhaseRecord",
     "PostgresStatus",
     "PrimaryRecord",
     "ProxyAck",
     "RecordError",
     "ReplicationPeer",
+    "SwitchoverRecord",
     "now_utc",
 ]
 
@@ -57,7 +63,9 @@ class KeyLayout:
     """The etcd keys of one cluster, computed once from the namespace and master key."""
 
     __slots__ = (
+        "history_prefix",
         "lock",
+        "maintenance",
         "master",
         "master_record",
         "namespace",
@@ -72,6 +80,8 @@ class KeyLayout:
         self.proxies_prefix = f"{self.namespace}/proxies/".encode()
         self.supervise_prefix = f"{self.namespace}/supervise/".encode()
         self.lock = lock_key(self.namespace)
+        self.history_prefix = f"{self.namespace}/history/".encode()
+        self.maintenance = f"{self.namespace}/maintenance".encode()
 
     def proxy_ack(self, proxy_id: str) -> bytes:
         """Return the key of one proxy's acknowledgement."""
@@ -80,6 +90,11 @@ class KeyLayout:
     def node_status(self, node: str) -> bytes:
         """Return the key of one supervise's node status."""
         return self.supervise_prefix + _safe_segment(node)
+
+    def history_entry(self, started_at: datetime, pid: int) -> bytes:
+        """Return the key of one switchover's record; keys sort in start order."""
+        stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.history_prefix + f"{stamp}-{pid}".encode()
 
 
 def _safe_segment(name: str) -> bytes:
@@ -160,6 +175,11 @@ class ReplicationPeer(_Record):
     state: str
     sync_state: str
     lag_bytes: int | None = None
+    lag_s: float | None = Field(
+        default=None,
+        description="replay_lag in seconds; None when PostgreSQL has no recent measurement "
+        "(an idle standby) or the writer predates the field",
+    )
 
 
 @final
@@ -169,6 +189,11 @@ class PostgresStatus(_Record):
     in_recovery: bool
     replication: tuple[ReplicationPeer, ...] = ()
     oldest_transaction_age_s: float | None = None
+    timeline: int | None = Field(
+        default=None,
+        description="the timeline this PostgreSQL writes (primary) or receives (standby); "
+        "None when unknown or the writer predates the field",
+    )
 
 
 @final
@@ -191,3 +216,45 @@ class NodeStatus(_Record):
         description="agent of the promotable resource, e.g. ocf:heartbeat:pgsqlms (PAF) or "
         "ocf:heartbeat:pgsql (legacy); None when the writer does not say",
     )
+
+
+@final
+class PhaseRecord(_Record):
+    """One timed phase of a recorded switchover."""
+
+    name: str
+    ok: bool
+    seconds: float | None
+    detail: str | None = None
+
+
+@final
+class SwitchoverRecord(_Record):
+    """What one pgcm-failover switchover did, kept in etcd for ``pgcm-failover history``."""
+
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    outcome: str = Field(description="succeeded, rolled_back or needs_human")
+    by: str = Field(description="who ran it: user@host")
+    pid: int
+    old_primary: str | None = None
+    planned_target: str | None = None
+    target: str | None = None
+    target_address: str | None = None
+    paused_s: float | None = None
+    total_s: float | None = None
+    phases: tuple[PhaseRecord, ...] = ()
+    proxies_acknowledged: tuple[str, ...] = ()
+    error: str | None = None
+    needs_human: tuple[str, ...] = ()
+
+
+@final
+class MaintenanceRecord(_Record):
+    """The last change of Pacemaker's maintenance mode made through pgcm-failover."""
+
+    enabled: bool
+    reason: str
+    by: str = Field(description="who changed it: user@host")
+    at: AwareDatetime
+    endpoint: str | None = Field(default=None, description="the supervise that set it")

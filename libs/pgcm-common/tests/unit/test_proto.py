@@ -34,6 +34,7 @@ def test_server_base_registers_the_original_snake_case_paths() -> None:
         "/failover.Failover/migrate_to",  # pgcm extension (a new rpc, ADR 0004)
         "/failover.Failover/pause",
         "/failover.Failover/resume",
+        "/failover.Failover/set_maintenance",  # pgcm extension (a new rpc, ADR 0004)
         "/failover.Failover/unmigrate",
     ]
 

@@ -10,6 +10,7 @@ from pgcm_common.records import (
     KeyLayout,
     NodeRole,
     NodeStatus,
+    PostgresStatus,
     PrimaryRecord,
     ProxyAck,
     RecordError,
@@ -86,3 +87,19 @@ def test_arbitrary_bytes_never_escape_as_another_error(raw: bytes) -> None:
         ProxyAck.from_json(b"k", raw)
     except RecordError:
         return
+
+
+def test_postgres_status_timeline_and_lag_seconds_are_optional_and_round_trip() -> None:
+    # A writer from before these fields: parsed, the new fields None.
+    old = b'{"in_recovery": false, "replication": [{"application_name": "n2", "state": "streaming", "sync_state": "async", "lag_bytes": 5}]}'  # noqa: E501 - one record
+    parsed = PostgresStatus.from_json("k", old)
+    assert parsed.timeline is None
+    assert parsed.replication[0].lag_s is None
+    new = parsed.model_copy(
+        update={
+            "timeline": 4,
+            "replication": (parsed.replication[0].model_copy(update={"lag_s": 0.25}),),
+        }
+    )
+    again = PostgresStatus.from_json("k", new.to_json())
+    assert (again.timeline, again.replication[0].lag_s) == (4, 0.25)

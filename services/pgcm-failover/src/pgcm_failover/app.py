@@ -17,9 +17,16 @@ import anyio
 import structlog
 
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
-from pgcm_common.records import KeyLayout, PrimaryRecord, RecordError, now_utc
+from pgcm_common.records import (
+    KeyLayout,
+    MaintenanceRecord,
+    PrimaryRecord,
+    RecordError,
+    now_utc,
+)
 from pgcm_failover.client import ClientTls, SuperviseEndpoint, make_ssl_context
 from pgcm_failover.cluster import (
+    ClusterSnapshot,
     NodeStatusCluster,
     check_preflight,
     read_snapshot,
@@ -27,6 +34,7 @@ from pgcm_failover.cluster import (
 )
 from pgcm_failover.coordinator import EtcdCoordinator, read_acks
 from pgcm_failover.errors import CleanupRefused, ClientsFailed, FailoverAborted
+from pgcm_failover.maintenance import MaintenanceClient, maintenance_refusal, read_maintenance
 from pgcm_failover.pipeline import (
     Clock,
     Health,
@@ -36,7 +44,14 @@ from pgcm_failover.pipeline import (
     Report,
     SuperviseClient,
 )
-from pgcm_failover.report import CleanupResult, EndpointHealth, Plan, ProxyRow, Status
+from pgcm_failover.report import (
+    CleanupResult,
+    EndpointHealth,
+    NodeReplication,
+    Plan,
+    ProxyRow,
+    Status,
+)
 from pgcm_failover.settings import FailoverSettings
 
 __all__ = [
@@ -47,6 +62,7 @@ __all__ = [
     "collect_status",
     "layout_of",
     "make_plan",
+    "node_replication",
     "open_adapters",
     "pipeline_options",
 ]
@@ -61,6 +77,7 @@ class Adapters:
 
     store: EtcdStore
     clients: Sequence[SuperviseClient]
+    maintenance: Sequence[MaintenanceClient] = ()
 
 
 AdaptersFactory = Callable[[FailoverSettings], AbstractAsyncContextManager[Adapters]]
@@ -85,7 +102,7 @@ async def open_adapters(settings: FailoverSettings) -> AsyncIterator[Adapters]:
             for ep in settings.endpoints
         ]
         async with open_etcd(settings.etcd) as store:
-            yield Adapters(store=store, clients=clients)
+            yield Adapters(store=store, clients=clients, maintenance=clients)
 
 
 def layout_of(settings: FailoverSettings) -> KeyLayout:
@@ -139,6 +156,14 @@ class Switchover:
             ``finished`` stays False so the caller knows it was interrupted.
         """
         settings = self.settings
+        refusal = maintenance_refusal(
+            await _maintenance_or_none(adapters.store, layout_of(settings))
+        )
+        if refusal is not None:
+            self.error = FailoverAborted(refusal)
+            self.report.error = refusal
+            self.finished = True
+            return
         coordinator = EtcdCoordinator(
             adapters.store,
             layout_of(settings),
@@ -221,6 +246,7 @@ async def make_plan(adapters: Adapters, settings: FailoverSettings, target: str 
     if lock is not None:
         who = lock.holder.holder if lock.holder else "an unreadable holder"
         refused = refused or f"the failover lock is held by {who}"
+    refused = maintenance_refusal(await _maintenance_or_none(adapters.store, layout)) or refused
     primary = snapshot.primary
     facts = None if primary is None else snapshot.statuses.get(primary)
     pg = None if facts is None else facts.postgres
@@ -240,6 +266,50 @@ async def make_plan(adapters: Adapters, settings: FailoverSettings, target: str 
         oldest_transaction_age_s=None if pg is None else pg.oldest_transaction_age_s,
         notes=notes,
     )
+
+
+async def _maintenance_or_none(store: EtcdStore, layout: KeyLayout) -> MaintenanceRecord | None:
+    try:
+        return await read_maintenance(store, layout)
+    except RecordError as exc:
+        # Someone wrote garbage there: refuse, it may have meant "on".
+        return MaintenanceRecord(
+            enabled=True, reason=f"unreadable record ({exc})", by="?", at=now_utc()
+        )
+
+
+def node_replication(snapshot: ClusterSnapshot) -> dict[str, NodeReplication]:
+    """Return each node's timeline and replication state from the published facts.
+
+    The timeline comes from the node's own record; the replication state, sync state
+    and lag from the primary's ``pg_stat_replication`` row whose ``application_name``
+    is the node's name (as PAF requires). Nodes without any published fact are left out.
+    """
+    primary = snapshot.primary
+    primary_status = None if primary is None else snapshot.statuses.get(primary)
+    primary_pg = None if primary_status is None else primary_status.postgres
+    peers = {} if primary_pg is None else {r.application_name: r for r in primary_pg.replication}
+    found: dict[str, NodeReplication] = {}
+    for node in snapshot.nodes:
+        own = snapshot.statuses.get(node.name)
+        pg = None if own is None else own.postgres
+        timeline = None if pg is None else pg.timeline
+        peer = peers.get(node.name)
+        if node.name == primary and pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline, state="primary")
+        elif peer is not None:
+            found[node.name] = NodeReplication(
+                timeline=timeline,
+                state=peer.state,
+                sync_state=peer.sync_state,
+                lag_bytes=peer.lag_bytes,
+                lag_s=peer.lag_s,
+            )
+        elif node.name != primary and primary_pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline, state="not replicating")
+        elif pg is not None:
+            found[node.name] = NodeReplication(timeline=timeline)
+    return found
 
 
 async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Status:
@@ -262,6 +332,11 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
             problems.append(str(exc))
     acks = read_acks(await store.get_prefix(layout.proxies_prefix))
     lock = await read_lock_status(store, layout.lock)
+    maintenance = None
+    try:
+        maintenance = await read_maintenance(store, layout)
+    except RecordError as exc:
+        problems.append(str(exc))
     holder = None
     if lock is not None and lock.holder is not None:
         h = lock.holder
@@ -290,6 +365,8 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
         move_constraints=() if view is None else view.move_constraints,
         stale=snapshot.stale,
         problems=tuple(problems),
+        replication=node_replication(snapshot),
+        maintenance=maintenance,
     )
 
 

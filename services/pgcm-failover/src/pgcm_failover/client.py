@@ -26,6 +26,7 @@ from pgcm_common.proto.failover import (
     Empty,
     FailoverStub,
     HealthCheckResponseStatus,
+    MaintenanceRequest,
     MigrateRequest,
     PauseRequest,
 )
@@ -269,6 +270,29 @@ class SuperviseEndpoint:
         """
         log.info("clients.pacemaker.unmigrate", endpoint=self._endpoint)
         await self._call("unmigrate", lambda: self._stub.unmigrate(Empty(), timeout=_remaining()))
+
+    async def set_maintenance(self, *, enabled: bool, reason: str, by: str) -> None:
+        """Put Pacemaker into (``enabled``) or out of maintenance mode.
+
+        Raises:
+            SuperviseTooOld: the server lacks the ``set_maintenance`` rpc.
+            SuperviseError: the call failed.
+        """
+        log.info("clients.pacemaker.maintenance", endpoint=self._endpoint, enabled=enabled)
+        request = MaintenanceRequest(enabled=enabled, reason=reason, requested_by=by)
+        try:
+            await self._call(
+                "set_maintenance",
+                lambda: self._stub.set_maintenance(request, timeout=_remaining()),
+            )
+        except SuperviseTooOld as exc:
+            raise SuperviseTooOld(
+                self._endpoint,
+                "set_maintenance",
+                exc.status,
+                "server is too old for maintenance mode (no set_maintenance rpc); upgrade "
+                "pgcm-supervise",
+            ) from exc
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         # When a connection fails, grpclib cancels the task awaiting the call

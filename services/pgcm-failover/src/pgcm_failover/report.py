@@ -9,28 +9,35 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TextIO, final
 
-from pgcm_common.records import NodeRole, ProxyAck
+from pgcm_common.records import MaintenanceRecord, NodeRole, ProxyAck, SwitchoverRecord
 from pgcm_failover.pipeline import Phase, Report
+from pgcm_failover.terminal import printable
 
 __all__ = [
     "CleanupResult",
     "EndpointHealth",
     "JsonValue",
+    "NodeReplication",
     "Plan",
     "ProgressDisplay",
     "ProxyRow",
     "Status",
     "dumps",
+    "history_to_dict",
+    "maintenance_to_dict",
     "plan_to_dict",
     "render_cleanup",
+    "render_history",
+    "render_maintenance",
     "render_plan",
     "render_report",
     "render_status",
     "report_to_dict",
     "status_to_dict",
+    "total_seconds",
 ]
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
@@ -45,7 +52,18 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
+def _text(lines: Sequence[str]) -> str:
+    """Join rendered lines for a terminal: each line made printable, one newline each.
+
+    Every human rendering ends here, so no value from etcd or a peer can put a control
+    character on the operator's terminal; a value holding a newline cannot forge a line.
+    """
+    return "".join(printable(line) + "\n" for line in lines)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    # Escape cells before measuring them, so the columns stay aligned.
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -83,6 +101,11 @@ def report_to_dict(report: Report, *, outcome: str) -> dict[str, JsonValue]:
         "notes": list(report.notes),
         "needs_human": list(report.needs_human),
     }
+
+
+def total_seconds(report: Report) -> float | None:
+    """Return the switchover's duration from its first phase's start to its last end."""
+    return _total(report.phases)
 
 
 def _total(phases: Sequence[Phase]) -> float | None:
@@ -126,7 +149,7 @@ def render_report(report: Report, *, outcome: str) -> str:
     lines.extend(_table(["phase", "result", "time", "detail"], rows))
     lines.extend(f"note: {note}" for note in report.notes)
     lines.extend(f"NEEDS A HUMAN: {item}" for item in report.needs_human)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 @final
@@ -138,12 +161,16 @@ class ProgressDisplay:
 
     def __call__(self, phase: Phase) -> None:
         """Show ``phase`` (started, finished or failed)."""
+        # Only this display's own sequences may reach the terminal: the phase's name
+        # and detail (which can quote a peer's error) are escaped.
+        name = printable(phase.name)
         if phase.finished is None:
-            self._stream.write(f"\r\x1b[K… {phase.name}")
+            self._stream.write(f"\r\x1b[K… {name}")
         elif phase.ok:
-            self._stream.write(f"\r\x1b[K✓ {phase.name} ({_secs(phase.seconds)})\n")
+            self._stream.write(f"\r\x1b[K✓ {name} ({_secs(phase.seconds)})\n")
         else:
-            self._stream.write(f"\r\x1b[K✗ {phase.name} ({_secs(phase.seconds)}): {phase.detail}\n")
+            detail = printable(phase.detail)
+            self._stream.write(f"\r\x1b[K✗ {name} ({_secs(phase.seconds)}): {detail}\n")
         self._stream.flush()
 
 
@@ -217,9 +244,16 @@ def plan_to_dict(plan: Plan) -> dict[str, JsonValue]:
     }
 
 
-def render_plan(plan: Plan) -> str:
-    """Return the plan as text (nothing was changed)."""
-    lines = ["Dry run: nothing will be changed.", ""]
+def render_plan(plan: Plan, *, dry_run: bool = True) -> str:
+    """Return the plan as text.
+
+    Args:
+        plan: what a switchover now would do.
+        dry_run: title it as a dry run (``--dry-run``) rather than as the plan the
+            operator is asked to confirm.
+    """
+    title = "Dry run: nothing will be changed." if dry_run else "Switchover plan:"
+    lines = [title, ""]
     lines.append(f"primary now:  {plan.old_primary or '-'}")
     lines.append(
         f"target:       {plan.target or '-'}" + (f" ({plan.reason})" if plan.reason else "")
@@ -271,10 +305,32 @@ def render_plan(plan: Plan) -> str:
         if plan.would_proceed
         else f"A switchover now would be REFUSED: {plan.refused or 'an endpoint is unhealthy'}"
     )
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 # ----------------------------------------------------------------------------- status
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NodeReplication:
+    """One node's PostgreSQL facts as ``status`` shows them (None: not published).
+
+    Attributes:
+        timeline: the timeline the node writes (primary) or receives (standby).
+        state: ``primary``, or the standby's ``pg_stat_replication`` state on the
+            primary (``streaming``, ``catchup``, ...), or ``not replicating`` when the
+            primary lists no row for it.
+        sync_state: ``sync``, ``async``, ``potential`` or ``quorum`` (standbys only).
+        lag_bytes: how far the standby's replay is behind the primary's WAL.
+        lag_s: the standby's replay lag in seconds, as PostgreSQL measured it.
+    """
+
+    timeline: int | None = None
+    state: str | None = None
+    sync_state: str | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
 
 
 @final
@@ -297,6 +353,44 @@ class Status:
     move_constraints: tuple[str, ...]
     stale: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    replication: Mapping[str, NodeReplication] = field(default_factory=dict)
+    maintenance: MaintenanceRecord | None = None
+
+
+def maintenance_to_dict(record: MaintenanceRecord | None) -> JsonValue:
+    """Return the maintenance record as JSON-able data (None: never switched)."""
+    if record is None:
+        return None
+    return {
+        "enabled": record.enabled,
+        "reason": record.reason,
+        "by": record.by,
+        "at": record.at.isoformat(),
+        "endpoint": record.endpoint,
+    }
+
+
+def render_maintenance(record: MaintenanceRecord | None) -> str:
+    """Return one line saying whether maintenance mode is on, since when, who and why."""
+    if record is None:
+        return "maintenance: off"
+    state = "ON" if record.enabled else "off"
+    return (
+        f"maintenance: {state} (since {record.at.isoformat(timespec='seconds')} by "
+        f"{record.by}: {record.reason})"
+    )
+
+
+def _replication_dict(facts: NodeReplication | None) -> JsonValue:
+    if facts is None:
+        return None
+    return {
+        "timeline": facts.timeline,
+        "state": facts.state,
+        "sync_state": facts.sync_state,
+        "lag_bytes": facts.lag_bytes,
+        "lag_s": facts.lag_s,
+    }
 
 
 def status_to_dict(status: Status) -> dict[str, JsonValue]:
@@ -308,6 +402,7 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
                 "online": n.online,
                 "role": n.role,
                 "promotion_score": n.promotion_score,
+                "postgres": _replication_dict(status.replication.get(n.name)),
             }
             for n in status.nodes
         ],
@@ -335,6 +430,7 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
         if status.lock_holder is None and status.lock_token is None
         else {"holder": status.lock_holder, "fencing_token": status.lock_token},
         "move_constraints": list(status.move_constraints),
+        "maintenance": maintenance_to_dict(status.maintenance),
         "stale": list(status.stale),
         "problems": list(status.problems),
     }
@@ -353,11 +449,13 @@ def render_status(status: Status) -> str:
             "online" if n.online else "OFFLINE",
             n.role,
             "-" if n.promotion_score is None else str(n.promotion_score),
+            *_replication_cells(status.replication.get(n.name)),
             _paused(status.pgbouncer_paused.get(n.name, None), n.name in status.pgbouncer_paused),
         ]
         for n in status.nodes
     ]
-    lines.extend(_table(["node", "state", "role", "score", "pgbouncer"], rows))
+    header = ["node", "state", "role", "score", "timeline", "replication", "lag", "lag time"]
+    lines.extend(_table([*header, "pgbouncer"], rows))
     lines.append("")
     age = "-" if status.primary_age_s is None else f"{status.primary_age_s:.1f}s ago"
     lines.append(
@@ -395,10 +493,26 @@ def render_status(status: Status) -> str:
         lines.append(f"lock: held by {holder} (token {status.lock_token})")
     constraints = ", ".join(status.move_constraints) or "none"
     lines.append(f"move constraints: {constraints}")
+    lines.append(render_maintenance(status.maintenance))
     if status.stale:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
+
+
+def _replication_cells(facts: NodeReplication | None) -> list[str]:
+    """Return the timeline, replication, lag and lag time cells of one node."""
+    if facts is None:
+        return ["-", "-", "-", "-"]
+    timeline = "-" if facts.timeline is None else str(facts.timeline)
+    state = facts.state or "-"
+    if facts.sync_state and state == "streaming":
+        state = facts.sync_state
+    elif facts.sync_state:
+        state = f"{facts.sync_state} ({state})"
+    lag = "-" if facts.lag_bytes is None else f"{facts.lag_bytes} B"
+    lag_s = "-" if facts.lag_s is None else f"{facts.lag_s:.3f}s"
+    return [timeline, state, lag, lag_s]
 
 
 def _paused(value: bool | None, known: bool) -> str:  # noqa: FBT001 - a small formatter
@@ -423,9 +537,52 @@ def render_cleanup(result: CleanupResult) -> str:
     """Return the cleanup result as text."""
     lines = [f"did: {item}" for item in result.done] or ["did: nothing (nothing to clean up)"]
     lines.extend(f"NEEDS A HUMAN: {item}" for item in result.needs_human)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def cleanup_to_dict(result: CleanupResult) -> dict[str, JsonValue]:
     """Return the cleanup result as JSON-able data."""
     return {"done": list(result.done), "needs_human": list(result.needs_human)}
+
+
+# ---------------------------------------------------------------------------- history
+
+
+def history_to_dict(
+    records: Sequence[SwitchoverRecord], invalid: Sequence[str]
+) -> dict[str, JsonValue]:
+    """Return the history (newest first) as JSON-able data."""
+    switchovers: list[JsonValue] = [json.loads(r.to_json()) for r in records]
+    return {"switchovers": switchovers, "unreadable": list(invalid)}
+
+
+def render_history(records: Sequence[SwitchoverRecord], invalid: Sequence[str]) -> str:
+    """Return the history (newest first): one row per run, its phase timings below it."""
+    lines: list[str] = []
+    if not records:
+        lines.append("no switchover recorded")
+    else:
+        rows = [
+            [
+                r.started_at.astimezone(UTC).isoformat(timespec="seconds"),
+                _secs((r.finished_at - r.started_at).total_seconds()),
+                r.by,
+                f"{r.old_primary or '-'} -> {r.target or r.planned_target or '-'}",
+                r.outcome,
+                _secs(r.paused_s),
+            ]
+            for r in records
+        ]
+        header, *table = _table(
+            ["started (UTC)", "took", "by", "from -> to", "result", "paused"], rows
+        )
+        lines.append(header)
+        for r, row in zip(records, table, strict=True):
+            lines.append(row)
+            phases = ", ".join(f"{p.name} {_secs(p.seconds)}" for p in r.phases)
+            lines.append(f"    phases: {phases or '-'}")
+            if r.error:
+                lines.append(f"    error: {r.error}")
+            lines.extend(f"    needs a human: {item}" for item in r.needs_human)
+    lines.extend(f"unreadable record: {key}" for key in invalid)
+    return _text(lines)

@@ -98,6 +98,13 @@ class FailoverSettings(PgcmSettings):
         description="Largest replication lag of the target (bytes) that counts as "
         "caught up, when supervise publishes PostgreSQL facts.",
     )
+    history_limit: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="How many switchover records 'pgcm-failover history' keeps in etcd "
+        "(the oldest beyond this are deleted after each run).",
+    )
     tls_ca_file: Path | None = Field(
         default=None, description="CA bundle to verify supervise's certificate (enables TLS)."
     )

@@ -48,7 +48,14 @@ __all__ = [
 MAX_NODE_NAME_BYTES: Final = 255
 # Any other string field a future request may add; ids and reasons fit comfortably.
 MAX_STRING_BYTES: Final = 255
-STRING_FIELD_BYTES: Final[Mapping[str, int]] = {"target": MAX_NODE_NAME_BYTES}
+# A maintenance reason and its author are free text of up to 256 characters (checked by
+# the handler), which UTF-8 may spell in up to 4 bytes each.
+_FREE_TEXT_BYTES: Final = 4 * 256
+STRING_FIELD_BYTES: Final[Mapping[str, int]] = {
+    "target": MAX_NODE_NAME_BYTES,
+    "reason": _FREE_TEXT_BYTES,
+    "requested_by": _FREE_TEXT_BYTES,
+}
 # The largest valid request is a few hundred bytes; this leaves room for new fields.
 MAX_REQUEST_BYTES: Final = 4096
 # Our own clients send a token, a trace id and grpclib's few headers (< 1 KiB).
@@ -68,6 +75,8 @@ def check_request(message: Message) -> None:
     for spec in dataclasses.fields(message):  # type: ignore[arg-type]
         name = spec.name
         value: object = getattr(message, name)
+        if isinstance(value, bool):
+            continue  # any decoded bool is in range
         if isinstance(value, str):
             _check_string(name, value)
         elif isinstance(value, int) and not isinstance(value, bool):

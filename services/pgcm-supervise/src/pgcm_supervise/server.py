@@ -44,6 +44,8 @@ from pgcm_common.proto.failover import (
     FailoverBase,
     HealthCheckResponse,
     HealthCheckResponseStatus,
+    MaintenanceRequest,
+    MaintenanceResponse,
     MigrateRequest,
     MigrateResponse,
     PauseRequest,
@@ -60,6 +62,7 @@ from pgcm_supervise.errors import (
     UnknownMigrationTarget,
 )
 from pgcm_supervise.limits import MAX_STATUS_MESSAGE_CHARS, check_request
+from pgcm_supervise.maintenance import MAX_REASON_LENGTH, MaintenanceControl
 from pgcm_supervise.pacemaker_control import PacemakerControl, choose_target
 from pgcm_supervise.pausing import PauseController
 
@@ -149,6 +152,8 @@ class FailoverServerOptions:
             ask for; longer requests are refused with INVALID_ARGUMENT.
         on_pause_state: called with True/False whenever our pause starts or ends
             holding (wire it to the ``pgcm_supervise_pgbouncer_paused`` gauge).
+        maintenance: sets Pacemaker's maintenance mode for ``set_maintenance``; None
+            answers that rpc FAILED_PRECONDITION.
     """
 
     clone_id: str | None = None
@@ -159,6 +164,7 @@ class FailoverServerOptions:
     reconcile_interval: timedelta = timedelta(seconds=5)
     max_pause_expiry: timedelta = timedelta(minutes=5)
     on_pause_state: Callable[[bool], None] | None = field(default=None, compare=False)
+    maintenance: MaintenanceControl | None = field(default=None, compare=False)
 
 
 def _pause_durations(request: PauseRequest, ceiling: timedelta) -> tuple[float, float]:
@@ -631,3 +637,32 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
         _log.info("pacemaker.unmigrate", resource=resource)
         return UnmigrateResponse(created_at=self._clock.now())
+
+    @override
+    async def set_maintenance(self, message: MaintenanceRequest) -> MaintenanceResponse:
+        """Turn Pacemaker's maintenance mode on or off (already so is success).
+
+        Refused (INVALID_ARGUMENT) when ``reason`` or ``requested_by`` is longer than
+        :data:`MAX_REASON_LENGTH` characters; FAILED_PRECONDITION when this server was
+        built without a :class:`MaintenanceControl`.
+        """
+        try:
+            for name, value in (("reason", message.reason), ("requested_by", message.requested_by)):
+                if len(value) > MAX_REASON_LENGTH:
+                    raise InvalidRequest(name, f"longer than {MAX_REASON_LENGTH} characters")
+            control = self._options.maintenance
+            if control is None:
+                raise GRPCError(Status.FAILED_PRECONDITION, "maintenance control not configured")
+            with anyio.fail_after(self._options.pacemaker_timeout.total_seconds()):
+                await control.set_maintenance(enabled=message.enabled)
+        except (PgcmError, TimeoutError) as exc:
+            _log.warning("pacemaker.maintenance.failed", enabled=message.enabled, error=str(exc))
+            raise grpc_error(exc, timeout_message="exceeded pacemaker timeout") from exc
+        # !r: both strings come from the caller; repr keeps control characters out of logs.
+        _log.info(
+            "pacemaker.maintenance",
+            enabled=message.enabled,
+            reason=repr(message.reason),
+            requested_by=repr(message.requested_by),
+        )
+        return MaintenanceResponse(enabled=message.enabled, created_at=self._clock.now())

@@ -55,10 +55,19 @@ _CLEANUP_S = 5.0
 
 _REPLICATION_SQL = """
 SELECT application_name, state, sync_state,
-       (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes
+       (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes,
+       extract(epoch FROM replay_lag)::float8 AS lag_s
 FROM pg_stat_replication
 ORDER BY application_name
 """
+# A primary's timeline is the first 8 hex digits of its current WAL file's name (exact
+# at once after a promotion, unlike pg_control_checkpoint(), which waits for the next
+# checkpoint). A standby reports the timeline its walreceiver streams; NULL when it is
+# not streaming or the role may not read pg_stat_wal_receiver.
+_PRIMARY_TIMELINE_SQL = """
+SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+"""
+_STANDBY_TIMELINE_SQL = "SELECT received_tli FROM pg_stat_wal_receiver"
 _OLDEST_XACT_SQL = """
 SELECT extract(epoch FROM max(clock_timestamp() - xact_start))::float8
 FROM pg_stat_activity
@@ -119,9 +128,11 @@ class AsyncpgPostgresProbe:
                             state=row["state"] or "",
                             sync_state=row["sync_state"] or "",
                             lag_bytes=row["lag_bytes"],
+                            lag_s=row["lag_s"],
                         )
                         for row in rows
                     )
+                timeline = await _timeline(connection, in_recovery=in_recovery)
                 oldest = await connection.fetchval(_OLDEST_XACT_SQL)
         except BaseException:
             # A query cut short leaves the connection mid-operation: close() would
@@ -135,8 +146,23 @@ class AsyncpgPostgresProbe:
                 connection.terminate()
         age = None if oldest is None or math.isnan(oldest) else float(oldest)
         return PostgresStatus(
-            in_recovery=in_recovery, replication=peers, oldest_transaction_age_s=age
+            in_recovery=in_recovery,
+            replication=peers,
+            oldest_transaction_age_s=age,
+            timeline=timeline,
         )
+
+
+async def _timeline(connection: asyncpg.Connection, *, in_recovery: bool) -> int | None:
+    """Return the server's timeline, or None when this role may not read it."""
+    try:
+        value = await connection.fetchval(
+            _STANDBY_TIMELINE_SQL if in_recovery else _PRIMARY_TIMELINE_SQL
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        # A fact for the operator's status view, never a reason to lose the others.
+        return None
+    return None if value is None else int(value)
 
 
 def _local_defaults(dsn: str) -> tuple[str | None, Literal[False] | None]:

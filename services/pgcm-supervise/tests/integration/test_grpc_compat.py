@@ -23,9 +23,10 @@ from pydantic import SecretStr
 
 from pgcm_common.pacemaker import StaticNodeAddresses
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
+from pgcm_supervise.maintenance import FakeMaintenanceControl
 from pgcm_supervise.pacemaker_control import FakePacemakerControl
 from pgcm_supervise.security import SecurityOptions
-from pgcm_supervise.server import FailoverServer, SystemClock
+from pgcm_supervise.server import FailoverServer, FailoverServerOptions, SystemClock
 from pgcm_testkit.fakes.pacemaker import FakeCrmMonReader, state_from_file
 from pgcm_testkit.fakes.pgbouncer import FakePgBouncerAdmin
 
@@ -138,6 +139,11 @@ def call_every_rpc(
                 pb2.MigrateRequest(target="n3"), timeout=10, metadata=metadata
             ),
             "unmigrate": stub.unmigrate(pb2.Empty(), timeout=10, metadata=metadata),
+            "set_maintenance": stub.set_maintenance(
+                pb2.MaintenanceRequest(enabled=True, reason="compat"),
+                timeout=10,
+                metadata=metadata,
+            ),
         }
 
 
@@ -151,6 +157,7 @@ async def test_stock_grpcio_client_calls_every_rpc(
     transport = make_transport(certs)
     bouncer = FakePgBouncerAdmin()
     control = FakePacemakerControl()
+    maintenance = FakeMaintenanceControl()
     api = FailoverServer(
         [bouncer],
         FakeCrmMonReader(state_from_file(FIXTURE, resource_id="pgsqld")),
@@ -158,6 +165,7 @@ async def test_stock_grpcio_client_calls_every_rpc(
         addresses=StaticNodeAddresses({"n2": "10.0.0.2", "n3": "10.0.0.3"}),
         etcd_probe=anyio.lowlevel.checkpoint,
         clock=SystemClock(),
+        options=FailoverServerOptions(maintenance=maintenance),
     )
     options = GrpcServerOptions(port=0, security=transport.security)
     with anyio.fail_after(30):
@@ -180,3 +188,5 @@ async def test_stock_grpcio_client_calls_every_rpc(
         ("clear", "pgsql-ha"),
     ]
     assert not bouncer.paused
+    assert replies["set_maintenance"].enabled  # type: ignore[attr-defined]
+    assert maintenance.calls == [True]

@@ -24,7 +24,13 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from pgcm_common.pacemaker import StaticNodeAddresses
-from pgcm_common.proto.failover import Empty, FailoverStub, MigrateRequest, PauseRequest
+from pgcm_common.proto.failover import (
+    Empty,
+    FailoverStub,
+    MaintenanceRequest,
+    MigrateRequest,
+    PauseRequest,
+)
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
 from pgcm_supervise.pacemaker_control import FakePacemakerControl
 from pgcm_supervise.security import SecurityOptions
@@ -51,6 +57,7 @@ CALLS: Final[dict[str, Call]] = {
     "migrate": lambda s, m: s.migrate(Empty(), metadata=m),
     "unmigrate": lambda s, m: s.unmigrate(Empty(), metadata=m),
     "migrate_to": lambda s, m: s.migrate_to(MigrateRequest(), metadata=m),
+    "set_maintenance": lambda s, m: s.set_maintenance(MaintenanceRequest(), metadata=m),
 }
 
 

@@ -53,6 +53,10 @@ async def test_primary_reports_its_streaming_standby_and_an_open_transaction(
     [peer] = [p for p in status.replication if p.state == "streaming"]
     assert peer.application_name == "standby"
     assert peer.lag_bytes is None or peer.lag_bytes >= 0
+    assert peer.lag_s is None or peer.lag_s >= 0
+    assert peer.sync_state in {"async", "sync", "potential", "quorum"}
+    assert status.timeline is not None
+    assert status.timeline >= 1
 
 
 async def test_standby_reports_recovery_and_no_replication_rows(
@@ -62,6 +66,15 @@ async def test_standby_reports_recovery_and_no_replication_rows(
         status = await probe_for(postgres_pair.standby.dsn).probe()
     assert status.in_recovery
     assert status.replication == ()
+
+    async def standby_timeline_known() -> bool:
+        return (await probe_for(postgres_pair.standby.dsn).probe()).timeline is not None
+
+    with anyio.fail_after(30):
+        await eventually(standby_timeline_known)
+    primary = await probe_for(postgres_pair.primary.dsn).probe()
+    standby = await probe_for(postgres_pair.standby.dsn).probe()
+    assert standby.timeline == primary.timeline
 
 
 async def test_unreachable_postgres_raises_os_error() -> None:

@@ -9,6 +9,8 @@ __all__ = (
     "FailoverStub",
     "HealthCheckResponse",
     "HealthCheckResponseStatus",
+    "MaintenanceRequest",
+    "MaintenanceResponse",
     "MigrateRequest",
     "MigrateResponse",
     "PauseRequest",
@@ -69,6 +71,50 @@ class HealthCheckResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("failover", "HealthCheckResponse", HealthCheckResponse)
+
+
+@dataclass(eq=False, repr=False)
+class MaintenanceRequest(betterproto2.Message):
+    """
+    pgcm extension: the request of set_maintenance.
+    """
+
+    enabled: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    true: maintenance on; false: off
+    """
+
+    reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    why, for the logs (at most 256 characters)
+    """
+
+    requested_by: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    who asked, user@host (at most 256 characters)
+    """
+
+
+default_message_pool.register_message("failover", "MaintenanceRequest", MaintenanceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class MaintenanceResponse(betterproto2.Message):
+    """
+    pgcm extension: the answer of set_maintenance.
+    """
+
+    enabled: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    the maintenance-mode now set
+    """
+
+    created_at: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: _google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("failover", "MaintenanceResponse", MaintenanceResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -293,6 +339,28 @@ class FailoverStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def set_maintenance(
+        self,
+        message: "MaintenanceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "MaintenanceResponse":
+        """
+        pgcm extension: put Pacemaker into or out of maintenance mode (the cluster
+        property maintenance-mode). Old servers answer UNIMPLEMENTED.
+        """
+
+        return await self._unary_unary(
+            "/failover.Failover/set_maintenance",
+            message,
+            MaintenanceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ..google import protobuf as _google__protobuf__
 
@@ -322,6 +390,14 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
         """
         pgcm extension: migrate to a node the caller names (empty target = the cluster's
         choice, as migrate does). Old servers answer UNIMPLEMENTED.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def set_maintenance(self, message: "MaintenanceRequest") -> "MaintenanceResponse":
+        """
+        pgcm extension: put Pacemaker into or out of maintenance mode (the cluster
+        property maintenance-mode). Old servers answer UNIMPLEMENTED.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -370,6 +446,14 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
         response = await self.migrate_to(request)
         await stream.send_message(response)
 
+    async def __rpc_set_maintenance(
+        self, stream: "grpclib.server.Stream[MaintenanceRequest, MaintenanceResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.set_maintenance(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/failover.Failover/health_check": grpclib.const.Handler(
@@ -407,5 +491,11 @@ class FailoverBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 MigrateRequest,
                 MigrateResponse,
+            ),
+            "/failover.Failover/set_maintenance": grpclib.const.Handler(
+                self.__rpc_set_maintenance,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                MaintenanceRequest,
+                MaintenanceResponse,
             ),
         }
