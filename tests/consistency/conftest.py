@@ -25,6 +25,8 @@ from typing import Final
 import pytest
 from pydantic import BaseModel
 
+from pgcm_common.original_config import ORIGINAL_KEYS, original_env_name
+
 ROOT: Final = Path(__file__).parents[2]
 SOURCE_TREES: Final = (*sorted(ROOT.glob("services/*/src")), *sorted(ROOT.glob("libs/*/src")))
 DOCS: Final = (
@@ -196,7 +198,9 @@ def code_settings() -> dict[str, ServiceSettings]:
 def code_environment() -> frozenset[str]:
     """Every PGCM_* name any service reads or the code mentions."""
     settings = service_settings()
-    return environment_names_in_code().union(*(s.environment for s in settings.values()))
+    # The original's own variables (PGCM_ + its dashed key) are read too, dead ones included.
+    original = {original_env_name(key.name) for key in ORIGINAL_KEYS}
+    return environment_names_in_code().union(original, *(s.environment for s in settings.values()))
 
 
 @pytest.fixture(scope="session")

@@ -225,14 +225,14 @@ class SuperviseSettings(PgcmSettings):
         tokens = self.token is not None or bool(self.tokens)
         if not (tokens or self.tls_client_ca_file is not None):
             raise ValueError(
-                f"insecure: bind_address {self.bind_address!r} is not loopback and callers "
+                f"bind_address: {self.bind_address!r} is not loopback and callers "
                 "are not authenticated: set tls_client_ca_file (mutual TLS) or a token "
                 "with tls_cert_file/tls_key_file, or insecure = true"
             )
         if tokens and self.tls_cert_file is None:
             # Callers would send the bearer token across the network in clear text.
             raise ValueError(
-                f"insecure: bind_address {self.bind_address!r} is not loopback and "
+                f"bind_address: {self.bind_address!r} is not loopback and "
                 "token/tokens need TLS (tls_cert_file and tls_key_file), or callers send "
                 "them in clear text; set insecure = true to allow it"
             )
