@@ -37,10 +37,11 @@ from pgcm_common.pgbouncer import PgBouncerAdmin, admins_for
 from pgcm_common.records import KeyLayout
 from pgcm_supervise.constraints import CibConstraintReader, CibConstraintsOptions
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
-from pgcm_supervise.maintenance import CrmAttributeMaintenance, CrmAttributeOptions
+from pgcm_supervise.maintenance import CrmAttributeMaintenance
 from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
-from pgcm_supervise.pacemaker_control import CrmResourceControl, CrmResourceOptions
+from pgcm_supervise.pacemaker_control import CrmResourceControl
+from pgcm_supervise.pacemaker_tool import ToolOptions
 from pgcm_supervise.publisher import PrimaryPublisher, serve_publisher
 from pgcm_supervise.security import SecurityOptions
 from pgcm_supervise.server import FailoverServer, FailoverServerOptions, SystemClock
@@ -169,10 +170,10 @@ async def _open_failover_api(
         max_pause_expiry=settings.max_pause_expiry,
         on_pause_state=on_pause_state,
         maintenance=CrmAttributeMaintenance(
-            CrmAttributeOptions(command_prefix=tuple(settings.command_prefix))
+            ToolOptions(command_prefix=tuple(settings.command_prefix))
         ),
     )
-    control = CrmResourceControl(CrmResourceOptions(command_prefix=tuple(settings.command_prefix)))
+    control = CrmResourceControl(ToolOptions(command_prefix=tuple(settings.command_prefix)))
     server = FailoverServer(
         admins,
         crm,

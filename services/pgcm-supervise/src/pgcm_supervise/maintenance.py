@@ -11,19 +11,17 @@ the fake used by the handler tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Protocol, final
 
 import structlog
 from anyio.lowlevel import checkpoint
 
-from pgcm_common.pacemaker import PacemakerCommandFailed, PacemakerError, run_command
+from pgcm_common.pacemaker import PacemakerError
+from pgcm_supervise.pacemaker_tool import ToolOptions, run_tool
 
 __all__ = [
     "MAX_REASON_LENGTH",
     "CrmAttributeMaintenance",
-    "CrmAttributeOptions",
     "FakeMaintenanceControl",
     "MaintenanceControl",
 ]
@@ -47,22 +45,6 @@ class MaintenanceControl(Protocol):
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class CrmAttributeOptions:
-    """How to run ``crm_attribute``.
-
-    Attributes:
-        command_prefix: argv run before the tool, e.g. ``("nsenter", "-t", "42", "--")``.
-        executable: the ``crm_attribute`` program.
-        kill_grace: how long to wait for a killed tool to be reaped.
-    """
-
-    command_prefix: tuple[str, ...] = ()
-    executable: str = "crm_attribute"
-    kill_grace: timedelta = field(default=timedelta(seconds=2))
-
-
-@final
 class CrmAttributeMaintenance:
     """The real :class:`MaintenanceControl`: runs ``crm_attribute`` without a shell.
 
@@ -70,8 +52,11 @@ class CrmAttributeMaintenance:
     reaped when the call is cancelled (``pgcm_common.pacemaker.run_command``).
     """
 
-    def __init__(self, options: CrmAttributeOptions | None = None) -> None:
-        self._options = options or CrmAttributeOptions()
+    def __init__(
+        self, options: ToolOptions | None = None, *, executable: str = "crm_attribute"
+    ) -> None:
+        self._options = options or ToolOptions()
+        self._executable = executable
 
     async def set_maintenance(self, *, enabled: bool) -> None:
         """Run ``crm_attribute --type crm_config --name maintenance-mode --update <bool>``.
@@ -80,19 +65,11 @@ class CrmAttributeMaintenance:
             PacemakerCommandFailed: crm_attribute could not run or exited non-zero.
         """
         value = "true" if enabled else "false"
-        argv = (
-            *self._options.command_prefix,
-            self._options.executable,
-            "--type",
-            "crm_config",
-            "--name",
-            "maintenance-mode",
-            "--update",
-            value,
+        await run_tool(
+            self._options,
+            self._executable,
+            *("--type", "crm_config", "--name", "maintenance-mode", "--update", value),
         )
-        output = await run_command(argv, kill_grace=self._options.kill_grace)
-        if output.returncode != 0:
-            raise PacemakerCommandFailed(output.argv, output.returncode, output.stderr_text)
         _log.info("pacemaker.maintenance.set", enabled=enabled)
 
 

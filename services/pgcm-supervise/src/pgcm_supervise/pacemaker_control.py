@@ -12,8 +12,6 @@ used by the handler tests (kept here because test kits may not import services).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Protocol, final
 
 import structlog
@@ -22,17 +20,15 @@ from anyio.lowlevel import checkpoint
 from pgcm_common.pacemaker import (
     ClusterState,
     Node,
-    PacemakerCommandFailed,
     PacemakerError,
     PgsqlStatus,
     Role,
-    run_command,
 )
 from pgcm_supervise.errors import ClusterWithoutQuorum, NoMigrationTarget, UnknownMigrationTarget
+from pgcm_supervise.pacemaker_tool import ToolOptions, run_tool
 
 __all__ = [
     "CrmResourceControl",
-    "CrmResourceOptions",
     "FakePacemakerControl",
     "PacemakerControl",
     "choose_target",
@@ -62,22 +58,6 @@ class PacemakerControl(Protocol):
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class CrmResourceOptions:
-    """How to run ``crm_resource``.
-
-    Attributes:
-        command_prefix: argv run before the tool, e.g. ``("nsenter", "-t", "42", "--")``.
-        executable: the ``crm_resource`` program.
-        kill_grace: how long to wait for a killed tool to be reaped.
-    """
-
-    command_prefix: tuple[str, ...] = ()
-    executable: str = "crm_resource"
-    kill_grace: timedelta = field(default=timedelta(seconds=2))
-
-
-@final
 class CrmResourceControl:
     """The real :class:`PacemakerControl`: runs ``crm_resource`` without a shell.
 
@@ -85,14 +65,14 @@ class CrmResourceControl:
     reaped when the call is cancelled (``pgcm_common.pacemaker.run_command``).
     """
 
-    def __init__(self, options: CrmResourceOptions | None = None) -> None:
-        self._options = options or CrmResourceOptions()
+    def __init__(
+        self, options: ToolOptions | None = None, *, executable: str = "crm_resource"
+    ) -> None:
+        self._options = options or ToolOptions()
+        self._executable = executable
 
     async def _run(self, *args: str) -> None:
-        argv = (*self._options.command_prefix, self._options.executable, *args)
-        output = await run_command(argv, kill_grace=self._options.kill_grace)
-        if output.returncode != 0:
-            raise PacemakerCommandFailed(output.argv, output.returncode, output.stderr_text)
+        await run_tool(self._options, self._executable, *args)
 
     async def move_promoted(self, resource: str, node: str) -> None:
         """Run ``crm_resource --resource <r> --move --promoted --node <node>``.

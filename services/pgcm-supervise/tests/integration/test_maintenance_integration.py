@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from pgcm_common.pacemaker import run_command
-from pgcm_supervise.maintenance import CrmAttributeMaintenance, CrmAttributeOptions
+from pgcm_supervise.maintenance import CrmAttributeMaintenance
+from pgcm_supervise.pacemaker_tool import ToolOptions
 from pgcm_testkit.pacemaker import PacemakerNode
 
 pytestmark = pytest.mark.integration
@@ -27,9 +28,7 @@ async def maintenance_mode(node: PacemakerNode) -> str:
 async def test_maintenance_mode_is_set_and_cleared_in_the_cib(
     pacemaker_node: PacemakerNode,
 ) -> None:
-    control = CrmAttributeMaintenance(
-        CrmAttributeOptions(command_prefix=pacemaker_node.command_prefix)
-    )
+    control = CrmAttributeMaintenance(ToolOptions(command_prefix=pacemaker_node.command_prefix))
     try:
         with anyio.fail_after(30):
             await control.set_maintenance(enabled=True)

@@ -32,9 +32,9 @@ from pgcm_common.pacemaker import (
 from pgcm_supervise.errors import NoMigrationTarget, UnknownMigrationTarget
 from pgcm_supervise.pacemaker_control import (
     CrmResourceControl,
-    CrmResourceOptions,
     choose_target,
 )
+from pgcm_supervise.pacemaker_tool import ToolOptions
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.pacemaker import PacemakerNode
 
@@ -114,7 +114,7 @@ async def cluster(pacemaker_node: PacemakerNode) -> AsyncIterator[Cluster]:
             timeout=timedelta(seconds=10),
         )
     )
-    control = CrmResourceControl(CrmResourceOptions(command_prefix=pacemaker_node.command_prefix))
+    control = CrmResourceControl(ToolOptions(command_prefix=pacemaker_node.command_prefix))
     with anyio.fail_after(60):
         await wait_for_role(crm, pacemaker_node.name, Role.PROMOTED)
     # A test that starts with somebody else's constraint would assert nonsense.
