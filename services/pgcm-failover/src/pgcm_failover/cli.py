@@ -524,16 +524,9 @@ def _confirm(
     does not answer yes. The confirmed target is pinned for the switchover: it must not
     become another node because promotion scores changed while the operator read.
     """
-    plans: list[Plan] = []
-
-    async def go() -> None:
-        async with adapters(settings) as opened:
-            plans.append(await make_plan(opened, settings, target))
-
-    _run(go)
-    if not plans:
+    plan = _fetch_plan(settings, adapters, target)
+    if plan is None:
         return None
-    plan = plans[0]
     sys.stderr.write(render_plan(plan, dry_run=False))
     if not plan.would_proceed or plan.target is None:
         sys.stderr.write(f"{PROG}: nothing was changed.\n")
@@ -549,9 +542,10 @@ def _confirm(
     return plan.target
 
 
-def _dry_run(
-    settings: FailoverSettings, adapters: AdaptersFactory, target: str | None, *, as_json: bool
-) -> int:
+def _fetch_plan(
+    settings: FailoverSettings, adapters: AdaptersFactory, target: str | None
+) -> Plan | None:
+    """Work out the switchover plan, or None when it could not be made (already reported)."""
     plans: list[Plan] = []
 
     async def go() -> None:
@@ -559,9 +553,15 @@ def _dry_run(
             plans.append(await make_plan(opened, settings, target))
 
     _run(go)
-    if not plans:
+    return plans[0] if plans else None
+
+
+def _dry_run(
+    settings: FailoverSettings, adapters: AdaptersFactory, target: str | None, *, as_json: bool
+) -> int:
+    plan = _fetch_plan(settings, adapters, target)
+    if plan is None:
         return EXIT_FAILED
-    plan = plans[0]
     sys.stdout.write(dumps(plan_to_dict(plan)) if as_json else render_plan(plan))
     return EXIT_OK if plan.would_proceed else EXIT_FAILED
 
