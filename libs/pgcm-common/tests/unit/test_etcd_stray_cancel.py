@@ -5,9 +5,9 @@ import asyncio
 import anyio
 import pytest
 
-from pgcm_common._etcd.client import (
+from pgcm_common._etcd.failures import (
     ConnectionClosedUnderCall,
-    _foreign_cancellation_as_unavailable,
+    foreign_cancellation_as_unavailable,
 )
 
 
@@ -15,7 +15,7 @@ async def test_grpc_cancelling_a_call_is_reported_as_a_closed_connection() -> No
     # What grpc.aio does when another task closes the channel under an awaited call.
     with (
         pytest.raises(ConnectionClosedUnderCall, match="closed connection to e1"),
-        _foreign_cancellation_as_unavailable("get", "e1"),
+        foreign_cancellation_as_unavailable("get", "e1"),
     ):
         raise asyncio.CancelledError
 
@@ -23,7 +23,7 @@ async def test_grpc_cancelling_a_call_is_reported_as_a_closed_connection() -> No
 async def test_a_real_cancellation_of_the_task_still_propagates() -> None:
     reached_after = False
     with anyio.move_on_after(0.05) as scope:
-        with _foreign_cancellation_as_unavailable("get", "e1"):
+        with foreign_cancellation_as_unavailable("get", "e1"):
             await anyio.sleep_forever()
         reached_after = True
     assert scope.cancelled_caught

@@ -1,0 +1,181 @@
+"""Idempotent requests (reads, lease refreshes), hedged: the first endpoint to answer wins.
+
+The request goes to the connection in use. Whenever no answer came within
+``hedge_delay`` (or an attempt failed), the same request is also sent to the next
+endpoint on a connection of its own, until every endpoint was asked once. The first
+answer cancels the others; if it came from a hedge connection, the pool adopts that
+connection (:meth:`EndpointPool.adopt`), so later calls (and watches) go to the member
+that answered; other hedges are closed. Only requests that may apply twice go here:
+writes go through :mod:`failover`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Generic, TypeVar, final
+
+import anyio
+import anyio.abc
+
+from pgcm_common._etcd.channel import CLOSE_GRACE_S, ChannelClient, close_client
+from pgcm_common._etcd.endpoints import EndpointPool
+from pgcm_common._etcd.failures import (
+    ConnectionClosedUnderCall,
+    details,
+    foreign_cancellation_as_unavailable,
+    retryable,
+)
+from pgcm_common.errors import EtcdError, EtcdUnavailable
+
+__all__ = ["hedged_read"]
+
+_T = TypeVar("_T")
+
+
+async def hedged_read(
+    pool: EndpointPool,
+    what: str,
+    op: Callable[[ChannelClient], Awaitable[_T]],
+    *,
+    hedge_delay: timedelta,
+    request_timeout: timedelta,
+) -> _T:
+    """Run the idempotent ``op``, hedged over the endpoints (see the module docstring).
+
+    Raises:
+        EtcdError: an endpoint gave a definite, non-retryable answer (an error).
+        EtcdUnavailable: no endpoint answered.
+    """
+    race = _HedgedRead(
+        pool,
+        what,
+        op,
+        hedge_delay_s=hedge_delay.total_seconds(),
+        request_timeout_s=request_timeout.total_seconds(),
+    )
+    return await race.run()
+
+
+@final
+class _HedgedRead(Generic[_T]):
+    """One hedged read: attempts race, first answer wins.
+
+    Attempt 0 uses the pool's connection; attempt ``k`` a connection of its own to the
+    ``k``-th endpoint after it. While some attempt is still waiting (a frozen member
+    holds it), hedges that failed transiently are asked again every ``hedge_delay``
+    until ``request_timeout`` after the start: freezing the Raft leader makes the other
+    members answer "leader changed" until they elected a new one, about a second.
+    """
+
+    def __init__(
+        self,
+        pool: EndpointPool,
+        what: str,
+        op: Callable[[ChannelClient], Awaitable[_T]],
+        *,
+        hedge_delay_s: float,
+        request_timeout_s: float,
+    ) -> None:
+        self._pool = pool
+        self._what = what
+        self._op = op
+        self._delay_s = hedge_delay_s
+        self._timeout_s = request_timeout_s
+        # Offsets count from the endpoint in use when the read started, even if a
+        # failure elsewhere moves the pool on meanwhile.
+        self._count = pool.count
+        self._start = pool.position
+        self._won: list[tuple[ChannelClient, _T]] = []
+        self._failures: list[Exception] = []
+        self._fatal: list[Exception] = []
+        self._hedges: dict[int, ChannelClient] = {}
+        self._shared: list[ChannelClient] = []
+        self._retry: list[int] = []
+        self._in_flight = 0
+        self._failed = anyio.Event()
+
+    async def run(self) -> _T:
+        give_up_at = anyio.current_time() + self._timeout_s
+        try:
+            async with anyio.create_task_group() as tg:
+                pending = list(range(self._count))
+                while pending or (self._in_flight and anyio.current_time() < give_up_at):
+                    if self._in_flight:
+                        with anyio.move_on_after(self._delay_s):
+                            await self._failed.wait()
+                    self._failed = anyio.Event()
+                    if pending:
+                        self._launch(tg, pending.pop(0))
+                    elif self._retry and self._in_flight:
+                        self._launch(tg, self._retry.pop(0))
+            if self._won:
+                return await self._settle(*self._won[0])
+        finally:
+            with anyio.move_on_after(CLOSE_GRACE_S, shield=True):
+                for hedge in self._hedges.values():
+                    await close_client(hedge)
+        if self._fatal:
+            raise self._fatal[0]
+        last = self._failures[-1] if self._failures else None
+        raise EtcdUnavailable(
+            f"etcd {self._what}: no endpoint answered ({self._pool.describe()})"
+        ) from last
+
+    async def _settle(self, client: ChannelClient, result: _T) -> _T:
+        """Adopt the winning hedge connection (if it is one) and return its answer."""
+        replaced = self._shared[0] if self._shared else None
+        for offset, hedge in list(self._hedges.items()):
+            if hedge is client and await self._pool.adopt(client, replaced):
+                del self._hedges[offset]
+        return result
+
+    def _launch(self, tg: anyio.abc.TaskGroup, offset: int) -> None:
+        self._in_flight += 1
+        tg.start_soon(self._attempt, offset, tg.cancel_scope)
+
+    async def _attempt(self, offset: int, race: anyio.CancelScope) -> None:
+        try:
+            await self._ask(offset, race)
+        finally:
+            self._in_flight -= 1
+            self._failed.set()  # do not wait out hedge_delay: ask the next endpoint now
+
+    async def _ask(self, offset: int, race: anyio.CancelScope) -> None:
+        client: ChannelClient | None = None
+        try:
+            client = await self._connection(offset)
+            with foreign_cancellation_as_unavailable(self._what, client.endpoint):
+                result = await self._op(client)
+        except ConnectionClosedUnderCall as exc:
+            self._failures.append(exc)  # whoever closed it dropped it: the others go on
+        except EtcdError as exc:
+            self._fatal.append(exc)  # etcd's own answer, such as an expired lease
+            race.cancel()
+        except Exception as exc:  # noqa: BLE001 - classified and kept for the caller
+            if not retryable(exc):
+                error = EtcdError(f"etcd {self._what} failed: {details(exc)}")
+                error.__cause__ = exc
+                self._fatal.append(error)
+                race.cancel()
+                return
+            self._failures.append(exc)
+            if offset == 0:
+                if client is not None:
+                    await self._pool.drop(client, exc)
+            else:
+                self._retry.append(offset)
+        else:
+            self._won.append((client, result))
+            race.cancel()
+
+    async def _connection(self, offset: int) -> ChannelClient:
+        if offset == 0:
+            client = await self._pool.connected()
+            self._shared.append(client)
+            return client
+        hedge = self._hedges.get(offset)
+        if hedge is None:
+            index = (self._start + offset) % self._count
+            hedge = self._hedges[offset] = await self._pool.dial(index)
+        return hedge
