@@ -14,6 +14,7 @@ from typing import ClassVar, Self, final
 from pydantic import Field, model_validator
 
 from pgcm_common.etcd import EtcdSettings
+from pgcm_common.hostport import HostPortText
 from pgcm_common.settings import (
     CLUSTER_ORIGINAL_KEYS,
     ETCD_ORIGINAL_KEYS,
@@ -40,7 +41,7 @@ class FailoverSettings(PgcmSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
 
-    endpoints: list[str] = Field(
+    endpoints: list[HostPortText] = Field(
         default_factory=lambda: ["pg01:8080", "pg02:8080", "pg03:8080"],
         min_length=1,
         description="host:port of every pgcm-supervise failover API.",

@@ -101,7 +101,7 @@ async def serve(
     with contextlib.ExitStack() as stack:
         if endpoint is not None:
             try:
-                stack.enter_context(serve_metrics(metrics, *endpoint))
+                stack.enter_context(serve_metrics(metrics, endpoint.host, endpoint.port))
             except OSError as exc:
                 raise ConfigError("metrics_address", f"cannot listen: {exc}") from exc
         async with open_etcd(settings.etcd) as store:

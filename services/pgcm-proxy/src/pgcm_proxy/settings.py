@@ -15,6 +15,7 @@ from typing import ClassVar, final
 from pydantic import Field, field_validator, model_validator
 
 from pgcm_common.etcd import EtcdSettings
+from pgcm_common.hostport import BindAddress, HostPort, parse_bind_address
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
     CLUSTER_ORIGINAL_KEYS,
@@ -25,9 +26,7 @@ from pgcm_common.settings import (
     PgcmSettings,
 )
 
-__all__ = ["ProxySettings", "split_host_port"]
-
-_PORT_LIMIT = 65536
+__all__ = ["ProxySettings"]
 
 
 @final
@@ -85,9 +84,10 @@ class ProxySettings(PgcmSettings):
         description="Bound on one apply attempt (write, RELOAD, SHOW DATABASES, ack); a "
         "hung PgBouncer or etcd is then retried with backoff.",
     )
-    metrics_address: str | None = Field(
+    metrics_address: BindAddress | None = Field(
         default=None,
-        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics (':9187' listens on every address); "
+        "unset means no metrics endpoint.",
     )
 
     @field_validator("poll_interval", "retry_interval", "apply_timeout")
@@ -106,13 +106,6 @@ class ProxySettings(PgcmSettings):
             raise ValueError("must be at least 2s")
         return value
 
-    @field_validator("metrics_address")
-    @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_host_port(value)
-        return value
-
     @model_validator(mode="after")
     def _retry_bounds(self) -> ProxySettings:
         if self.retry_max_interval < self.retry_interval:
@@ -120,18 +113,6 @@ class ProxySettings(PgcmSettings):
         return self
 
     @property
-    def metrics_endpoint(self) -> tuple[str, int] | None:
-        """Return ``metrics_address`` as (host, port), or None when metrics are off."""
-        return None if self.metrics_address is None else split_host_port(self.metrics_address)
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6; an empty host means every address).
-
-    Raises:
-        ValueError: no port, or the port is not a number in 1-65535.
-    """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < _PORT_LIMIT:
-        raise ValueError(f"expected host:port, got {text!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port_text)
+    def metrics_endpoint(self) -> HostPort | None:
+        """Return ``metrics_address`` parsed, or None when metrics are off."""
+        return None if self.metrics_address is None else parse_bind_address(self.metrics_address)

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from grpclib._typing import IServable
 
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
+from pgcm_common.hostport import parse_bind_address
 from pgcm_common.lifecycle import sd_notify, settle_memory
 from pgcm_common.pacemaker import (
     CorosyncNodeAddresses,
@@ -38,7 +39,7 @@ from pgcm_common.records import KeyLayout
 from pgcm_supervise.constraints import CibConstraintReader, CibConstraintsOptions
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
 from pgcm_supervise.maintenance import CrmAttributeMaintenance
-from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
+from pgcm_supervise.metrics import SuperviseMetrics, serve_metrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
 from pgcm_supervise.pacemaker_control import CrmResourceControl
 from pgcm_supervise.pacemaker_tool import ToolOptions
@@ -199,10 +200,10 @@ async def _start_grpc(
     tokens = dict(settings.tokens)
     if settings.token is not None:
         tokens.setdefault("token", settings.token)
-    host, port = parse_host_port(settings.bind_address)
+    bind = parse_bind_address(settings.bind_address)
     options = GrpcServerOptions(
-        host=host,
-        port=port,
+        host=bind.bind_host,
+        port=bind.port,
         security=SecurityOptions(
             tls_cert_file=settings.tls_cert_file,
             tls_key_file=settings.tls_key_file,

@@ -15,6 +15,7 @@ import anyio
 import structlog
 from anyio.abc import SocketStream, TaskStatus
 
+from pgcm_common.hostport import parse_bind_address
 from pgcm_common.metrics import (
     Discarded,
     OptionalGauge,
@@ -25,7 +26,7 @@ from pgcm_common.metrics import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Discarded", "SuperviseMetrics", "parse_host_port", "serve_metrics"]
+__all__ = ["Discarded", "SuperviseMetrics", "serve_metrics"]
 
 log = structlog.get_logger("pgcm.supervise.metrics")
 
@@ -151,18 +152,6 @@ class SuperviseMetrics:
         return generate_latest(self.registry)
 
 
-def parse_host_port(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too); an empty host means every address.
-
-    Raises:
-        ValueError: no port, or not a number.
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9187" means all, by request
-
-
 async def serve_metrics(
     metrics: SuperviseMetrics,
     address: str,
@@ -179,7 +168,8 @@ async def serve_metrics(
     Cancellation:
         Closes the listener and every open connection.
     """
-    host, port = parse_host_port(address)
+    parsed = parse_bind_address(address)
+    host, port = parsed.bind_host, parsed.port
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
     async with listener:
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))  # noqa: S610 - anyio, not Django

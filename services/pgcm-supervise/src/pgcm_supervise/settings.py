@@ -16,6 +16,7 @@ from typing import ClassVar, Literal, Self, final
 from pydantic import Field, SecretStr, model_validator
 
 from pgcm_common.etcd import EtcdSettings
+from pgcm_common.hostport import BindAddress, parse_bind_address
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
     CLUSTER_ORIGINAL_KEYS,
@@ -33,7 +34,7 @@ DEFAULT_NUDGE_SOCKET = Path("/run/pgcm/supervise.sock")
 
 
 def _is_loopback(bind_address: str) -> bool:
-    host = bind_address.rpartition(":")[0].strip("[]")
+    host = parse_bind_address(bind_address).host
     if host == "localhost":
         return True
     try:
@@ -60,7 +61,7 @@ class SuperviseSettings(PgcmSettings):
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
     pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
 
-    bind_address: str = Field(
+    bind_address: BindAddress = Field(
         default="127.0.0.1:8080",
         description="host:port of the failover gRPC API. A non-loopback address needs "
         "authentication (tls_client_ca_file or a token), and a token needs TLS, unless "
@@ -188,9 +189,10 @@ class SuperviseSettings(PgcmSettings):
         description="Longest pause (expiry, and PAUSE timeout) a caller may ask for; "
         "longer requests are refused. Every client of the node waits during a pause.",
     )
-    metrics_address: str | None = Field(
+    metrics_address: BindAddress | None = Field(
         default=None,
-        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics (':9187' listens on every address); "
+        "unset means no metrics endpoint.",
     )
 
     @model_validator(mode="after")

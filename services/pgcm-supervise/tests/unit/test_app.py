@@ -7,10 +7,11 @@ import anyio
 import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
 
+from pgcm_common.hostport import parse_bind_address
 from pgcm_common.pacemaker import CorosyncNodeAddresses, StaticNodeAddresses
 from pgcm_common.settings import load_settings
 from pgcm_supervise.app import build_crm_mon, build_resolver
-from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
+from pgcm_supervise.metrics import SuperviseMetrics, serve_metrics
 from pgcm_supervise.settings import SuperviseSettings
 
 
@@ -61,7 +62,8 @@ def test_crm_mon_reader_uses_the_settings() -> None:
     [(":9187", ("0.0.0.0", 9187)), ("127.0.0.1:1", ("127.0.0.1", 1)), ("[::1]:80", ("::1", 80))],
 )
 def test_metrics_address_parses(text: str, expected: tuple[str, int]) -> None:
-    assert parse_host_port(text) == expected
+    parsed = parse_bind_address(text)
+    assert (parsed.bind_host, parsed.port) == expected
 
 
 async def test_metrics_endpoint_serves_the_exposition() -> None:
