@@ -15,7 +15,7 @@ from typing import ClassVar, final
 from pydantic import Field, field_validator, model_validator
 
 from pgcm_common.etcd import EtcdSettings
-from pgcm_common.hostport import BindAddress, HostPort, parse_bind_address
+from pgcm_common.hostport import BindAddress
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
     CLUSTER_ORIGINAL_KEYS,
@@ -111,8 +111,3 @@ class ProxySettings(PgcmSettings):
         if self.retry_max_interval < self.retry_interval:
             raise ValueError("retry_max_interval must not be shorter than retry_interval")
         return self
-
-    @property
-    def metrics_endpoint(self) -> HostPort | None:
-        """Return ``metrics_address`` parsed, or None when metrics are off."""
-        return None if self.metrics_address is None else parse_bind_address(self.metrics_address)

@@ -8,10 +8,11 @@ import prometheus_client  # noqa: F401 - first import outside the loop (blockbus
 import pytest
 
 from pgcm_common.hostport import parse_bind_address
+from pgcm_common.metrics import serve_metrics
 from pgcm_common.pacemaker import CorosyncNodeAddresses, StaticNodeAddresses
 from pgcm_common.settings import load_settings
 from pgcm_supervise.app import build_crm_mon, build_resolver
-from pgcm_supervise.metrics import SuperviseMetrics, serve_metrics
+from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.settings import SuperviseSettings
 
 
@@ -72,7 +73,8 @@ async def test_metrics_endpoint_serves_the_exposition() -> None:
     metrics.set_published_primary("n2", "10.0.0.12")
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            port = await tg.start(partial(serve_metrics, metrics, "127.0.0.1:0"))
+            assert metrics.registry is not None
+            port = await tg.start(partial(serve_metrics, metrics.registry, "127.0.0.1:0"))
             stream = await anyio.connect_tcp("127.0.0.1", port)
             async with stream:
                 await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
