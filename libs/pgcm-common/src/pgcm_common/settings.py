@@ -67,6 +67,7 @@ __all__ = [
     "CLUSTER_ORIGINAL_KEYS",
     "ENV_PREFIX",
     "ETCD_ORIGINAL_KEYS",
+    "MIN_LEASE_TTL",
     "PGBOUNCER_ORIGINAL_KEYS",
     "REDACTED",
     "SERVICE_TABLES",
@@ -74,9 +75,11 @@ __all__ = [
     "ClusterSettings",
     "Duration",
     "InvalidSettings",
+    "LeaseTTL",
     "LoadedConfigFile",
     "NonEmptySecret",
     "PgcmSettings",
+    "PositiveDuration",
     "add_settings_arguments",
     "common_arguments",
     "flag_overrides",
@@ -208,6 +211,37 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
 """A non-negative :class:`~datetime.timedelta` read from ``"5s"``/``"500ms"``/seconds."""
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be positive")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A :data:`Duration` above zero: intervals, timeouts and bounds that 0 would disable."""
+
+MIN_LEASE_TTL = timedelta(seconds=2)
+"""The shortest etcd lease TTL pgcm accepts: what etcd itself grants at the least.
+
+etcd raises every lease it grants to at least 1.5 election timeouts, rounded up to
+whole seconds (its election timeout is 1 s by default: 2 s). A shorter TTL here would
+not be the TTL etcd applies, and keepalives sent every third of it would race the
+expiry on a loaded host.
+"""
+
+
+def _lease_ttl(value: timedelta) -> timedelta:
+    if value < MIN_LEASE_TTL:
+        raise ValueError(
+            f"must be at least {format_duration(MIN_LEASE_TTL)}: etcd grants no shorter lease"
+        )
+    return value
+
+
+LeaseTTL = Annotated[Duration, AfterValidator(_lease_ttl)]
+"""The TTL of an etcd lease: a :data:`Duration` of at least :data:`MIN_LEASE_TTL`."""
 
 
 def _not_empty_secret(value: SecretStr) -> SecretStr:

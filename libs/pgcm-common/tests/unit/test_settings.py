@@ -10,15 +10,18 @@ from typing import ClassVar, final
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from pgcm_common.errors import ConfigError
 from pgcm_common.settings import (
     CLUSTER_ORIGINAL_KEYS,
+    MIN_LEASE_TTL,
     ClusterSettings,
     Duration,
     InvalidSettings,
+    LeaseTTL,
     PgcmSettings,
+    PositiveDuration,
     add_settings_arguments,
     flag_overrides,
     format_duration,
@@ -286,3 +289,30 @@ def test_render_toml_never_prints_secrets(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("PGCM_ETCD__PASSWORD")
     reloaded, _ = load_settings(DemoSettings, config_file=_write(tmp_path, text))
     assert reloaded.token is None
+
+
+class _Durations(BaseModel):
+    interval: PositiveDuration = timedelta(seconds=1)
+    ttl: LeaseTTL = timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("text", ["0s", "0", "0ms"])
+def test_positive_duration_refuses_zero(text: str) -> None:
+    with pytest.raises(ValidationError, match="must be positive"):
+        _Durations(interval=text)  # type: ignore[arg-type]
+
+
+def test_positive_duration_takes_the_smallest_step() -> None:
+    assert _Durations(interval="1us").interval == timedelta(microseconds=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["1s", "1999ms", "0s"])
+def test_lease_ttl_refuses_less_than_etcds_minimum(text: str) -> None:
+    with pytest.raises(ValidationError, match="at least 2s: etcd grants no shorter lease"):
+        _Durations(ttl=text)  # type: ignore[arg-type]
+
+
+def test_lease_ttl_accepts_etcds_minimum_and_writes_back_as_text() -> None:
+    model = _Durations(ttl="2s")  # type: ignore[arg-type]
+    assert model.ttl == MIN_LEASE_TTL == timedelta(seconds=2)
+    assert model.model_dump(mode="json")["ttl"] == "2s"

@@ -20,8 +20,10 @@ from pgcm_common.settings import (
     ETCD_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    LeaseTTL,
     NonEmptySecret,
     PgcmSettings,
+    PositiveDuration,
 )
 
 __all__ = ["FailoverSettings"]
@@ -79,17 +81,17 @@ class FailoverSettings(PgcmSettings):
         description="Each undo step (resume, unmigrate, unlock) gets this long, also after "
         "Ctrl-C; unmigrate gets settle_timeout on top, to wait for Pacemaker to settle.",
     )
-    lock_ttl: Duration = Field(
+    lock_ttl: LeaseTTL = Field(
         default=timedelta(seconds=5),
-        description="TTL of the lock's etcd lease (whole seconds, at least 1): a killed "
-        "pgcm-failover frees the lock within this long.",
+        description="TTL of the lock's etcd lease (at least 2s, the shortest lease etcd "
+        "grants): a killed pgcm-failover frees the lock within this long.",
     )
     status_max_age: Duration = Field(
         default=timedelta(seconds=10),
         description="NodeStatus records older than this are ignored (their supervise is "
         "stuck or gone).",
     )
-    poll_interval: Duration = Field(
+    poll_interval: PositiveDuration = Field(
         default=timedelta(milliseconds=250),
         description="How often pre-flight/settle re-read the NodeStatus records.",
     )
@@ -121,10 +123,6 @@ class FailoverSettings(PgcmSettings):
     def _check_timeouts(self) -> Self:
         if self.pause_expiry <= self.pause_timeout:
             raise ValueError("pause_expiry must be longer than pause_timeout")
-        if self.lock_ttl < timedelta(seconds=1):
-            raise ValueError("lock_ttl must be at least 1s (etcd leases count whole seconds)")
-        if self.poll_interval <= timedelta(0):
-            raise ValueError("poll_interval must be positive")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         return self

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, final
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from pgcm_common.etcd import EtcdSettings
 from pgcm_common.hostport import BindAddress
@@ -23,7 +23,9 @@ from pgcm_common.settings import (
     PGBOUNCER_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    LeaseTTL,
     PgcmSettings,
+    PositiveDuration,
 )
 
 __all__ = ["ProxySettings"]
@@ -62,11 +64,11 @@ class ProxySettings(PgcmSettings):
         min_length=1,
         description="Name of this proxy in its acknowledgement key <namespace>/proxies/<id>.",
     )
-    poll_interval: Duration = Field(
+    poll_interval: PositiveDuration = Field(
         default=timedelta(minutes=1),
         description="Re-read the primary's key this often as a safety net beside the watch.",
     )
-    retry_interval: Duration = Field(
+    retry_interval: PositiveDuration = Field(
         default=timedelta(milliseconds=100),
         description="First delay before retrying a failed apply (doubles, with jitter).",
     )
@@ -74,12 +76,12 @@ class ProxySettings(PgcmSettings):
         default=timedelta(seconds=5),
         description="Longest delay between retries of a failed apply.",
     )
-    ack_lease_ttl: Duration = Field(
+    ack_lease_ttl: LeaseTTL = Field(
         default=timedelta(seconds=10),
         description="TTL of the lease holding <namespace>/proxies/<id>: a killed proxy's "
         "acknowledgement vanishes this long after its last keepalive.",
     )
-    apply_timeout: Duration = Field(
+    apply_timeout: PositiveDuration = Field(
         default=timedelta(seconds=10),
         description="Bound on one apply attempt (write, RELOAD, SHOW DATABASES, ack); a "
         "hung PgBouncer or etcd is then retried with backoff.",
@@ -89,22 +91,6 @@ class ProxySettings(PgcmSettings):
         description="host:port for Prometheus metrics (':9187' listens on every address); "
         "unset means no metrics endpoint.",
     )
-
-    @field_validator("poll_interval", "retry_interval", "apply_timeout")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be positive")
-        return value
-
-    @field_validator("ack_lease_ttl")
-    @classmethod
-    def _whole_seconds(cls, value: timedelta) -> timedelta:
-        # etcd leases have whole-second TTLs; below 2 s a keepalive every TTL/3 races
-        # the expiry on a loaded host.
-        if value < timedelta(seconds=2):
-            raise ValueError("must be at least 2s")
-        return value
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> ProxySettings:

@@ -7,7 +7,7 @@ from typing import Annotated, final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from pgcm_common.settings import Duration
+from pgcm_common.settings import PositiveDuration
 
 __all__ = ["PgBouncerEndpoint", "PgBouncerSettings"]
 
@@ -63,10 +63,10 @@ class PgBouncerSettings(BaseModel):
     user: str = Field(default="pgbouncer", min_length=1)
     password: SecretStr | None = None
     database: str = Field(default="pgbouncer", min_length=1)
-    connect_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    connect_timeout: PositiveDuration = timedelta(seconds=5)
     # Bounds the shielded RESUME sent after an abandoned PAUSE: it starts when
     # the cleanup starts, independent of the caller's deadline that just expired.
-    cleanup_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    cleanup_timeout: PositiveDuration = timedelta(seconds=5)
 
     @model_validator(mode="after")
     def _endpoints_are_unique(self) -> PgBouncerSettings:
