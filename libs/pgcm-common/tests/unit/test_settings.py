@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from pgcm_common.errors import ConfigError
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
     MIN_LEASE_TTL,
     ClusterSettings,
     Duration,
@@ -26,6 +25,7 @@ from pgcm_common.settings import (
     flag_overrides,
     format_duration,
     load_settings,
+    original_keys_of,
     parse_duration,
     render_toml,
 )
@@ -43,7 +43,6 @@ class FakeEtcd(BaseModel):
 class DemoSettings(PgcmSettings):
     section: ClassVar[str] = "proxy"
     original_keys: ClassVar[dict[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
         "etcd-endpoints": "etcd.endpoints",
         "pause-timeout-original": "pause_timeout",
     }
@@ -316,3 +315,12 @@ def test_lease_ttl_accepts_etcds_minimum_and_writes_back_as_text() -> None:
     model = _Durations(ttl="2s")  # type: ignore[arg-type]
     assert model.ttl == MIN_LEASE_TTL == timedelta(seconds=2)
     assert model.model_dump(mode="json")["ttl"] == "2s"
+
+
+def test_a_shared_table_brings_its_original_names_to_every_service_that_has_it() -> None:
+    keys = original_keys_of(DemoSettings)
+    assert keys["etcd-namespace"] == "cluster.namespace"
+    assert keys["postgres-master-etcd-key"] == "cluster.master_key"
+    assert keys["pause-timeout-original"] == "pause_timeout"
+    settings, _ = load_settings(DemoSettings, overrides={})
+    assert settings.cluster.namespace == ""

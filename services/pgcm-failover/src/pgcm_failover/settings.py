@@ -16,8 +16,6 @@ from pydantic import Field, model_validator
 from pgcm_common.etcd import EtcdSettings
 from pgcm_common.hostport import HostPortText
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
-    ETCD_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
     LeaseTTL,
@@ -35,8 +33,6 @@ class FailoverSettings(PgcmSettings):
 
     section: ClassVar[str] = "failover"
     original_keys: ClassVar[Mapping[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
-        **ETCD_ORIGINAL_KEYS,
         "failover-api-endpoints": "endpoints",
     }
 

@@ -18,9 +18,6 @@ from pgcm_common.etcd import EtcdSettings
 from pgcm_common.hostport import BindAddress
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
-    ETCD_ORIGINAL_KEYS,
-    PGBOUNCER_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
     LeaseTTL,
@@ -37,9 +34,6 @@ class ProxySettings(PgcmSettings):
 
     section: ClassVar[str] = "proxy"
     original_keys: ClassVar[Mapping[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
-        **ETCD_ORIGINAL_KEYS,
-        **PGBOUNCER_ORIGINAL_KEYS,
         "etcd-stream-poll-interval": "poll_interval",
         # The original declared pgbouncer-retry-interval but read pgbouncer-retry-timeout
         # (so the flag did nothing); both spellings now set the backoff cap.

@@ -19,9 +19,6 @@ from pgcm_common.etcd import EtcdSettings
 from pgcm_common.hostport import BindAddress, parse_bind_address
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
-    ETCD_ORIGINAL_KEYS,
-    PGBOUNCER_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
     LeaseTTL,
@@ -51,9 +48,6 @@ class SuperviseSettings(PgcmSettings):
 
     section: ClassVar[str] = "supervise"
     original_keys: ClassVar[Mapping[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
-        **ETCD_ORIGINAL_KEYS,
-        **PGBOUNCER_ORIGINAL_KEYS,
         "pacemaker-poll-interval": "crm_mon_interval",
         "pacemaker-get-timeout": "crm_mon_timeout",
         "host-key-update-retry-interval": "retry_interval",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import final
+from typing import ClassVar, final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -71,6 +72,15 @@ class EtcdSettings(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The original's flag names of these settings (the [etcd] table of every service).
+    original_keys: ClassVar[Mapping[str, str]] = {
+        "etcd-endpoints": "endpoints",
+        "etcd-dial-timeout": "dial_timeout",
+        "etcd-timeout": "request_timeout",
+        "etcd-keep-alive-time": "keepalive_time",
+        "etcd-keep-alive-timeout": "keepalive_timeout",
+    }
 
     endpoints: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:2379"],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, final
+from typing import Annotated, ClassVar, final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -56,6 +57,16 @@ class PgBouncerSettings(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The original's flag names of these settings (the [pgbouncer] table of every service).
+    original_keys: ClassVar[Mapping[str, str]] = {
+        "pgbouncer-user": "user",
+        "pgbouncer-password": "password",
+        "pgbouncer-database": "database",
+        "pgbouncer-socket-dir": "host",
+        "pgbouncer-port": "port",
+        "pgbouncer-timeout": "connect_timeout",
+    }
 
     host: str = Field(default=DEFAULT_SOCKET_DIR, min_length=1)
     port: Port = DEFAULT_PORT
