@@ -6,6 +6,7 @@
 * :class:`OptionalGauge` is a gauge whose series is absent until it has a value, so
   "unknown" or "never happened" is no series rather than a sentinel such as -1 or 0.
 * :func:`register_build_info` adds ``pgcm_build_info{service, version}`` (value 1).
+* :func:`serve_metrics` is the HTTP endpoint both daemons serve on ``metrics_address``.
 
 Names follow Prometheus' conventions: base units with the unit as suffix
 (``_seconds``), ``_total`` on counters (prometheus_client appends it), ``_info`` on
@@ -18,6 +19,13 @@ from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Self, cast, final
 
+import anyio
+import structlog
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+
+from pgcm_common.errors import ConfigError
+from pgcm_common.hostport import parse_bind_address
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
@@ -29,7 +37,15 @@ __all__ = [
     "OptionalGauge",
     "distribution_version",
     "register_build_info",
+    "serve_metrics",
 ]
+
+_log = structlog.get_logger("pgcm.metrics")
+
+# Bound on reading one scrape request: a client that never finishes its headers must not
+# hold a task for ever.
+_REQUEST_TIMEOUT_S = 5.0
+_MAX_REQUEST_BYTES = 16_384
 
 BUILD_INFO = "pgcm_build_info"
 
@@ -131,3 +147,89 @@ def register_build_info(registry: CollectorRegistry, service: str, service_versi
         "The running pgcm daemon: its service and version (value 1).",
         registry=registry,
     ).info({"service": service, "version": service_version})
+
+
+async def serve_metrics(
+    registry: CollectorRegistry,
+    address: str,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``registry``'s text exposition over HTTP on ``address`` until cancelled.
+
+    Start it with ``await task_group.start(serve_metrics, registry, address)`` in the
+    daemon's own task group, and only when ``metrics_address`` is set (the caller has
+    imported prometheus_client by then; nothing here imports it earlier). Every ``GET``
+    gets the exposition, whatever its path; other methods get 405.
+
+    Why an anyio server rather than prometheus_client's ``start_http_server``: that one
+    binds on the calling thread (blocking the event loop while it does) and answers from
+    a daemon thread of its own that no task group owns, so nothing cancels it with the
+    daemon, and a failure in it goes unnoticed. Here the listener is a task of the
+    daemon: it stops, closing every connection, when the daemon's task group is
+    cancelled at shutdown, and an unbindable address fails the start. The exposition of
+    a daemon's few dozen series is rendered on the loop; it takes far less time than
+    one request's network round trip.
+
+    Args:
+        registry: the daemon's private registry.
+        address: ``host:port`` to listen on (see :class:`~pgcm_common.hostport.BindAddress`;
+            ``:0`` picks a free port).
+        task_status: receives the bound port.
+
+    Raises:
+        ConfigError: the address cannot be bound (key ``metrics_address``; exit 2).
+
+    Cancellation:
+        Closes the listener and every open connection.
+    """
+    parsed = parse_bind_address(address)
+    try:
+        listener = await anyio.create_tcp_listener(
+            local_host=parsed.bind_host, local_port=parsed.port, reuse_port=False
+        )
+    except OSError as exc:
+        raise ConfigError("metrics_address", f"cannot listen on {address!r}: {exc}") from exc
+    async with listener:
+        bound = int(listener.extra(SocketAttribute.local_port))  # noqa: S610 - anyio, not Django
+        _log.info("metrics.listen", host=parsed.bind_host, port=bound)
+        task_status.started(bound)
+
+        async def handle(stream: SocketStream) -> None:
+            async with stream:
+                await _answer(stream, registry)
+
+        await listener.serve(handle)
+
+
+async def _answer(stream: SocketStream, registry: CollectorRegistry) -> None:
+    request = b""
+    with anyio.move_on_after(_REQUEST_TIMEOUT_S):
+        try:
+            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST_BYTES:
+                request += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+    if not request.startswith(b"GET "):
+        status, body, content_type = b"405 Method Not Allowed", b"", b"text/plain"
+    else:
+        from prometheus_client import (  # noqa: PLC0415 - only when serving
+            CONTENT_TYPE_LATEST,
+            generate_latest,
+        )
+
+        status, body = b"200 OK", generate_latest(registry)
+        content_type = CONTENT_TYPE_LATEST.encode()
+    head = (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        await stream.send(head + body)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return

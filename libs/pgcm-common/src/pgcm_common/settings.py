@@ -64,24 +64,25 @@ from pgcm_common.errors import ConfigError
 from pgcm_common.records import KeyLayout
 
 __all__ = [
-    "CLUSTER_ORIGINAL_KEYS",
     "ENV_PREFIX",
-    "ETCD_ORIGINAL_KEYS",
-    "PGBOUNCER_ORIGINAL_KEYS",
+    "MIN_LEASE_TTL",
     "REDACTED",
     "SERVICE_TABLES",
     "SHARED_TABLES",
     "ClusterSettings",
     "Duration",
     "InvalidSettings",
+    "LeaseTTL",
     "LoadedConfigFile",
     "NonEmptySecret",
     "PgcmSettings",
+    "PositiveDuration",
     "add_settings_arguments",
     "common_arguments",
     "flag_overrides",
     "format_duration",
     "load_settings",
+    "original_keys_of",
     "parse_duration",
     "render_toml",
     "settings_from_args",
@@ -210,6 +211,37 @@ Duration = Annotated[
 """A non-negative :class:`~datetime.timedelta` read from ``"5s"``/``"500ms"``/seconds."""
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be positive")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A :data:`Duration` above zero: intervals, timeouts and bounds that 0 would disable."""
+
+MIN_LEASE_TTL = timedelta(seconds=2)
+"""The shortest etcd lease TTL pgcm accepts: what etcd itself grants at the least.
+
+etcd raises every lease it grants to at least 1.5 election timeouts, rounded up to
+whole seconds (its election timeout is 1 s by default: 2 s). A shorter TTL here would
+not be the TTL etcd applies, and keepalives sent every third of it would race the
+expiry on a loaded host.
+"""
+
+
+def _lease_ttl(value: timedelta) -> timedelta:
+    if value < MIN_LEASE_TTL:
+        raise ValueError(
+            f"must be at least {format_duration(MIN_LEASE_TTL)}: etcd grants no shorter lease"
+        )
+    return value
+
+
+LeaseTTL = Annotated[Duration, AfterValidator(_lease_ttl)]
+"""The TTL of an etcd lease: a :data:`Duration` of at least :data:`MIN_LEASE_TTL`."""
+
+
 def _not_empty_secret(value: SecretStr) -> SecretStr:
     # An empty secret is nearly always a templating slip (an EnvironmentFile line whose
     # value went missing). Taken as "no secret" it would quietly turn authentication
@@ -237,6 +269,14 @@ class ClusterSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # The original's spellings (flags, PGCM_ env, TOML) -> field; every service that
+    # composes this table accepts them (see original_keys_of).
+    original_keys: ClassVar[Mapping[str, str]] = {
+        "etcd-namespace": "namespace",
+        "etcd-postgres-master-key": "master_key",
+        "postgres-master-etcd-key": "master_key",
+    }
+
     namespace: str = Field(
         default="",
         description="Prefix of every etcd key pgcm reads or writes (the original's "
@@ -257,31 +297,6 @@ class ClusterSettings(BaseModel):
         """Every etcd key of this cluster (pgcm_common.records documents them)."""
         return KeyLayout(self.namespace, self.master_key)
 
-
-# These spellings of the original work for every service (flags, PGCM_ env, TOML).
-CLUSTER_ORIGINAL_KEYS: Mapping[str, str] = {
-    "etcd-namespace": "cluster.namespace",
-    "etcd-postgres-master-key": "cluster.master_key",
-    "postgres-master-etcd-key": "cluster.master_key",
-}
-
-# The original's etcd and PgBouncer flags, for services that compose EtcdSettings
-# (table [etcd]) or PgBouncerSettings (table [pgbouncer]).
-ETCD_ORIGINAL_KEYS: Mapping[str, str] = {
-    "etcd-endpoints": "etcd.endpoints",
-    "etcd-dial-timeout": "etcd.dial_timeout",
-    "etcd-timeout": "etcd.request_timeout",
-    "etcd-keep-alive-time": "etcd.keepalive_time",
-    "etcd-keep-alive-timeout": "etcd.keepalive_timeout",
-}
-PGBOUNCER_ORIGINAL_KEYS: Mapping[str, str] = {
-    "pgbouncer-user": "pgbouncer.user",
-    "pgbouncer-password": "pgbouncer.password",
-    "pgbouncer-database": "pgbouncer.database",
-    "pgbouncer-socket-dir": "pgbouncer.host",
-    "pgbouncer-port": "pgbouncer.port",
-    "pgbouncer-timeout": "pgbouncer.connect_timeout",
-}
 
 # ---------------------------------------------------------------------------- errors
 
@@ -371,9 +386,11 @@ class PgcmSettings(BaseSettings):
     """Base of every service's settings model (designed for subclassing).
 
     Subclasses set ``section`` to their TOML table name and may map the original's flag
-    names to dotted field paths in ``original_keys``. Fields whose type is a pydantic
-    model named in :data:`SHARED_TABLES` (``cluster``, ``etcd``, ``pgbouncer``) are read from the
-    top-level table of that name; every other field from the ``[<section>]`` table.
+    names of their own settings to field paths in ``original_keys``; a shared table's
+    model carries its own ``original_keys`` (see :func:`original_keys_of`). Fields whose
+    type is a pydantic model named in :data:`SHARED_TABLES` (``cluster``, ``etcd``,
+    ``pgbouncer``) are read from the top-level table of that name; every other field
+    from the ``[<section>]`` table.
     """
 
     model_config = SettingsConfigDict(
@@ -438,7 +455,7 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
         for target, text in original_config.env_values(env, cls.section).items():
             table, key = target.split(".", 1)
             found[key if table == cls.section else target] = text
-        for original, path in cls.original_keys.items():
+        for original, path in original_keys_of(cls).items():
             # Further spellings some services accept; empty means unset, as in viper.
             text = env.get(original_config.original_env_name(original), "")
             if text and path not in found:
@@ -561,6 +578,23 @@ def _merge(target: dict[str, Any], source: Mapping[str, object]) -> None:
             target[key] = value
 
 
+def original_keys_of(cls: type[PgcmSettings]) -> dict[str, str]:
+    """Return every original spelling ``cls`` accepts -> the dotted field path it sets.
+
+    The shared tables' models (``cluster``, ``etcd``, ``pgbouncer``) carry the original's
+    names of their own fields in an ``original_keys`` class attribute; they apply to
+    every service that composes the table. The service's ``original_keys`` come last and
+    win.
+    """
+    keys: dict[str, str] = {}
+    for name in sorted(_shared_fields(cls)):
+        sub = _submodel(cls.model_fields[name])
+        own: Mapping[str, str] = getattr(sub, "original_keys", {})
+        keys.update({original: f"{name}.{path}" for original, path in own.items()})
+    keys.update(cls.original_keys)
+    return keys
+
+
 def _shared_fields(cls: type[PgcmSettings]) -> set[str]:
     return {
         name
@@ -621,7 +655,7 @@ def _read_toml(cls: type[PgcmSettings], path: Path) -> tuple[dict[str, Any], Loa
         if not isinstance(value, dict):
             raise ConfigError(key, f"must be a table ([{key}]), not a value")
         if key == cls.section:
-            _merge(result, _normalise_table(value, where=key, aliases=cls.original_keys))
+            _merge(result, _normalise_table(value, where=key, aliases=original_keys_of(cls)))
         else:
             _merge(result, {key: _normalise_table(value, where=key, aliases={})})
     digest = hashlib.sha256(data).hexdigest()
@@ -731,7 +765,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[PgcmSettin
     Lists take comma-separated values or repeat the flag; maps take ``KEY=VALUE`` items.
     """
     by_path: dict[str, list[str]] = {}
-    for original, path in cls.original_keys.items():
+    for original, path in original_keys_of(cls).items():
         by_path.setdefault(path, []).append(f"--{original}")
     group = parser.add_argument_group(
         "settings",

@@ -10,19 +10,22 @@ from typing import ClassVar, final
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from pgcm_common.errors import ConfigError
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
+    MIN_LEASE_TTL,
     ClusterSettings,
     Duration,
     InvalidSettings,
+    LeaseTTL,
     PgcmSettings,
+    PositiveDuration,
     add_settings_arguments,
     flag_overrides,
     format_duration,
     load_settings,
+    original_keys_of,
     parse_duration,
     render_toml,
 )
@@ -40,7 +43,6 @@ class FakeEtcd(BaseModel):
 class DemoSettings(PgcmSettings):
     section: ClassVar[str] = "proxy"
     original_keys: ClassVar[dict[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
         "etcd-endpoints": "etcd.endpoints",
         "pause-timeout-original": "pause_timeout",
     }
@@ -286,3 +288,39 @@ def test_render_toml_never_prints_secrets(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("PGCM_ETCD__PASSWORD")
     reloaded, _ = load_settings(DemoSettings, config_file=_write(tmp_path, text))
     assert reloaded.token is None
+
+
+class _Durations(BaseModel):
+    interval: PositiveDuration = timedelta(seconds=1)
+    ttl: LeaseTTL = timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("text", ["0s", "0", "0ms"])
+def test_positive_duration_refuses_zero(text: str) -> None:
+    with pytest.raises(ValidationError, match="must be positive"):
+        _Durations(interval=text)
+
+
+def test_positive_duration_takes_the_smallest_step() -> None:
+    assert _Durations(interval="1us").interval == timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("text", ["1s", "1999ms", "0s"])
+def test_lease_ttl_refuses_less_than_etcds_minimum(text: str) -> None:
+    with pytest.raises(ValidationError, match="at least 2s: etcd grants no shorter lease"):
+        _Durations(ttl=text)
+
+
+def test_lease_ttl_accepts_etcds_minimum_and_writes_back_as_text() -> None:
+    model = _Durations(ttl="2s")
+    assert model.ttl == MIN_LEASE_TTL == timedelta(seconds=2)
+    assert model.model_dump(mode="json")["ttl"] == "2s"
+
+
+def test_a_shared_table_brings_its_original_names_to_every_service_that_has_it() -> None:
+    keys = original_keys_of(DemoSettings)
+    assert keys["etcd-namespace"] == "cluster.namespace"
+    assert keys["postgres-master-etcd-key"] == "cluster.master_key"
+    assert keys["pause-timeout-original"] == "pause_timeout"
+    settings, _ = load_settings(DemoSettings, overrides={})
+    assert settings.cluster.namespace == ""

@@ -22,6 +22,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from pgcm_common.hostport import HostPort, parse_host_port
 from pgcm_common.proto.failover import (
     Empty,
     FailoverStub,
@@ -87,21 +88,16 @@ def make_ssl_context(tls: ClientTls) -> ssl.SSLContext:
     return context
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port.
+def parse_endpoint(text: str) -> HostPort:
+    """Parse one supervise endpoint, ``host:port`` (``[v6]:port`` for IPv6).
 
     Raises:
-        ValueError: no port, or a port out of range.
+        ValueError: the message names the endpoint and what is wrong with it.
     """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"supervise endpoint {text!r} is not host:port")
-    port = int(port_text)
-    if not 0 < port < 65536:  # noqa: PLR2004 - the TCP port range
-        raise ValueError(f"supervise endpoint {text!r}: port out of range")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise ValueError(f"supervise endpoint: {exc}") from None
 
 
 def pause_request(*, pause_timeout: timedelta, expiry: timedelta) -> PauseRequest:

@@ -14,13 +14,14 @@ from typing import ClassVar, Self, final
 from pydantic import Field, model_validator
 
 from pgcm_common.etcd import EtcdSettings
+from pgcm_common.hostport import HostPortText
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
-    ETCD_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    LeaseTTL,
     NonEmptySecret,
     PgcmSettings,
+    PositiveDuration,
 )
 
 __all__ = ["FailoverSettings"]
@@ -32,15 +33,13 @@ class FailoverSettings(PgcmSettings):
 
     section: ClassVar[str] = "failover"
     original_keys: ClassVar[Mapping[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
-        **ETCD_ORIGINAL_KEYS,
         "failover-api-endpoints": "endpoints",
     }
 
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
 
-    endpoints: list[str] = Field(
+    endpoints: list[HostPortText] = Field(
         default_factory=lambda: ["pg01:8080", "pg02:8080", "pg03:8080"],
         min_length=1,
         description="host:port of every pgcm-supervise failover API.",
@@ -78,17 +77,17 @@ class FailoverSettings(PgcmSettings):
         description="Each undo step (resume, unmigrate, unlock) gets this long, also after "
         "Ctrl-C; unmigrate gets settle_timeout on top, to wait for Pacemaker to settle.",
     )
-    lock_ttl: Duration = Field(
+    lock_ttl: LeaseTTL = Field(
         default=timedelta(seconds=5),
-        description="TTL of the lock's etcd lease (whole seconds, at least 1): a killed "
-        "pgcm-failover frees the lock within this long.",
+        description="TTL of the lock's etcd lease (at least 2s, the shortest lease etcd "
+        "grants): a killed pgcm-failover frees the lock within this long.",
     )
     status_max_age: Duration = Field(
         default=timedelta(seconds=10),
         description="NodeStatus records older than this are ignored (their supervise is "
         "stuck or gone).",
     )
-    poll_interval: Duration = Field(
+    poll_interval: PositiveDuration = Field(
         default=timedelta(milliseconds=250),
         description="How often pre-flight/settle re-read the NodeStatus records.",
     )
@@ -120,10 +119,6 @@ class FailoverSettings(PgcmSettings):
     def _check_timeouts(self) -> Self:
         if self.pause_expiry <= self.pause_timeout:
             raise ValueError("pause_expiry must be longer than pause_timeout")
-        if self.lock_ttl < timedelta(seconds=1):
-            raise ValueError("lock_ttl must be at least 1s (etcd leases count whole seconds)")
-        if self.poll_interval <= timedelta(0):
-            raise ValueError("poll_interval must be positive")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         return self

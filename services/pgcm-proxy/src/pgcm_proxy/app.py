@@ -8,7 +8,6 @@ and acknowledges under ``<ns>/proxies/<id>``.
 
 from __future__ import annotations
 
-import contextlib
 import stat
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -23,11 +22,12 @@ from pgcm_common.backoff import Backoff
 from pgcm_common.errors import ConfigError, EtcdError
 from pgcm_common.etcd import Deleted, EtcdStore, WatchEvent, follow_keys, open_etcd
 from pgcm_common.lifecycle import sd_notify, settle_memory
+from pgcm_common.metrics import serve_metrics
 from pgcm_common.pgbouncer import routing_consoles_for
 from pgcm_common.records import KeyLayout
 from pgcm_proxy.ack import AckPublisher
 from pgcm_proxy.errors import TemplateError
-from pgcm_proxy.metrics import ProxyMetrics, serve_metrics
+from pgcm_proxy.metrics import ProxyMetrics
 from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_config
 from pgcm_proxy.settings import ProxySettings
 from pgcm_proxy.template import ConfigTemplate
@@ -96,14 +96,10 @@ async def serve(
         ack_key = layout.proxy_ack(settings.proxy_id)
     except ValueError as exc:
         raise ConfigError("proxy_id", str(exc)) from exc
-    endpoint = settings.metrics_endpoint
-    metrics = ProxyMetrics(export=endpoint is not None)
-    with contextlib.ExitStack() as stack:
-        if endpoint is not None:
-            try:
-                stack.enter_context(serve_metrics(metrics, *endpoint))
-            except OSError as exc:
-                raise ConfigError("metrics_address", f"cannot listen: {exc}") from exc
+    metrics = ProxyMetrics(export=settings.metrics_address is not None)
+    async with anyio.create_task_group() as tg:
+        if settings.metrics_address is not None:
+            await tg.start(serve_metrics, metrics.registry, settings.metrics_address)
         async with open_etcd(settings.etcd) as store:
             acks = AckPublisher(store, ack_key, settings.ack_lease_ttl)
             try:
@@ -123,6 +119,7 @@ async def serve(
                         await acks.revoke()
                     except EtcdError as exc:
                         log.warning("proxy.ack.revoke_error", error=str(exc))
+        tg.cancel_scope.cancel()  # the proxy has stopped: so does its metrics endpoint
 
 
 async def _run(

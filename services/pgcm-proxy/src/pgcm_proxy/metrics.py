@@ -2,18 +2,15 @@
 
 A private :class:`~prometheus_client.CollectorRegistry` keeps tests independent (each
 builds its own ``ProxyMetrics``) and keeps library collectors we did not choose out of
-the scrape. The HTTP endpoint is opt-in (``metrics_address``); without it the metrics
+the scrape. The HTTP endpoint (:func:`pgcm_common.metrics.serve_metrics`) is opt-in
+(``metrics_address``); without it the metrics
 are discarded and prometheus_client is never imported (about 1.6 MB of the proxy's RSS,
 measured after the proxy's other imports).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, final
-
-import structlog
 
 from pgcm_common.metrics import (
     Discarded,
@@ -25,9 +22,7 @@ from pgcm_common.metrics import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ProxyMetrics", "serve_metrics"]
-
-log = structlog.get_logger("pgcm.proxy.metrics")
+__all__ = ["ProxyMetrics"]
 
 # Read here, at import, because it reads package metadata from disk (never on the loop).
 _VERSION = distribution_version("pgcm-proxy")
@@ -142,26 +137,3 @@ class ProxyMetrics:
         self.applied_revision.set(revision)
         self.last_success.set(at)
         self.apply_seconds.observe(duration_s)
-
-
-@contextmanager
-def serve_metrics(metrics: ProxyMetrics, host: str, port: int) -> Iterator[int]:
-    """Serve ``metrics`` over HTTP on ``host:port`` until exit; yield the bound port.
-
-    prometheus_client serves from its own daemon thread; leaving the block shuts the
-    server down and joins that thread, so nothing outlives the service.
-
-    Raises:
-        OSError: the address cannot be bound.
-    """
-    from prometheus_client import start_http_server  # noqa: PLC0415 - only with metrics_address
-
-    server, thread = start_http_server(port, addr=host or "0.0.0.0", registry=metrics.registry)  # noqa: S104 - an empty host in metrics_address asks for every address
-    bound = int(server.server_address[1])
-    log.info("metrics.listen", address=f"{host}:{bound}")
-    try:
-        yield bound
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

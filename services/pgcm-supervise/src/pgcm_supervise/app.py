@@ -25,7 +25,9 @@ from anyio.abc import TaskStatus
 from grpclib._typing import IServable
 
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
+from pgcm_common.hostport import parse_bind_address
 from pgcm_common.lifecycle import sd_notify, settle_memory
+from pgcm_common.metrics import serve_metrics
 from pgcm_common.pacemaker import (
     CorosyncNodeAddresses,
     CrmMon,
@@ -38,7 +40,7 @@ from pgcm_common.records import KeyLayout
 from pgcm_supervise.constraints import CibConstraintReader, CibConstraintsOptions
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
 from pgcm_supervise.maintenance import CrmAttributeMaintenance
-from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
+from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
 from pgcm_supervise.pacemaker_control import CrmResourceControl
 from pgcm_supervise.pacemaker_tool import ToolOptions
@@ -199,10 +201,10 @@ async def _start_grpc(
     tokens = dict(settings.tokens)
     if settings.token is not None:
         tokens.setdefault("token", settings.token)
-    host, port = parse_host_port(settings.bind_address)
+    bind = parse_bind_address(settings.bind_address)
     options = GrpcServerOptions(
-        host=host,
-        port=port,
+        host=bind.bind_host,
+        port=bind.port,
         security=SecurityOptions(
             tls_cert_file=settings.tls_cert_file,
             tls_key_file=settings.tls_key_file,
@@ -229,8 +231,8 @@ async def serve(
     publication attempt, with the gRPC API listening.
 
     Raises:
-        ConfigError: a setting fails when used (nudge socket directory, TLS files).
-        OSError: the metrics address cannot be bound.
+        ConfigError: a setting fails when used (nudge socket directory, TLS files,
+            a metrics_address that cannot be bound).
 
     Cancellation:
         Every part unwinds through its own shielded cleanup: PgBouncer is resumed if we
@@ -247,8 +249,8 @@ async def serve(
     if settings.postgres_dsn is not None:
         postgres = AsyncpgPostgresProbe(settings.postgres_dsn, timeout=settings.postgres_timeout)
     async with open_etcd(settings.etcd) as store, anyio.create_task_group() as tg:
-        if settings.metrics_address is not None:
-            await tg.start(serve_metrics, metrics, settings.metrics_address)
+        if settings.metrics_address is not None and metrics.registry is not None:
+            await tg.start(serve_metrics, metrics.registry, settings.metrics_address)
         if settings.nudge_socket is not None:
             await tg.start(
                 partial(

@@ -1,8 +1,8 @@
-"""Prometheus metrics of pgcm-supervise, in a registry of its own, and their HTTP endpoint.
+"""Prometheus metrics of pgcm-supervise, in a registry of its own.
 
 The registry is private (not prometheus_client's global one) so tests and several
-servers in one process never share counters. :func:`serve_metrics` is a tiny anyio HTTP
-server: every request gets the text exposition, whatever its path. Without
+servers in one process never share counters; :func:`pgcm_common.metrics.serve_metrics`
+serves it on ``metrics_address``. Without
 ``metrics_address`` nothing is exported: every metric is discarded and prometheus_client
 is never imported (about 1.6 MB of RSS, measured after supervise's other imports).
 """
@@ -10,10 +10,6 @@ is never imported (about 1.6 MB of RSS, measured after supervise's other imports
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, final
-
-import anyio
-import structlog
-from anyio.abc import SocketStream, TaskStatus
 
 from pgcm_common.metrics import (
     Discarded,
@@ -25,17 +21,10 @@ from pgcm_common.metrics import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Discarded", "SuperviseMetrics", "parse_host_port", "serve_metrics"]
-
-log = structlog.get_logger("pgcm.supervise.metrics")
+__all__ = ["Discarded", "SuperviseMetrics"]
 
 # Read here, at import, because it reads package metadata from disk (never on the loop).
 _VERSION = distribution_version("pgcm-supervise")
-
-# Bound on reading one scrape request: a client that never finishes its headers must not
-# hold a task for ever.
-_REQUEST_TIMEOUT_S = 5.0
-_MAX_REQUEST_BYTES = 16_384
 
 
 @final
@@ -149,74 +138,3 @@ class SuperviseMetrics:
         from prometheus_client import generate_latest  # noqa: PLC0415 - see __init__
 
         return generate_latest(self.registry)
-
-
-def parse_host_port(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too); an empty host means every address.
-
-    Raises:
-        ValueError: no port, or not a number.
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":9187" means all, by request
-
-
-async def serve_metrics(
-    metrics: SuperviseMetrics,
-    address: str,
-    *,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the metrics over HTTP on ``address`` until cancelled.
-
-    ``task_status.started`` receives the bound port (``:0`` picks a free one).
-
-    Raises:
-        OSError: the address cannot be bound.
-
-    Cancellation:
-        Closes the listener and every open connection.
-    """
-    host, port = parse_host_port(address)
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-    async with listener:
-        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))  # noqa: S610 - anyio, not Django
-        log.info("metrics.listen", host=host, port=bound)
-        task_status.started(bound)
-
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                await _answer(stream, metrics)
-
-        await listener.serve(handle)
-
-
-async def _answer(stream: SocketStream, metrics: SuperviseMetrics) -> None:
-    request = b""
-    with anyio.move_on_after(_REQUEST_TIMEOUT_S):
-        try:
-            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST_BYTES:
-                request += await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            return
-    if not request.startswith(b"GET "):
-        status, body, content_type = b"405 Method Not Allowed", b"", b"text/plain"
-    else:
-        from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415 - only when serving
-
-        status, body, content_type = b"200 OK", metrics.exposition(), CONTENT_TYPE_LATEST.encode()
-    head = (
-        b"HTTP/1.1 "
-        + status
-        + b"\r\nContent-Type: "
-        + content_type
-        + b"\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\nConnection: close\r\n\r\n"
-    )
-    try:
-        await stream.send(head + body)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return

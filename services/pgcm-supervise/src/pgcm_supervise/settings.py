@@ -16,15 +16,15 @@ from typing import ClassVar, Literal, Self, final
 from pydantic import Field, SecretStr, model_validator
 
 from pgcm_common.etcd import EtcdSettings
+from pgcm_common.hostport import BindAddress, parse_bind_address
 from pgcm_common.pgbouncer import PgBouncerSettings
 from pgcm_common.settings import (
-    CLUSTER_ORIGINAL_KEYS,
-    ETCD_ORIGINAL_KEYS,
-    PGBOUNCER_ORIGINAL_KEYS,
     ClusterSettings,
     Duration,
+    LeaseTTL,
     NonEmptySecret,
     PgcmSettings,
+    PositiveDuration,
 )
 
 __all__ = ["DEFAULT_NUDGE_SOCKET", "SuperviseSettings"]
@@ -33,7 +33,7 @@ DEFAULT_NUDGE_SOCKET = Path("/run/pgcm/supervise.sock")
 
 
 def _is_loopback(bind_address: str) -> bool:
-    host = bind_address.rpartition(":")[0].strip("[]")
+    host = parse_bind_address(bind_address).host
     if host == "localhost":
         return True
     try:
@@ -48,9 +48,6 @@ class SuperviseSettings(PgcmSettings):
 
     section: ClassVar[str] = "supervise"
     original_keys: ClassVar[Mapping[str, str]] = {
-        **CLUSTER_ORIGINAL_KEYS,
-        **ETCD_ORIGINAL_KEYS,
-        **PGBOUNCER_ORIGINAL_KEYS,
         "pacemaker-poll-interval": "crm_mon_interval",
         "pacemaker-get-timeout": "crm_mon_timeout",
         "host-key-update-retry-interval": "retry_interval",
@@ -60,7 +57,7 @@ class SuperviseSettings(PgcmSettings):
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
     pgbouncer: PgBouncerSettings = Field(default_factory=PgBouncerSettings)
 
-    bind_address: str = Field(
+    bind_address: BindAddress = Field(
         default="127.0.0.1:8080",
         description="host:port of the failover gRPC API. A non-loopback address needs "
         "authentication (tls_client_ca_file or a token), and a token needs TLS, unless "
@@ -101,12 +98,12 @@ class SuperviseSettings(PgcmSettings):
         description="argv run before crm_mon and corosync-cfgtool (tests: nsenter into a "
         "node); empty in production.",
     )
-    crm_mon_interval: Duration = Field(
+    crm_mon_interval: PositiveDuration = Field(
         default=timedelta(milliseconds=500),
         description="Read Pacemaker's state and publish this often (a nudge from the alert "
         "agent reads at once).",
     )
-    crm_mon_transition_interval: Duration = Field(
+    crm_mon_transition_interval: PositiveDuration = Field(
         default=timedelta(milliseconds=100),
         description="After the alert agent reports a promote, re-read Pacemaker this "
         "often (for up to 3s) until the new primary can be published.",
@@ -154,7 +151,7 @@ class SuperviseSettings(PgcmSettings):
         description="Re-write this node's NodeStatus at least this often (at once when "
         "Pacemaker's view changes); local PostgreSQL facts are read this often.",
     )
-    status_lease_ttl: Duration = Field(
+    status_lease_ttl: LeaseTTL = Field(
         default=timedelta(seconds=10),
         description="TTL of the lease the NodeStatus record is attached to: it vanishes "
         "this long after supervise dies.",
@@ -183,24 +180,19 @@ class SuperviseSettings(PgcmSettings):
         description="Bound on each shielded clean-up step at shutdown (resume PgBouncer, "
         "revoke the status lease); systemd's TimeoutStopSec must exceed it.",
     )
-    max_pause_expiry: Duration = Field(
+    max_pause_expiry: PositiveDuration = Field(
         default=timedelta(minutes=5),
         description="Longest pause (expiry, and PAUSE timeout) a caller may ask for; "
         "longer requests are refused. Every client of the node waits during a pause.",
     )
-    metrics_address: str | None = Field(
+    metrics_address: BindAddress | None = Field(
         default=None,
-        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics (':9187' listens on every address); "
+        "unset means no metrics endpoint.",
     )
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Self:
-        if self.crm_mon_interval <= timedelta(0):
-            raise ValueError("crm_mon_interval must be positive")
-        if self.crm_mon_transition_interval <= timedelta(0):
-            raise ValueError("crm_mon_transition_interval must be positive")
-        if self.status_lease_ttl < timedelta(seconds=2):
-            raise ValueError("status_lease_ttl must be at least 2s (etcd leases are whole seconds)")
         if self.status_interval * 2 > self.status_lease_ttl:
             raise ValueError("status_interval must be at most half of status_lease_ttl")
         for name, token in self.tokens.items():
@@ -208,8 +200,6 @@ class SuperviseSettings(PgcmSettings):
             # silently accept "**********" as a real token.
             if not token.get_secret_value().strip("*"):
                 raise ValueError(f"tokens.{name} is empty or a masked placeholder")
-        if self.max_pause_expiry <= timedelta(0):
-            raise ValueError("max_pause_expiry must be positive")
         if self.address_source == "static" and not self.node_addresses:
             raise ValueError("address_source = 'static' needs node_addresses")
         return self

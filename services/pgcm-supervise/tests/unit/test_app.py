@@ -7,10 +7,12 @@ import anyio
 import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
 
+from pgcm_common.hostport import parse_bind_address
+from pgcm_common.metrics import serve_metrics
 from pgcm_common.pacemaker import CorosyncNodeAddresses, StaticNodeAddresses
 from pgcm_common.settings import load_settings
 from pgcm_supervise.app import build_crm_mon, build_resolver
-from pgcm_supervise.metrics import SuperviseMetrics, parse_host_port, serve_metrics
+from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.settings import SuperviseSettings
 
 
@@ -61,7 +63,8 @@ def test_crm_mon_reader_uses_the_settings() -> None:
     [(":9187", ("0.0.0.0", 9187)), ("127.0.0.1:1", ("127.0.0.1", 1)), ("[::1]:80", ("::1", 80))],
 )
 def test_metrics_address_parses(text: str, expected: tuple[str, int]) -> None:
-    assert parse_host_port(text) == expected
+    parsed = parse_bind_address(text)
+    assert (parsed.bind_host, parsed.port) == expected
 
 
 async def test_metrics_endpoint_serves_the_exposition() -> None:
@@ -70,7 +73,8 @@ async def test_metrics_endpoint_serves_the_exposition() -> None:
     metrics.set_published_primary("n2", "10.0.0.12")
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            port = await tg.start(partial(serve_metrics, metrics, "127.0.0.1:0"))
+            assert metrics.registry is not None
+            port = await tg.start(partial(serve_metrics, metrics.registry, "127.0.0.1:0"))
             stream = await anyio.connect_tcp("127.0.0.1", port)
             async with stream:
                 await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import final
+from typing import ClassVar, final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from pgcm_common.settings import Duration
+from pgcm_common.settings import Duration, PositiveDuration
 
 __all__ = ["EtcdEndpoint", "EtcdSettings"]
 
@@ -72,6 +73,15 @@ class EtcdSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # The original's flag names of these settings (the [etcd] table of every service).
+    original_keys: ClassVar[Mapping[str, str]] = {
+        "etcd-endpoints": "endpoints",
+        "etcd-dial-timeout": "dial_timeout",
+        "etcd-timeout": "request_timeout",
+        "etcd-keep-alive-time": "keepalive_time",
+        "etcd-keep-alive-timeout": "keepalive_timeout",
+    }
+
     endpoints: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:2379"],
         min_length=1,
@@ -85,13 +95,13 @@ class EtcdSettings(BaseModel):
         description="client certificate (mutual TLS; needs ca_file or https:// endpoints)",
     )
     key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
-    dial_timeout: Duration = Field(
+    dial_timeout: PositiveDuration = Field(
         default=timedelta(seconds=2), description="bound on connecting to one endpoint"
     )
-    request_timeout: Duration = Field(
+    request_timeout: PositiveDuration = Field(
         default=timedelta(seconds=5), description="bound on one unary etcd request"
     )
-    hedge_delay: Duration = Field(
+    hedge_delay: PositiveDuration = Field(
         default=timedelta(milliseconds=500),
         description=(
             "a read unanswered this long is also sent to the next endpoint (first answer"
@@ -103,7 +113,7 @@ class EtcdSettings(BaseModel):
         default=timedelta(seconds=6),
         description="gRPC keepalive ping period; at least 5s or etcd drops the stream",
     )
-    keepalive_timeout: Duration = Field(
+    keepalive_timeout: PositiveDuration = Field(
         default=timedelta(seconds=2),
         description="how long a ping may stay unanswered before the connection is dropped",
     )
@@ -120,13 +130,6 @@ class EtcdSettings(BaseModel):
     def _keepalive_not_too_often(cls, value: timedelta) -> timedelta:
         if value < MIN_KEEPALIVE_TIME:
             raise ValueError("must be at least 5s: etcd drops streams that ping more often")
-        return value
-
-    @field_validator("dial_timeout", "request_timeout", "keepalive_timeout", "hedge_delay")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be positive")
         return value
 
     @model_validator(mode="after")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, final
+from typing import Annotated, ClassVar, final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from pgcm_common.settings import Duration
+from pgcm_common.settings import PositiveDuration
 
 __all__ = ["PgBouncerEndpoint", "PgBouncerSettings"]
 
@@ -57,16 +58,26 @@ class PgBouncerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # The original's flag names of these settings (the [pgbouncer] table of every service).
+    original_keys: ClassVar[Mapping[str, str]] = {
+        "pgbouncer-user": "user",
+        "pgbouncer-password": "password",
+        "pgbouncer-database": "database",
+        "pgbouncer-socket-dir": "host",
+        "pgbouncer-port": "port",
+        "pgbouncer-timeout": "connect_timeout",
+    }
+
     host: str = Field(default=DEFAULT_SOCKET_DIR, min_length=1)
     port: Port = DEFAULT_PORT
     extra_endpoints: tuple[PgBouncerEndpoint, ...] = ()
     user: str = Field(default="pgbouncer", min_length=1)
     password: SecretStr | None = None
     database: str = Field(default="pgbouncer", min_length=1)
-    connect_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    connect_timeout: PositiveDuration = timedelta(seconds=5)
     # Bounds the shielded RESUME sent after an abandoned PAUSE: it starts when
     # the cleanup starts, independent of the caller's deadline that just expired.
-    cleanup_timeout: Duration = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    cleanup_timeout: PositiveDuration = timedelta(seconds=5)
 
     @model_validator(mode="after")
     def _endpoints_are_unique(self) -> PgBouncerSettings:
