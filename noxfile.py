@@ -72,6 +72,7 @@ def unit(session: nox.Session) -> None:
         *_test_dirs("unit"),
         *_test_dirs("contract"),
         "tests/cli",
+        "tests/deps",
         "tests/fuzz",
         *session.posargs,
     )
