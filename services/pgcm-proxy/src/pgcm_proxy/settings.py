@@ -87,7 +87,8 @@ class ProxySettings(PgcmSettings):
     )
     metrics_address: str | None = Field(
         default=None,
-        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics, e.g. 127.0.0.1:8518 (pgcm-proxy's "
+        "port; the packaged config sets it); unset means no metrics endpoint.",
     )
 
     @field_validator("poll_interval", "retry_interval", "apply_timeout")

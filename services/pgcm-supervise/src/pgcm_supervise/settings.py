@@ -182,7 +182,8 @@ class SuperviseSettings(PgcmSettings):
     )
     metrics_address: str | None = Field(
         default=None,
-        description="host:port for Prometheus metrics; unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics, e.g. 127.0.0.1:8517 (pgcm-supervise's "
+        "port; the packaged config sets it); unset means no metrics endpoint.",
     )
 
     @model_validator(mode="after")
