@@ -178,6 +178,21 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session
+def deb(session: nox.Session) -> None:
+    """Build the Debian packages into build/debs and test them in a clean Debian 12 root.
+
+    Installs, checks files/owners/modes/users/--version/units (systemd-analyze verify),
+    upgrades to a rebuild, removes and purges (tests/deb), and runs lintian. The root is
+    debootstrapped once and cached under /var/cache/pgcm/debroot.
+    """
+    out = ROOT / "build" / "debs"
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "scripts/check_deps.py")
+    session.run("python", "packaging/build_debs.py", str(out))
+    session.run("pytest", "tests/deb", *session.posargs, env={"PGCM_DEBS": str(out)})
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: results go to benchmarks/results.{md,json} (never timed assertions)."""
     if os.geteuid() == 0 and shutil.which("go") is None:

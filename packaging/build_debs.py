@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -148,7 +149,10 @@ def _stage_venv(package: Package, stage: Path, wheels: Path, work: Path) -> Path
     )  # fmt: skip
     _run("uv", "venv", "--quiet", "--no-project", "--python", SYSTEM_PYTHON, venv)
     python = venv / "bin" / "python"
-    no_bytecode = {"UV_COMPILE_BYTECODE": "0"}
+    # Copies, never hard links into uv's cache: the files are stripped and chmod-ed
+    # below, and with links that would rewrite the cache's (and every other venv's)
+    # shared objects in place, under the processes that have them mapped.
+    no_bytecode = {"UV_COMPILE_BYTECODE": "0", "UV_LINK_MODE": "copy"}
     _run("uv", "pip", "install", "--quiet", "--python", python, "--require-hashes",
          "--no-config", "-r", requirements, env=no_bytecode)  # fmt: skip
     version = workspace_version()
@@ -389,14 +393,18 @@ def build_package(package: Package, out: Path, wheels: Path, work: Path, revisio
     return deb
 
 
-def build_all(out: Path, revision: str = "1") -> list[Path]:
-    """Build every package into ``out``; return the .deb paths."""
+def build_all(out: Path, revision: str = "1", names: Sequence[str] = ()) -> list[Path]:
+    """Build every package (or those in ``names``) into ``out``; return the .deb paths."""
+    unknown = set(names) - {p.name for p in PACKAGES}
+    if unknown:
+        raise ValueError(f"no such package: {sorted(unknown)}")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pgcm-debs-") as tmp:
         work = Path(tmp)
         wheels = work / "wheels"
         build_wheels(wheels)
-        return [build_package(p, out, wheels, work, revision) for p in PACKAGES]
+        chosen = [p for p in PACKAGES if not names or p.name in names]
+        return [build_package(p, out, wheels, work, revision) for p in chosen]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory for the .deb files")
     parser.add_argument("--revision", default="1", help="Debian revision (default: 1)")
+    parser.add_argument("packages", nargs="*", help="packages to build (default: all)")
     args = parser.parse_args(argv)
-    for deb in build_all(args.out.resolve(), args.revision):
+    for deb in build_all(args.out.resolve(), args.revision, args.packages):
         print(deb)
     return 0
 

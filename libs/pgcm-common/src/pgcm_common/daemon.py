@@ -22,6 +22,7 @@ from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
+from pgcm_common.version import add_version_argument
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FATAL", "EXIT_OK", "Daemon", "most_telling_error"]
 
@@ -59,6 +60,7 @@ class Daemon(Generic[S]):
             formatter_class=argparse.RawDescriptionHelpFormatter,
             parents=[common],
         )
+        add_version_argument(parser, self.prog)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         sub.add_parser(
             "run", parents=[common], help="run the service until SIGTERM/SIGINT (the default)"

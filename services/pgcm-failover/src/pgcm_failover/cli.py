@@ -22,6 +22,7 @@ from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import common_arguments, render_toml, settings_from_args
+from pgcm_common.version import add_version_argument
 from pgcm_failover.app import (
     AdaptersFactory,
     Switchover,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common, run_options],
     )
+    add_version_argument(parser, PROG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common, run_options], help="run a switchover (the default)")
     sub.add_parser(
