@@ -84,9 +84,14 @@ def integration(session: nox.Session) -> None:
 
     Also the shipped systemd units under a real systemd (PID 1 of its own namespaces).
     """
+    # tests/systemd runs the units as the .debs install them: build those once here.
+    debs = ROOT / "build" / "debs-integration"
+    shutil.rmtree(debs, ignore_errors=True)
+    session.run("python", "packaging/build_debs.py", str(debs))
     session.run(
-        "pytest", *_test_dirs("integration"), "tests/security", "tests/systemd", *session.posargs
-    )
+        "pytest", *_test_dirs("integration"), "tests/security", "tests/systemd", *session.posargs,
+        env={"PGCM_DEBS": str(debs)},
+    )  # fmt: skip
 
 
 @nox.session

@@ -80,7 +80,7 @@ PACKAGES: Final = (
         files=(
             ("deploy/systemd/pgcm-supervise.service", "lib/systemd/system/pgcm-supervise.service", 0o644),
             ("deploy/pacemaker/pgcm-alert-agent", "usr/libexec/pgcm/pgcm-alert-agent", 0o755),
-            ("deploy/supervise/pgcm-supervise.toml", "etc/pgcm/supervise.toml", 0o600),
+            ("deploy/supervise/pgcm-supervise.toml", "etc/pgcm/supervise.toml", 0o640),
         ),
     ),  # fmt: skip
     Package(
@@ -96,14 +96,14 @@ PACKAGES: Final = (
         ),
         files=(
             ("deploy/systemd/pgcm-proxy.service", "lib/systemd/system/pgcm-proxy.service", 0o644),
-            ("deploy/proxy/pgcm-proxy.toml", "etc/pgcm/proxy.toml", 0o600),
+            ("deploy/proxy/pgcm-proxy.toml", "etc/pgcm/proxy.toml", 0o640),
             ("deploy/proxy/pgbouncer.ini.template", "etc/pgcm/pgbouncer.ini.template", 0o644),
         ),
     ),  # fmt: skip
     Package(
         name="pgcm-failover",
         depends=(*_PYTHON_DEPENDS, "adduser"),
-        recommends=("bash-completion",),
+        recommends=(),
         summary="zero-downtime PostgreSQL switchover and cluster status (operator CLI)",
         description=(
             "The operator's command: pgcm-failover status shows the cluster,\n"

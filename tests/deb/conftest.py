@@ -15,6 +15,7 @@ or are built into the session's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -150,10 +151,8 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def debian_root(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
-    """A fresh copy-on-write Debian 12 root for one test module."""
-    base = tmp_path_factory.mktemp("debroot")
+@contextlib.contextmanager
+def _new_root(debs: Path, base: Path) -> Iterator[DebianRoot]:
     for name in ("upper", "work", "mnt"):
         (base / name).mkdir()
     staged = base / "debs"
@@ -165,3 +164,19 @@ def debian_root(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         # The overlay's work directory holds root-only leftovers; the namespaces are gone.
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def debian_root(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
+    """A fresh copy-on-write Debian 12 root shared by one test module."""
+    with _new_root(debs, tmp_path_factory.mktemp("debroot")) as root:
+        yield root
+
+
+@pytest.fixture
+def fresh_debian_root(
+    debs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DebianRoot]:
+    """A fresh copy-on-write Debian 12 root for one test."""
+    with _new_root(debs, tmp_path_factory.mktemp("debroot")) as root:
+        yield root

@@ -70,8 +70,9 @@ def test_the_proxy_on_an_app_node_carries_no_xml_parser_nor_grpc_server(
 
 
 def test_configuration_files_keep_secrets_from_other_users(installed: DebianRoot) -> None:
-    assert _stat(installed, "/etc/pgcm/supervise.toml") == "root:root 600 regular file"
-    assert _stat(installed, "/etc/pgcm/proxy.toml") == "root:root 600 regular file"
+    # Each service's own file: root and the service's group only (never other users).
+    assert _stat(installed, "/etc/pgcm/supervise.toml") == "root:haclient 640 regular file"
+    assert _stat(installed, "/etc/pgcm/proxy.toml") == "root:postgres 640 regular file"
     assert _stat(installed, "/etc/pgcm/failover.toml") == "root:pgcm 640 regular file"
     assert _stat(installed, "/etc/pgcm/pgbouncer.ini.template") == "root:root 644 regular file"
     conffiles = installed.out("dpkg-query -W -f='${Conffiles}\\n' pgcm-supervise pgcm-proxy")
@@ -107,8 +108,8 @@ def test_units_pass_systemd_analyze_verify_and_run_the_packaged_command(
     assert f"{unit}:" not in result.stderr  # no warning about our own unit
     text = installed.out(f"cat {path}")
     service = unit.removesuffix(".service")
-    assert f"ExecStart=/usr/bin/{service} run --config-file %d/pgcm.toml" in text
-    assert f"LoadCredential=pgcm.toml:/etc/pgcm/{service.removeprefix('pgcm-')}.toml" in text
+    config = f"/etc/pgcm/{service.removeprefix('pgcm-')}.toml"
+    assert f"ExecStart=/usr/bin/{service} run --config-file {config}" in text
     # Not enabled on a fresh install: the configuration must be edited first.
     assert installed.out(f"systemctl is-enabled {unit} || true").strip() == "disabled"
 

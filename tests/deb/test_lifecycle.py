@@ -56,8 +56,10 @@ def test_upgrade_keeps_the_edit_then_remove_and_purge_leave_nothing(
     assert len(versions) == 3
     assert root.out("tail -n1 /etc/pgcm/proxy.toml") == EDIT
     assert root.out("tail -n1 /etc/pgcm/failover.toml") == EDIT
-    # The owner and mode of the operators' config survive the upgrade (statoverride).
+    # Owners and modes of the configuration survive the upgrade (statoverrides).
     assert root.out("stat -c '%U:%G %a' /etc/pgcm/failover.toml").strip() == "root:pgcm 640"
+    assert root.out("stat -c '%U:%G %a' /etc/pgcm/proxy.toml").strip() == "root:postgres 640"
+    assert root.out("stat -c '%U:%G %a' /etc/pgcm/supervise.toml").strip() == "root:haclient 640"
     assert root.out("pgcm-proxy --version").endswith("\n")
 
     root.run("dpkg -r pgcm-supervise pgcm-proxy pgcm-failover")
