@@ -57,6 +57,7 @@ def typecheck(session: nox.Session) -> None:
     if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
         session.run("mypy", "tests")
     session.run("mypy", "benchmarks")
+    session.run("mypy", "packaging/build_debs.py", "scripts/check_deps.py")
     session.run("mypy", "noxfile.py")
 
 

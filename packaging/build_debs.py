@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,11 +79,15 @@ PACKAGES: Final = (
             "systemd unit, the Pacemaker alert agent and a sample configuration."
         ),
         files=(
-            ("deploy/systemd/pgcm-supervise.service", "lib/systemd/system/pgcm-supervise.service", 0o644),
+            (
+                "deploy/systemd/pgcm-supervise.service",
+                "lib/systemd/system/pgcm-supervise.service",
+                0o644,
+            ),
             ("deploy/pacemaker/pgcm-alert-agent", "usr/libexec/pgcm/pgcm-alert-agent", 0o755),
             ("deploy/supervise/pgcm-supervise.toml", "etc/pgcm/supervise.toml", 0o640),
         ),
-    ),  # fmt: skip
+    ),
     Package(
         name="pgcm-proxy",
         depends=(*_PYTHON_DEPENDS, "pgbouncer"),
@@ -99,7 +104,7 @@ PACKAGES: Final = (
             ("deploy/proxy/pgcm-proxy.toml", "etc/pgcm/proxy.toml", 0o640),
             ("deploy/proxy/pgbouncer.ini.template", "etc/pgcm/pgbouncer.ini.template", 0o644),
         ),
-    ),  # fmt: skip
+    ),
     Package(
         name="pgcm-failover",
         depends=(*_PYTHON_DEPENDS, "adduser"),
@@ -181,22 +186,33 @@ def _relocate(package: Package, venv: Path) -> None:
     for path in (venv / "bin").iterdir():
         if path.name not in keep:
             path.unlink()
-    for path in sorted(venv.rglob("*"), reverse=True):
-        if path.name in _NOT_SHIPPED or path.suffix == ".pyc":
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    _drop_generated(venv)
     for name in (".gitignore", "CACHEDIR.TAG", ".lock"):
         (venv / name).unlink(missing_ok=True)
     # The venv runs Debian's python3: a relative link (policy: no absolute links within
     # /usr), resolved to /usr/bin/python3 once installed.
     python = venv / "bin" / "python"
-    if os.readlink(python) != str(SYSTEM_PYTHON):
+    if python.readlink() != SYSTEM_PYTHON:
         raise RuntimeError(f"{python} does not point at {SYSTEM_PYTHON}")
     python.unlink()
     python.symlink_to(os.path.relpath(SYSTEM_PYTHON, package.venv / "bin"))
-    for path in (venv / "lib").rglob("*"):
+    _normalise_library(venv / "lib")
+
+
+def _drop_generated(venv: Path) -> None:
+    """Remove bytecode and install records naming the build machine."""
+    for path in sorted(venv.rglob("*"), reverse=True):
+        if path.name not in _NOT_SHIPPED and path.suffix != ".pyc":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _normalise_library(lib: Path) -> None:
+    """Strip shared objects and give every file Debian's 0644."""
+    for path in lib.rglob("*"):
         if path.is_symlink() or not path.is_file():
             continue
         if path.suffix == ".so" or ".so." in path.name:
@@ -242,9 +258,7 @@ def _bash_completion(package: Package, venv: Path) -> str:
     """Return a bash completion script for the command's subcommands and options."""
     import json  # noqa: PLC0415 - only this step reads the probe's output
 
-    table: dict[str, list[str]] = json.loads(
-        _run(venv / "bin" / "python", "-c", _COMPLETION_PROBE)
-    )
+    table: dict[str, list[str]] = json.loads(_run(venv / "bin" / "python", "-c", _COMPLETION_PROBE))
     commands = " ".join(name for name in table if name)
     function = "_" + package.module
     cases = "".join(
@@ -263,13 +277,13 @@ def _bash_completion(package: Package, venv: Path) -> str:
         "    esac\n"
         '    command=""\n'
         '    for word in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do\n'
-        f'        case $word in {"|".join(n for n in table if n)}) command=$word ;; esac\n'
+        f"        case $word in {'|'.join(n for n in table if n)}) command=$word ;; esac\n"
         "    done\n"
-        '    case $command in\n'
+        "    case $command in\n"
         f"{cases}"
         f'        *) opts="{" ".join(table[""])}" ;;\n'
         "    esac\n"
-        '    if [[ $cur == -* || -n $command ]]; then\n'
+        "    if [[ $cur == -* || -n $command ]]; then\n"
         '        COMPREPLY=($(compgen -W "$opts" -- "$cur"))\n'
         "    else\n"
         f'        COMPREPLY=($(compgen -W "{commands} $opts" -- "$cur"))\n'
@@ -283,10 +297,9 @@ def _fill(template: Path, tokens: dict[str, str]) -> str:
     text = template.read_text()
     for key, value in tokens.items():
         text = text.replace(f"@{key}@", value)
-    if "@" in text.replace("@@", ""):
-        for line in text.splitlines():
-            if line.count("@") >= 2 and "@" in line.split("@", 1)[1]:
-                raise RuntimeError(f"{template}: unfilled token in {line!r}")
+    leftover = re.search(r"@[A-Z_]+@", text)
+    if leftover:
+        raise RuntimeError(f"{template}: unfilled token {leftover[0]}")
     return text
 
 
@@ -330,6 +343,10 @@ def build_package(package: Package, out: Path, wheels: Path, work: Path, revisio
     venv = _stage_venv(package, stage, wheels, work)
     # Run from the staged venv before its interpreter link is made relative.
     help_text = _help_text(package, venv)
+    # A bare --help is served from this page (pgcm_common.fasthelp): no imports.
+    page = venv / "share" / "pgcm-help" / f"{package.name}.txt"
+    page.parent.mkdir(parents=True)
+    page.write_text(help_text)
     completion_text = _bash_completion(package, venv) if package.completion else ""
     _relocate(package, venv)
     (stage / "usr/bin").mkdir(parents=True)

@@ -174,9 +174,7 @@ def debian_root(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture
-def fresh_debian_root(
-    debs: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DebianRoot]:
+def fresh_debian_root(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
     """A fresh copy-on-write Debian 12 root for one test."""
     with _new_root(debs, tmp_path_factory.mktemp("debroot")) as root:
         yield root

@@ -31,7 +31,8 @@ def shell_blocks(text: str) -> list[tuple[frozenset[str], str]]:
     for match in _FENCE.finditer(text):
         words = match["info"].split()
         if words[:1] == ["sh"]:
-            roles = frozenset(w.removeprefix("install:") for w in words[1:] if w.startswith("install:"))
+            tags = (w for w in words[1:] if w.startswith("install:"))
+            roles = frozenset(w.removeprefix("install:") for w in tags)
             blocks.append((roles, match["body"]))
     return blocks
 
@@ -90,7 +91,7 @@ def test_a_postgres_node_and_an_operator_host_set_up_as_documented(
     assert 'metrics_address = "127.0.0.1:8518"' in out
     assert token[1] not in out
     assert password[1] not in out
-    assert 'token = "<redacted>"' in out
+    assert "# token = <redacted>" in out
 
 
 def test_an_app_node_set_up_as_documented(fresh_debian_root: DebianRoot) -> None:

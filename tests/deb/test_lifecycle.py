@@ -42,7 +42,7 @@ def test_upgrade_keeps_the_edit_then_remove_and_purge_leave_nothing(
     groups_before = root.out("cat /etc/group /etc/passwd")
     overrides_before = root.out("dpkg-statoverride --list")
     root.run("dpkg -i /debs/*.deb")
-    root.run(f"printf '{EDIT}' >> /etc/pgcm/proxy.toml && printf '{EDIT}' >> /etc/pgcm/failover.toml")
+    root.run(f"printf '{EDIT}' | tee -a /etc/pgcm/proxy.toml /etc/pgcm/failover.toml")
 
     # A higher-versioned rebuild of every package.
     newer = build_debs(tmp_path, "2")

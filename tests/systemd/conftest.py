@@ -363,7 +363,7 @@ class NamespacedSystemd:
 
 
 def _run_script(units: Path, binds: Sequence[BindMount], placeholders: Sequence[str],
-                hierarchies: Sequence[CgroupHierarchy], console_log: Path,
+                hierarchies: Sequence[CgroupHierarchy], console_log: Path, *,
                 overlays: Sequence[Overlay] = ()) -> str:  # fmt: skip
     lines = [
         "#!/bin/sh",
@@ -433,7 +433,8 @@ def start_namespaced_systemd(
     """Boot systemd as PID 1 of new namespaces with the unit files in ``units``.
 
     ``units`` is copied to ``/run/systemd/system`` (drop-ins included); ``binds`` are
-    mounted before systemd starts, after the read-only ``overlays``. ``enter`` is an argv prefix (``nsenter ...``) that
+    mounted before systemd starts, after the read-only ``overlays``. ``enter`` is an argv
+    prefix (``nsenter ...``) that
     puts the launcher into other namespaces first, e.g. a Pacemaker test node's network,
     mount and PID namespaces: systemd's own namespaces are then created inside those.
     Everything is torn down on exit, also on failure: systemd killed, cgroups removed,
@@ -448,8 +449,14 @@ def start_namespaced_systemd(
     token = f"pgcm-systemd-test-{os.getpid()}-{secrets.token_hex(3)}"
     run_sh, launch_sh = base / "run.sh", base / "launch.sh"
     run_sh.write_text(
-        _run_script(units, binds, _placeholders(hierarchies), hierarchies, base / "systemd.log",
-                    overlays)  # fmt: skip
+        _run_script(
+            units,
+            binds,
+            _placeholders(hierarchies),
+            hierarchies,
+            base / "systemd.log",
+            overlays=overlays,
+        )
     )
     procs = [h.child(token) / "cgroup.procs" for h in hierarchies]
     launch_sh.write_text(

@@ -169,9 +169,7 @@ def world(
             BindMount(config_dir, CONFIG_DIR),
         ]
         overlays = packages_overlays(installed_tree, etc_layer)
-        with start_namespaced_systemd(
-            base / "systemd", units, binds, overlays=overlays
-        ) as systemd:
+        with start_namespaced_systemd(base / "systemd", units, binds, overlays=overlays) as systemd:
             yield ProxyWorld(
                 systemd, bouncer, etcd, layout, config_dir / "proxy.log", config_dir / "exits"
             )

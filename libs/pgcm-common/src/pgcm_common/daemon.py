@@ -19,6 +19,7 @@ from typing import Generic, TypeVar, final
 import structlog
 
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.fasthelp import help_formatter
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
@@ -57,7 +58,7 @@ class Daemon(Generic[S]):
         parser = argparse.ArgumentParser(
             prog=self.prog,
             description=self.description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=help_formatter,
             parents=[common],
         )
         add_version_argument(parser, self.prog)

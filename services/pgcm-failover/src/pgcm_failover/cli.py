@@ -19,6 +19,7 @@ import structlog
 
 from pgcm_common.daemon import most_telling_error
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.fasthelp import help_formatter
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import common_arguments, render_toml, settings_from_args
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=help_formatter,
         parents=[common, run_options],
     )
     add_version_argument(parser, PROG)
