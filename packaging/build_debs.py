@@ -398,11 +398,11 @@ def build_package(package: Package, out: Path, wheels: Path, work: Path, revisio
     conffiles = sorted("/" + str(p.relative_to(stage)) for p in (stage / "etc").rglob("*")
                        if p.is_file())  # fmt: skip
     (control / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
-    for script in ("preinst", "postinst", "prerm", "postrm"):
-        source = HERE / package.name / script
-        if source.exists():
-            (control / script).write_text(_fill(source, tokens))
-            (control / script).chmod(0o755)
+    for name in ("preinst", "postinst", "prerm", "postrm"):
+        script = HERE / package.name / name
+        if script.exists():
+            (control / name).write_text(_fill(script, tokens))
+            (control / name).chmod(0o755)
     deb = out / f"{package.name}_{version}_{arch}.deb"
     # gzip: xz saves ~25 % of the size but takes a minute per package on a small CI host.
     _run("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", stage, deb,

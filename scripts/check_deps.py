@@ -96,7 +96,7 @@ def closure(start: Iterable[str], tree: Mapping[str, Module]) -> set[str]:
 def third_party(imports: Iterable[str]) -> set[str]:
     """Return the canonical distribution names of the non-stdlib, non-pgcm ``imports``."""
     dists = packages_distributions()
-    out = set()
+    out: set[str] = set()
     for dotted in imports:
         top = dotted.split(".")[0]
         if not top or top in sys.stdlib_module_names or top in FIRST_PARTY or top == "__future__":
