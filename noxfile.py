@@ -66,6 +66,7 @@ def typecheck(session: nox.Session) -> None:
     if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
         session.run("mypy", "tests")
     session.run("mypy", "benchmarks")
+    session.run("mypy", "packaging/build_debs.py", "scripts/check_deps.py")
     session.run("mypy", "noxfile.py")
 
 
@@ -81,6 +82,7 @@ def unit(session: nox.Session) -> None:
         *_test_dirs("unit"),
         *_test_dirs("contract"),
         "tests/cli",
+        "tests/deps",
         "tests/fuzz",
         "tests/consistency",
         *session.posargs,
@@ -113,9 +115,14 @@ def integration(session: nox.Session) -> None:
 
     Also the shipped systemd units under a real systemd (PID 1 of its own namespaces).
     """
+    # tests/systemd runs the units as the .debs install them: build those once here.
+    debs = ROOT / "build" / "debs-integration"
+    shutil.rmtree(debs, ignore_errors=True)
+    session.run("python", "packaging/build_debs.py", str(debs))
     session.run(
-        "pytest", *_test_dirs("integration"), "tests/security", "tests/systemd", *session.posargs
-    )
+        "pytest", *_test_dirs("integration"), "tests/security", "tests/systemd", *session.posargs,
+        env={"PGCM_DEBS": str(debs)},
+    )  # fmt: skip
 
 
 @nox.session
@@ -209,6 +216,21 @@ def build(session: nox.Session) -> None:
             session.run(str(venv / "bin" / service), "--help", external=True, silent=True)
             if service != "pgcm-lab":
                 session.run(str(venv / "bin" / service), "show-config", external=True, silent=True)
+
+
+@nox.session
+def deb(session: nox.Session) -> None:
+    """Build the Debian packages into build/debs and test them in a clean Debian 12 root.
+
+    Installs, checks files/owners/modes/users/--version/units (systemd-analyze verify),
+    upgrades to a rebuild, removes and purges (tests/deb), and runs lintian. The root is
+    debootstrapped once and cached under /var/cache/pgcm/debroot.
+    """
+    out = ROOT / "build" / "debs"
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "scripts/check_deps.py")
+    session.run("python", "packaging/build_debs.py", str(out))
+    session.run("pytest", "tests/deb", *session.posargs, env={"PGCM_DEBS": str(out)})
 
 
 @nox.session

@@ -18,8 +18,16 @@ Confinement, because systemd as PID 1 assumes it owns the machine:
   mounted inside a cgroup namespace is rooted at the namespace's root). Controllers the
   host leaves unmounted get a read-only placeholder, or systemd would bind them to new,
   machine-wide v1 hierarchies. Teardown removes every cgroup directory depth-first.
-* mounts: everything (``/run`` tmpfs, cgroup mounts, bind mounts over ``/etc/pgbouncer``)
-  lives in systemd's private mount namespace and vanishes with it.
+* mounts: everything (``/run`` tmpfs, cgroup mounts, bind mounts over ``/etc/pgbouncer``,
+  the read-only overlays that add the installed packages to ``/usr``, ``/lib`` and
+  ``/etc``) lives in systemd's private mount namespace and vanishes with it.
+
+The units run as the Debian packages install them: the .debs are built (or taken from
+``PGCM_DEBS``) and unpacked with ``dpkg-deb -x``; that tree is laid over ``/`` inside
+systemd's mount namespace only, so ``/usr/bin/pgcm-*``, ``/usr/lib/pgcm-*`` and the
+unit files are the packaged ones and nothing of the checkout is read (a checkout under
+/root, /home or /tmp is fine: ``ProtectHome=``/``PrivateTmp=`` hide nothing the units
+need).
 * sysctls: systemd as PID 1 raises a few global knobs (``net.unix.max_dgram_qlen`` in the
   shared network namespace, ``fs.file-max``, ``fs.nr_open``) and sets ``core_pattern``;
   teardown writes back any value that changed.
@@ -36,7 +44,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +78,18 @@ _STUB_UNITS: Final = (
     "shutdown.target",
     "system.slice",
 )
+
+
+@pytest.fixture(scope="session")
+def installed_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return the three packages unpacked into one tree (built unless PGCM_DEBS names them)."""
+    from tests.deb.conftest import build_debs  # noqa: PLC0415 - the one builder of the .debs
+
+    given = os.environ.get("PGCM_DEBS")
+    debs = Path(given) if given else tmp_path_factory.mktemp("systemd-debs")
+    if not given:
+        build_debs(debs, "1")
+    return packaged_tree(debs, tmp_path_factory.mktemp("installed"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -194,23 +213,6 @@ def _remove_cgroup_tree(top: Path) -> None:
         wait_until(removed, deadline_s=10, what=f"rmdir {directory}")
 
 
-def home_paths_drop_in(*extra: Path) -> list[str]:
-    """Return drop-in lines that make the interpreter, venv and checkout visible.
-
-    The interpreter (pyenv), the venv and the workspace (editable installs) may all live
-    under a home directory, e.g. a CI checkout in /root, which the shipped units hide
-    (``ProtectHome=yes``): only those paths are bound read-only into an empty tmpfs.
-    Production installs outside home directories, so no line is needed there.
-    """
-    needed = {p.resolve() for p in (Path(sys.base_prefix), Path(sys.prefix), *extra)}
-    needed.add(REPO_ROOT)
-    homes = (Path("/root"), Path("/home"))
-    hidden = sorted(str(p) for p in needed if any(p.is_relative_to(h) for h in homes))
-    if not hidden:
-        return []
-    return ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(hidden)}"]
-
-
 def _shell_quote(value: str | Path) -> str:
     return "'" + str(value).replace("'", "'\\''") + "'"
 
@@ -222,6 +224,43 @@ class BindMount:
 
     source: Path
     target: Path
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """``layer`` laid read-only over the host's ``target`` inside systemd's mount namespace."""
+
+    layer: Path
+    target: Path
+
+
+def packaged_tree(debs: Path, dest: Path) -> Path:
+    """Unpack every .deb in ``debs`` into ``dest`` (as dpkg would lay them out); return it.
+
+    The bytecode is compiled as the postinst does (plain and optimized), with the
+    installed paths recorded in it.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, timeout=120)
+        name = deb.name.split("_", 1)[0]
+        lib = dest / "usr" / "lib" / name / "lib"
+        subprocess.run(
+            ["/usr/bin/python3", "-m", "compileall", "-q", "-o", "0", "-o", "2",
+             "-s", str(dest), "-p", "/", str(lib)],
+            check=True, timeout=300, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return dest
+
+
+def packages_overlays(tree: Path, etc_layer: Path) -> list[Overlay]:
+    """Return the overlays that make ``tree`` (unpacked packages) and ``etc_layer`` appear."""
+    return [
+        Overlay(tree / "usr", Path("/usr")),
+        Overlay(tree / "lib", Path("/lib")),
+        Overlay(etc_layer, Path("/etc")),
+    ]
 
 
 @final
@@ -324,11 +363,21 @@ class NamespacedSystemd:
 
 
 def _run_script(units: Path, binds: Sequence[BindMount], placeholders: Sequence[str],
-                hierarchies: Sequence[CgroupHierarchy], console_log: Path) -> str:  # fmt: skip
+                hierarchies: Sequence[CgroupHierarchy], console_log: Path, *,
+                overlays: Sequence[Overlay] = ()) -> str:  # fmt: skip
     lines = [
         "#!/bin/sh",
         "set -eu",
         "mount --make-rprivate /",
+    ]
+    for overlay in overlays:
+        # Two lower layers and no upper one: a read-only union, host below, layer on top.
+        target = _shell_quote(overlay.target)
+        lines.append(
+            f"mount -t overlay -o ro,lowerdir={_shell_quote(overlay.layer)}:{target} "
+            f"pgcm-packages {target}"
+        )
+    lines += [
         # The inherited cgroup mounts show the host's root cgroup: replace them with
         # mounts made inside our cgroup namespace, rooted at our own cgroup.
         "if mountpoint -q /sys/fs/cgroup; then umount -R /sys/fs/cgroup; fi",
@@ -374,12 +423,18 @@ def _run_script(units: Path, binds: Sequence[BindMount], placeholders: Sequence[
 
 @contextlib.contextmanager
 def start_namespaced_systemd(
-    base: Path, units: Path, binds: Sequence[BindMount] = (), *, enter: Sequence[str] = ()
+    base: Path,
+    units: Path,
+    binds: Sequence[BindMount] = (),
+    *,
+    enter: Sequence[str] = (),
+    overlays: Sequence[Overlay] = (),
 ) -> Iterator[NamespacedSystemd]:
     """Boot systemd as PID 1 of new namespaces with the unit files in ``units``.
 
     ``units`` is copied to ``/run/systemd/system`` (drop-ins included); ``binds`` are
-    mounted before systemd starts. ``enter`` is an argv prefix (``nsenter ...``) that
+    mounted before systemd starts, after the read-only ``overlays``. ``enter`` is an argv
+    prefix (``nsenter ...``) that
     puts the launcher into other namespaces first, e.g. a Pacemaker test node's network,
     mount and PID namespaces: systemd's own namespaces are then created inside those.
     Everything is torn down on exit, also on failure: systemd killed, cgroups removed,
@@ -394,7 +449,14 @@ def start_namespaced_systemd(
     token = f"pgcm-systemd-test-{os.getpid()}-{secrets.token_hex(3)}"
     run_sh, launch_sh = base / "run.sh", base / "launch.sh"
     run_sh.write_text(
-        _run_script(units, binds, _placeholders(hierarchies), hierarchies, base / "systemd.log")
+        _run_script(
+            units,
+            binds,
+            _placeholders(hierarchies),
+            hierarchies,
+            base / "systemd.log",
+            overlays=overlays,
+        )
     )
     procs = [h.child(token) / "cgroup.procs" for h in hierarchies]
     launch_sh.write_text(

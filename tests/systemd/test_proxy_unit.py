@@ -1,22 +1,23 @@
-"""The shipped ``deploy/systemd/pgcm-proxy.service`` under a real systemd 252.
+"""The packaged ``pgcm-proxy.service`` under a real systemd 252.
 
-systemd runs as PID 1 of its own namespaces (see conftest.py) and loads the unit file
-byte for byte as shipped, plus one drop-in (``pgcm-proxy.service.d/test.conf``) that
-changes only what a test machine needs:
+systemd runs as PID 1 of its own namespaces (see conftest.py). The .debs are unpacked
+and laid over ``/usr``, ``/lib`` and ``/etc`` inside systemd's mount namespace, so the
+unit file, ``/usr/bin/pgcm-proxy`` and its venv under ``/usr/lib/pgcm-proxy`` are the
+installed ones, and the configuration is ``/etc/pgcm/proxy.toml`` (root:postgres 0640,
+as packaged). One drop-in
+(``pgcm-proxy.service.d/test.conf``) changes only what a test machine needs:
 
-* ``ExecStart``: the workspace's ``pgcm-proxy`` script and a test config file;
 * ``StandardOutput``: a file, as there is no journald in this systemd;
 * ``WatchdogSec=2s`` instead of 30 s, so watchdog tests take seconds; ``LimitCORE=0`` so
   the watchdog's SIGABRT leaves no core file;
-* when the interpreter (pyenv), the venv or the checkout live under /root or /home:
-  ``ProtectHome=tmpfs`` (home directories still empty) plus a read-only bind of those
-  paths only. ``ProtectHome=yes`` would hide them; production installs outside /root.
+* ``ExecStopPost=+``: records how each run ended.
 
 The sandbox (``ProtectSystem=strict``, ``ReadWritePaths=/etc/pgbouncer``,
 ``MemoryDenyWriteExecute``, the syscall filter, ``User=postgres`` …) is the shipped
 one. ``/etc/pgbouncer`` is a temporary directory bind-mounted inside systemd's mount
 namespace only: the test kit's PgBouncer reads its ini there, and the proxy writes it
-through the path the unit grants.
+through the path the unit grants. Nothing is read from the checkout, so the test passes
+from a clone under /root or /tmp alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +44,17 @@ from tests.systemd.conftest import (
     BindMount,
     NamespacedSystemd,
     assert_watchdog_keeps_it_running,
-    home_paths_drop_in,
     json_log_events,
+    packages_overlays,
     start_namespaced_systemd,
     unit_exits,
 )
 
-pytestmark = [pytest.mark.integration]
+# The first test also builds and unpacks the .debs (unless PGCM_DEBS names them).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 UNIT: Final = "pgcm-proxy.service"
-SHIPPED_UNIT: Final = Path(__file__).parents[2] / "deploy" / "systemd" / UNIT
-PROXY_BIN: Final = Path(sys.executable).parent / "pgcm-proxy"
+PACKAGED_UNIT: Final = Path("lib/systemd/system") / UNIT  # inside the unpacked packages
 PROXY_ID: Final = "systemd-test"
 CONFIG_DIR: Final = Path("/run/pgcm-test")  # inside systemd's mount namespace
 ETC_PGBOUNCER: Final = Path("/etc/pgbouncer")
@@ -65,8 +65,6 @@ RELOAD_LINE: Final = "RELOAD command issued"
 def _drop_in() -> str:
     lines = [
         "[Service]",
-        "ExecStart=",
-        f"ExecStart={PROXY_BIN} --log-format json run --config-file {CONFIG_DIR}/pgcm.toml",
         f"StandardOutput=append:{CONFIG_DIR}/proxy.log",
         "StandardError=inherit",
         f"WatchdogSec={WATCHDOG_S}s",
@@ -78,7 +76,6 @@ def _drop_in() -> str:
             f" >> {CONFIG_DIR}/exits'"
         ),
     ]
-    lines += home_paths_drop_in()
     return "\n".join(lines) + "\n"
 
 
@@ -141,10 +138,10 @@ class ProxyWorld:
 
 
 @pytest.fixture(scope="module")
-def world(etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyWorld]:
-    """Boot systemd with the shipped unit and its drop-in, next to a real PgBouncer."""
-    if not PROXY_BIN.exists():
-        pytest.fail(f"{PROXY_BIN} missing: run from the workspace venv (uv run pytest)")
+def world(
+    etcd: EtcdMember, installed_tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyWorld]:
+    """Boot systemd with the packaged unit and its drop-in, next to a real PgBouncer."""
     base = tmp_path_factory.mktemp("systemd-proxy")
     backend_port = free_tcp_port()  # nothing listens: PgBouncer connects only for clients
     with start_pgbouncer(
@@ -160,16 +157,19 @@ def world(etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         layout = KeyLayout(random_key("systemd").decode())
         config_dir = base / "pgcm-test"
         config_dir.mkdir()
-        _write_config(config_dir / "pgcm.toml", etcd, bouncer, layout)
+        etc_layer = base / "etc"
+        (etc_layer / "pgcm").mkdir(parents=True)
+        _write_config(etc_layer / "pgcm" / "proxy.toml", etcd, bouncer, layout)
         units = base / "units"
         (units / f"{UNIT}.d").mkdir(parents=True)
-        shutil.copyfile(SHIPPED_UNIT, units / UNIT)
+        shutil.copyfile(installed_tree / PACKAGED_UNIT, units / UNIT)
         (units / f"{UNIT}.d" / "test.conf").write_text(_drop_in())
         binds = [
             BindMount(bouncer.ini_path.parent, ETC_PGBOUNCER),
             BindMount(config_dir, CONFIG_DIR),
         ]
-        with start_namespaced_systemd(base / "systemd", units, binds) as systemd:
+        overlays = packages_overlays(installed_tree, etc_layer)
+        with start_namespaced_systemd(base / "systemd", units, binds, overlays=overlays) as systemd:
             yield ProxyWorld(
                 systemd, bouncer, etcd, layout, config_dir / "proxy.log", config_dir / "exits"
             )
@@ -198,7 +198,7 @@ def _write_config(
         },
     }
     path.write_text(tomli_w.dumps(doc))
-    # As in production: root-owned, readable by the service's group only (it holds a password).
+    # As packaged: root-owned, readable by the service's group only (it holds a password).
     os.chown(path, 0, pwd.getpwnam(POSTGRES_USER).pw_gid)
     path.chmod(0o640)
 
@@ -232,7 +232,10 @@ def test_start_returns_only_after_the_first_apply_is_rendered_reloaded_and_ackno
     assert world.ack() is None
     world.systemd.systemctl("start", "--no-block", UNIT)
     # Running and watching, but no primary in etcd yet: not ready.
-    wait_until(lambda: world.saw("proxy.start"), deadline_s=20, what="proxy.start")
+    try:
+        wait_until(lambda: world.saw("proxy.start"), deadline_s=20, what="proxy.start")
+    except TimeoutError as exc:
+        raise AssertionError(world.diagnostics()) from exc
     state = world.state()
     assert (state["ActiveState"], state["SubState"]) == ("activating", "start"), world.diagnostics()
     assert f"host={host}" not in world.bouncer.ini_path.read_text()
@@ -273,6 +276,10 @@ def _assert_sandboxed(world: ProxyWorld) -> None:
     }
     assert "ro" in mounts["/"]  # ProtectSystem=strict
     assert "rw" in mounts[str(ETC_PGBOUNCER)]  # ReadWritePaths=/etc/pgbouncer
+    # The packaged command and venv, with the packaged configuration file.
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[:3] == ["/usr/lib/pgcm-proxy/bin/python", "/usr/bin/pgcm-proxy", "run"]
+    assert argv[3:5] == ["--config-file", "/etc/pgcm/proxy.toml"]
 
 
 def test_watchdog_pings_keep_the_service_running_past_watchdog_sec(running: ProxyWorld) -> None:

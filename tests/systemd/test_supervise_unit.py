@@ -1,4 +1,4 @@
-"""The shipped ``deploy/systemd/pgcm-supervise.service`` under a real systemd 252.
+"""The packaged ``pgcm-supervise.service`` under a real systemd 252.
 
 supervise must run ``crm_mon`` against a running Pacemaker from inside its sandbox, with
 no ``command_prefix``: the unit forbids new namespaces (``RestrictNamespaces=yes``), as
@@ -13,10 +13,11 @@ The node's network namespace has only ``lo``, so this test starts its own etcd i
 No PgBouncer runs: supervise does not need one to publish (its crash-recovery check keeps
 retrying in the background and is not part of readiness).
 
-The unit file is loaded as shipped plus one drop-in (``pgcm-supervise.service.d/test.conf``):
-the workspace's ``pgcm-supervise`` and a test config, output to a file, ``WatchdogSec=2s``,
-``LimitCORE=0`` and, for a checkout under /root, the read-only binds of the interpreter,
-venv and workspace (shared with the proxy test).
+The unit file, ``/usr/bin/pgcm-supervise`` and its venv are the ones the .debs install
+(unpacked and laid over ``/usr``, ``/lib`` and ``/etc`` in systemd's mount namespace, see
+conftest.py); the configuration is ``/etc/pgcm/supervise.toml``, root:haclient 0640 as
+packaged. One drop-in (``pgcm-supervise.service.d/test.conf``) sends output to a file and
+sets ``WatchdogSec=2s`` and ``LimitCORE=0``; nothing is read from the checkout.
 """
 
 from __future__ import annotations
@@ -46,17 +47,17 @@ from tests.systemd.conftest import (
     BindMount,
     NamespacedSystemd,
     assert_watchdog_keeps_it_running,
-    home_paths_drop_in,
     json_log_events,
+    packages_overlays,
     start_namespaced_systemd,
     unit_exits,
 )
 
-pytestmark = [pytest.mark.integration]
+# The first test also builds and unpacks the .debs (unless PGCM_DEBS names them).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 UNIT: Final = "pgcm-supervise.service"
-SHIPPED_UNIT: Final = Path(__file__).parents[2] / "deploy" / "systemd" / UNIT
-SUPERVISE_BIN: Final = Path(sys.executable).parent / "pgcm-supervise"
+PACKAGED_UNIT: Final = Path("lib/systemd/system") / UNIT  # inside the unpacked packages
 CONFIG_DIR: Final = Path("/run/pgcm-test")  # inside systemd's mount namespace
 WATCHDOG_S: Final = 2
 # A documentation address (RFC 5737): published, never connected to.
@@ -188,13 +189,10 @@ def _promoted(node: PacemakerNode) -> bool:
 
 @pytest.fixture(scope="module")
 def world(
-    node_etcd: PacemakerNode, tmp_path_factory: pytest.TempPathFactory
+    node_etcd: PacemakerNode, installed_tree: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SuperviseWorld]:
-    """Boot systemd inside the Pacemaker node with the shipped unit and its drop-in."""
+    """Boot systemd inside the Pacemaker node with the packaged unit and its drop-in."""
     node = node_etcd
-    if not SUPERVISE_BIN.exists():
-        pytest.fail(f"{SUPERVISE_BIN} missing: run from the workspace venv (uv run pytest)")
-    _require_readable_by_others(SUPERVISE_BIN.parents[2])
     # Readiness follows the first publication attempt: only a promoted clone makes
     # "published when systemctl start returns" a fact to assert rather than a race.
     wait_until(lambda: _promoted(node), deadline_s=60, what="the clone to be promoted")
@@ -203,41 +201,27 @@ def world(
     config_dir = base / "pgcm-test"
     config_dir.mkdir()
     config_dir.chmod(0o755)
-    _write_config(config_dir / "pgcm.toml", node, layout)
+    etc_layer = base / "etc"
+    (etc_layer / "pgcm").mkdir(parents=True)
+    _write_config(etc_layer / "pgcm" / "supervise.toml", node, layout)
     units = base / "units"
     (units / f"{UNIT}.d").mkdir(parents=True)
-    shutil.copyfile(SHIPPED_UNIT, units / UNIT)
+    shutil.copyfile(installed_tree / PACKAGED_UNIT, units / UNIT)
     (units / f"{UNIT}.d" / "test.conf").write_text(_drop_in())
     enter = ("nsenter", "-t", str(node.init_pid), "-n", "-m", "-p", "--")
     binds = [BindMount(config_dir, CONFIG_DIR)]
-    with start_namespaced_systemd(base / "systemd", units, binds, enter=enter) as systemd:
+    overlays = packages_overlays(installed_tree, etc_layer)
+    with start_namespaced_systemd(
+        base / "systemd", units, binds, enter=enter, overlays=overlays
+    ) as systemd:
         yield SuperviseWorld(
             systemd, node, layout, config_dir / "supervise.log", config_dir / "exits"
         )
 
 
-def _require_readable_by_others(workspace: Path) -> None:
-    """Fail early, by name, on a workspace package directory hacluster cannot enter.
-
-    The unit runs as hacluster; the workspace's editable installs import from the
-    checkout. A directory created with a 077 umask (seen for generated code) would
-    otherwise surface as a ModuleNotFoundError in the unit's log.
-    """
-    closed = [
-        directory
-        for src in workspace.glob("*/*/src")
-        for directory in (src, *(p for p in src.rglob("*") if p.is_dir()))
-        if directory.name != "__pycache__" and directory.stat().st_mode & 0o005 != 0o005
-    ]
-    if closed:
-        pytest.fail(f"not readable by other users (chmod o+rx): {closed[:5]}")
-
-
 def _drop_in() -> str:
     lines = [
         "[Service]",
-        "ExecStart=",
-        (f"ExecStart={SUPERVISE_BIN} --log-format json run --config-file {CONFIG_DIR}/pgcm.toml"),
         f"StandardOutput=append:{CONFIG_DIR}/supervise.log",
         "StandardError=inherit",
         f"WatchdogSec={WATCHDOG_S}s",
@@ -247,7 +231,6 @@ def _drop_in() -> str:
             'ExecStopPost=+/bin/sh -c \'echo "$${SERVICE_RESULT} $${EXIT_CODE} $${EXIT_STATUS}"'
             f" >> {CONFIG_DIR}/exits'"
         ),
-        *home_paths_drop_in(),
     ]
     return "\n".join(lines) + "\n"
 
@@ -268,7 +251,7 @@ def _write_config(path: Path, node: PacemakerNode, layout: KeyLayout) -> None:
         },
     }
     path.write_text(tomli_w.dumps(doc))
-    # As in production: root-owned, readable by the service's group only.
+    # As packaged: root-owned, readable by the service's group only.
     os.chown(path, 0, grp.getgrnam("haclient").gr_gid)
     path.chmod(0o640)
 
@@ -344,6 +327,10 @@ def _assert_sandboxed(world: SuperviseWorld, main_pid: int) -> None:
     assert "ro" in mounts["/"]  # ProtectSystem=strict
     assert "rw" in mounts["/dev/shm"]  # ReadWritePaths=/dev/shm (libqb ring buffers)
     assert "rw" in mounts["/run/pgcm"]  # RuntimeDirectory=pgcm (the nudge socket)
+    # The packaged command and venv, with the packaged configuration file.
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[:3] == ["/usr/lib/pgcm-supervise/bin/python", "/usr/bin/pgcm-supervise", "run"]
+    assert argv[3:5] == ["--config-file", "/etc/pgcm/supervise.toml"]
 
 
 def test_watchdog_pings_keep_the_service_running_past_watchdog_sec(

@@ -20,10 +20,12 @@ from typing import Generic, TypeVar, final
 import structlog
 
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.fasthelp import help_formatter
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.original_config import convert_original_file
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
+from pgcm_common.version import add_version_argument
 
 __all__ = [
     "CONVERT_COMMAND",
@@ -67,9 +69,10 @@ class Daemon(Generic[S]):
         parser = argparse.ArgumentParser(
             prog=self.prog,
             description=self.description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=help_formatter,
             parents=[common],
         )
+        add_version_argument(parser, self.prog)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         sub.add_parser(
             "run", parents=[common], help="run the service until SIGTERM/SIGINT (the default)"

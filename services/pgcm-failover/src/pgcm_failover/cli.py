@@ -29,6 +29,7 @@ from pgcm_common.daemon import (
     run_convert_command,
 )
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.fasthelp import help_formatter
 from pgcm_common.lifecycle import run_until_signalled
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.records import SwitchoverRecord, now_utc
@@ -38,6 +39,7 @@ from pgcm_common.settings import (
     render_toml,
     settings_from_args,
 )
+from pgcm_common.version import add_version_argument
 from pgcm_failover.app import (
     Adapters,
     AdaptersFactory,
@@ -202,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=help_formatter,
         parents=[common, run_options],
     )
+    add_version_argument(parser, PROG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common, run_options], help="run a switchover (the default)")
     sub.add_parser(

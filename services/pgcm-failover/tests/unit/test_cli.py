@@ -654,3 +654,14 @@ def test_maintenance_fails_with_exit_1_when_no_endpoint_answers(
     assert "set_maintenance failed on 2 endpoint(s)" in err
     assert not world.maintenance
     assert anyio.run(world.store.get, LAYOUT.maintenance) is None
+
+
+def test_version_prints_the_installed_distribution_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"pgcm-failover {version('pgcm-failover')}\n"

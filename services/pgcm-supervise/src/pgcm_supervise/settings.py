@@ -187,8 +187,8 @@ class SuperviseSettings(PgcmSettings):
     )
     metrics_address: BindAddress | None = Field(
         default=None,
-        description="host:port for Prometheus metrics (':9187' listens on every address); "
-        "unset means no metrics endpoint.",
+        description="host:port for Prometheus metrics, e.g. 127.0.0.1:8517 (pgcm-supervise's "
+        "port; the packaged config sets it); unset means no metrics endpoint.",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,16 @@
+"""The ``pgcm-supervise`` console script: a bare ``--help`` without importing the service."""
+
+from __future__ import annotations
+
+import sys
+
+from pgcm_common.fasthelp import print_cached_help
+
+
+def main() -> int:
+    """Print the packaged help page, or run the command line."""
+    if print_cached_help("pgcm-supervise", sys.argv[1:]):
+        return 0
+    from pgcm_supervise.cli import main as run_cli  # noqa: PLC0415 - only past the fast path
+
+    return run_cli()
