@@ -39,6 +39,7 @@ COMMON_EXTRAS: Final[Mapping[str, tuple[str, ...]]] = {
     "pgbouncer": ("pgcm_common._pgbouncer", "pgcm_common.pgbouncer"),
     "pacemaker": ("pgcm_common._pacemaker", "pgcm_common.pacemaker"),
     "grpc": ("pgcm_common.proto",),
+    "metrics": ("pgcm_common.metrics",),
 }
 
 
