@@ -252,7 +252,7 @@ async def test_full_switchover_against_real_etcd_and_grpc_servers(etcd: EtcdMemb
                 pause_expiry=timedelta(seconds=5),
                 settle_timeout=timedelta(seconds=5),
                 poll_interval=timedelta(milliseconds=20),
-                lock_ttl=timedelta(seconds=1),
+                lock_ttl=timedelta(seconds=2),
             )
             clients = [SuperviseEndpoint(ep, token=TOKEN) for ep in settings.endpoints]
             try:
