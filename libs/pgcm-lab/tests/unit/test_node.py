@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -54,3 +56,17 @@ def test_select_debs_takes_the_newest_build_of_each_package(tmp_path: Path) -> N
 def test_select_debs_says_how_to_build_a_missing_package(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"packaging/build_debs\.py"):
         select_debs(tmp_path, ("pgcm-supervise",))
+
+
+def test_the_container_program_needs_nothing_beyond_the_standard_library() -> None:
+    # The images run it with Debian's python3 and no site-packages (-S: none at all).
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = "import pgcm_lab.node, pgcm_lab.units, pgcm_lab.provision, pgcm_lab.pgcmconf"
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
