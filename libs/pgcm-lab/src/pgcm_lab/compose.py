@@ -35,6 +35,17 @@ _HEADER = """\
 CAPABILITIES: Final[tuple[tuple[str, str], ...]] = ()
 
 
+# Healthy: PostgreSQL answers (db); the app node's PgBouncer reaches a primary that
+# accepts writes, so pgcm-proxy has pointed it at what pgcm-supervise published (app).
+_HEALTH: Final = {
+    "db": '["CMD", "pg_isready", "-q", "-h", "/run/postgresql"]',
+    "app": (
+        '["CMD-SHELL", "test \\"$$(psql -X -h /run/pgbouncer -p 6432 -U postgres -d postgres'
+        " -qAtc 'select not pg_is_in_recovery()')\\\" = t\"]"
+    ),
+}
+
+
 def _service(topology: Topology, node: Node) -> list[str]:
     role = provision.role(node)
     lines = [f"  {node.name}:", f"    <<: *{role}"]
@@ -83,9 +94,9 @@ def _role(role: str) -> list[str]:
         "    - /tmp",
         *(["  cap_add:", *caps] if role == "db" and caps else []),
         "  healthcheck:",
-        '    test: ["CMD", "python3", "-m", "pgcm_lab.node", "health"]',
+        f"    test: {_HEALTH[role]}",
         "    interval: 2s",
-        "    timeout: 5s",
+        "    timeout: 10s",
         "    retries: 3",
         "    start_period: 300s",
         "",

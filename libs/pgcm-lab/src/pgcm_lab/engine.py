@@ -122,6 +122,12 @@ class PrivateDockerd:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise EngineError("dockerd is not installed (apt-get install docker.io)")
+        if _bridged_traffic_dropped():
+            raise EngineError(
+                "the host filters bridged traffic (br_netfilter) with iptables' FORWARD "
+                "policy DROP (another Docker engine's setting?): this engine adds no "
+                "iptables rules, so its containers could not reach each other"
+            )
         config = self.dir / "daemon.json"
         config.write_text("{}\n")
         self._links_before = _links()
@@ -194,6 +200,20 @@ class PrivateDockerd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _bridged_traffic_dropped() -> bool:
+    try:
+        if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() != "1":
+            return False
+    except OSError:
+        return False  # br_netfilter not loaded: bridged frames never meet iptables
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return False
+    rules = subprocess.run([iptables, "-S", "FORWARD"], check=False, capture_output=True,
+                           text=True).stdout  # fmt: skip
+    return "-P FORWARD DROP" in rules.splitlines()
 
 
 def _read_pid(path: Path) -> int | None:

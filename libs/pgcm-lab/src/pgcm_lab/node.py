@@ -18,7 +18,7 @@ with the same renderer and the same steps (:mod:`pgcm_lab.provision`):
    everything.
 
 The app node writes its files, starts PgBouncer and pgcm-proxy. ``install`` (used by
-the Dockerfile) installs the role's .debs; ``health`` is the containers' healthcheck.
+the Dockerfile) installs the role's .debs.
 Standard library only: this runs with Debian's ``python3``.
 """
 
@@ -367,32 +367,17 @@ def _run() -> int:
         _stop(children)
 
 
-def _health(node: Node) -> int:
-    """0 when this node serves: PostgreSQL answers (db) or PgBouncer reaches a primary (app)."""
-    if node.is_app:
-        argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres",
-                "-d", "postgres", "-qAtc", "select not pg_is_in_recovery()"]  # fmt: skip
-        result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=5)
-        return 0 if result.stdout.strip() == "t" else 1
-    argv = ["pg_isready", "-q", "-h", "/run/postgresql", "-p", "5432"]
-    return subprocess.run(argv, check=False, timeout=5).returncode
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python3 -m pgcm_lab.node {run,install,health}``."""
+    """``python3 -m pgcm_lab.node {run,install}``."""
     parser = argparse.ArgumentParser(prog="python3 -m pgcm_lab.node", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="provision and run this node (the container's command)")
     install = sub.add_parser("install", help="install a role's pgcm .debs (image build)")
     install.add_argument("--role", choices=sorted(provision.PACKAGES), required=True)
     install.add_argument("--debs", type=Path, required=True, help="directory of .deb files")
-    sub.add_parser("health", help="exit 0 when this node serves (healthcheck)")
     args = parser.parse_args(argv)
     if args.command == "install":
         return _install(args.role, args.debs)
-    if args.command == "health":
-        topology = Topology(size=int(os.environ.get("PGCM_LAB_SIZE", "3")))
-        return _health(topology.node(os.environ.get("PGCM_LAB_NODE", APP_NODE)))
     return _run()
 
 
