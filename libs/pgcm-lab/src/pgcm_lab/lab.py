@@ -28,6 +28,7 @@ from typing import IO, Final, final
 
 import anyio
 
+from pgcm_lab import provision
 from pgcm_lab.crm import ClusterView, parse_crm_mon
 from pgcm_lab.errors import CommandFailed, LabAlreadyUp, LabError, LabNotUp
 from pgcm_lab.load import LoadReport, max_latency_ms, parse_pgbench
@@ -36,7 +37,6 @@ from pgcm_lab.render import (
     RenderedFile,
     etcd_argv,
     node_files,
-    render_cib_resources,
     render_pg_hba,
     render_postgresql_conf,
 )
@@ -505,8 +505,7 @@ class Lab:
 
     async def _release_clone(self) -> None:
         first = self.topology.nodes[0].name
-        argv = ["cibadmin", "--create", "-o", "resources", "-X",
-                render_cib_resources(self.topology)]  # fmt: skip
+        argv = provision.release_clone_argv(self.topology)
         while (await self.exec(first, argv, check=False)).returncode != 0:
             await anyio.sleep(0.1)
 
@@ -516,14 +515,13 @@ class Lab:
         self.progress("etcd healthy; pgbouncers answer")
 
     async def _start_corosync(self, name: str) -> None:
-        await self.spawn(name, ["corosync", "-f"], "corosync.out")
+        await self.spawn(name, provision.corosync_argv(), "corosync.out")
         with anyio.fail_after(15):
             while (await self.exec(name, ["corosync-cfgtool", "-s"], check=False)).returncode:
                 await anyio.sleep(0.05)
 
     async def _start_pacemaker(self, name: str) -> None:
-        env = {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"}
-        await self.spawn(name, ["pacemakerd"], "pacemaker.out", env=env)
+        await self.spawn(name, ["pacemakerd"], "pacemaker.out", env=provision.PACEMAKER_ENV)
 
     async def _start_etcd(self, name: str) -> None:
         node = self.topology.node(name)
@@ -534,36 +532,25 @@ class Lab:
         await self._start_etcd(self.topology.node(name).name)
 
     async def _start_pgbouncer(self, name: str) -> None:
-        argv = ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
-        await self.spawn(name, argv, "pgbouncer.out", user="postgres")
+        await self.spawn(name, provision.pgbouncer_argv(), "pgbouncer.out", user="postgres")
 
     async def _bootstrap_postgres(self) -> None:
         first, *rest = self.topology.nodes
-        pg = f"{PG_BINDIR}/"
-        await self.exec(first.name, [f"{pg}initdb", "-D", PGDATA, "-A", "trust", "-U", "postgres",
-                                     "--no-sync"], user="postgres")  # fmt: skip
+        await self.exec(first.name, provision.initdb_argv(), user="postgres")
         data = self.host_path(first.name, PGDATA)
         with (data / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(render_postgresql_conf(self.topology))
         with (data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
             hba.write(render_pg_hba(self.topology))
-        # synchronous_standby_names is set in the file: bootstrap with it empty, or
-        # CREATE ROLE waits forever for a standby that does not exist yet.
-        await self.exec(first.name, [f"{pg}pg_ctl", "-D", PGDATA, "-w", "-l",
-                                     "/var/log/postgresql/bootstrap.log", "-o",
-                                     "-c synchronous_standby_names=''", "start"],
-                        user="postgres")  # fmt: skip
-        await self.psql(first.name, "CREATE ROLE replicator LOGIN REPLICATION")
+        await self.exec(first.name, provision.bootstrap_start_argv(), user="postgres")
+        await self.psql(first.name, provision.CREATE_REPLICATOR)
         async with anyio.create_task_group() as tg:
             for node in rest:
                 tg.start_soon(self._clone_from, node.name, first)
-        await self.exec(first.name, [f"{pg}pg_ctl", "-D", PGDATA, "-w", "-m", "fast", "stop"],
-                        user="postgres")  # fmt: skip
+        await self.exec(first.name, provision.stop_argv(), user="postgres")
 
     async def _clone_from(self, name: str, source: Node) -> None:
-        await self.exec(name, [f"{PG_BINDIR}/pg_basebackup", "-h", str(source.address), "-U",
-                               "replicator", "-D", PGDATA, "-X", "stream", "-c", "fast"],
-                        user="postgres")  # fmt: skip
+        await self.exec(name, provision.clone_argv(source), user="postgres")
         signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
         signal_file.touch()
         _chown(signal_file, "postgres")

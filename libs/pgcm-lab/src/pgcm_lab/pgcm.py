@@ -30,14 +30,26 @@ from typing import Final
 
 import anyio
 
+from pgcm_lab import pgcmconf, provision
 from pgcm_lab.errors import LabError
 from pgcm_lab.lab import Lab, Service
-from pgcm_lab.render import render_template
-from pgcm_lab.topology import APP_NODE, CLONE, PGBOUNCER_PORT, RESOURCE, Node
+from pgcm_lab.pgcmconf import (
+    MASTER_KEY,
+    NAMESPACE,
+    NUDGE_SOCKET,
+    SUPERVISE_PORT,
+    TEMPLATE_PATH,
+    TOKEN,
+    render_pgbouncer_template,
+)
+from pgcm_lab.topology import APP_NODE, RESOURCE, Node
 
 __all__ = [
+    "MASTER_KEY",
     "NAMESPACE",
+    "NUDGE_SOCKET",
     "SUPERVISE_PORT",
+    "TEMPLATE_PATH",
     "TOKEN",
     "config_path",
     "etcd_get",
@@ -52,15 +64,6 @@ __all__ = [
     "wait_pgcm_ready",
 ]
 
-NAMESPACE: Final = "/pgcm"
-MASTER_KEY: Final = "/master"
-SUPERVISE_PORT: Final = 8080
-# Lab only: a fixed token, so tests and people can call supervise by hand. Production
-# passes it through PGCM_TOKEN from an EnvironmentFile (docs/configuration.md).
-TOKEN: Final = "pgcm-lab-token"  # noqa: S105  # not a secret: a throw-away lab
-TEMPLATE_PATH: Final = "/etc/pgbouncer/pgbouncer.ini.template"
-NUDGE_SOCKET: Final = "/run/pgcm/supervise.sock"
-_ALERT_ID: Final = "pgcm"
 _POLL: Final = 0.1
 _WAIT_REPORT_S: Final = 10.0
 
@@ -87,94 +90,9 @@ def config_path(lab: Lab, node: str) -> Path:
     return lab.node_dir(node) / "pgcm.toml"
 
 
-def _toml(value: object) -> str:
-    # JSON strings, numbers and lists of them are valid TOML values.
-    return json.dumps(value)
-
-
 def render_pgcm_toml(lab: Lab, node: Node) -> str:
-    """Return the one TOML file configuring every pgcm service on ``node``."""
-    topo = lab.topology
-    endpoints = [f"{n.address}:2379" for n in topo.nodes]
-    supervise = [f"{n.address}:{SUPERVISE_PORT}" for n in topo.nodes]
-    lines = [
-        f"# pgcm for lab node {node.name} (written by pgcm_lab.pgcm).",
-        "[cluster]",
-        f"namespace = {_toml(NAMESPACE)}",
-        f"master_key = {_toml(MASTER_KEY)}",
-        "",
-        "[etcd]",
-        f"endpoints = {_toml(endpoints)}",
-        "",
-        "[pgbouncer]",
-        'host = "/run/pgbouncer"',
-        "port = 6432",
-        'user = "postgres"',
-        "",
-        "[proxy]",
-        'pgbouncer_config_file = "/etc/pgbouncer/pgbouncer.ini"',
-        f"pgbouncer_config_template_file = {_toml(TEMPLATE_PATH)}",
-        f"proxy_id = {_toml(node.name)}",
-        'poll_interval = "5s"',
-        "",
-        "[failover]",
-        f"endpoints = {_toml(supervise)}",
-        f"token = {_toml(TOKEN)}",
-        'pause_timeout = "5s"',
-        # Generous: on a loaded 2-core machine PAF's demote + promote took up to ~15 s.
-        'pause_expiry = "30s"',
-        'settle_timeout = "60s"',
-        'lock_ttl = "3s"',
-        'status_max_age = "5s"',
-        'poll_interval = "100ms"',
-        "",
-    ]
-    if not node.is_app:
-        addresses = ", ".join(f"{n.name} = {_toml(str(n.address))}" for n in topo.nodes)
-        lines += [
-            "[supervise]",
-            f"bind_address = {_toml(f'{node.address}:{SUPERVISE_PORT}')}",
-            f"token = {_toml(TOKEN)}",
-            # A token without TLS: allowed only because the lab's links are namespaces.
-            "insecure = true",
-            f"node_name = {_toml(node.name)}",
-            f"resource_id = {_toml(RESOURCE)}",
-            f"clone_id = {_toml(CLONE)}",
-            'address_source = "static"',
-            f"node_addresses = {{ {addresses} }}",
-            f"nudge_socket = {_toml(NUDGE_SOCKET)}",
-            'nudge_socket_group = "haclient"',
-            'postgres_dsn = "postgresql://postgres@/postgres?host=/run/postgresql"',
-            'crm_mon_interval = "500ms"',
-            'status_interval = "1s"',
-            'status_lease_ttl = "5s"',
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def render_pgbouncer_template(node: Node) -> str:
-    """The lab's pgbouncer.ini for ``node`` with ``{{.Host}}`` where the primary goes.
-
-    An explicit ``postgres`` database line is added beside the ``*`` fallback: the proxy
-    confirms each named database with ``SHOW DATABASES`` before it acknowledges.
-
-    The app node's PgBouncer routes to the primary node's **PgBouncer** (port 6432), not
-    to PostgreSQL: pgcm-failover pauses the Postgres nodes' PgBouncers (through their
-    supervise), so the app's in-flight queries wait in the paused PgBouncer and continue
-    on the new primary after RESUME, instead of meeting the old primary's shutdown.
-    """
-    text = render_template(
-        "pgbouncer.ini",
-        {
-            "node": node.name,
-            "primary_host": "{{.Host}}",
-            "listen_addr": f"{node.address},127.0.0.1",
-        },
-    )
-    named = "postgres = host={{.Host}} port=5432 dbname=postgres\n"
-    text = text.replace("[databases]\n", f"[databases]\n{named}", 1)
-    return text.replace("port=5432", f"port={PGBOUNCER_PORT}") if node.is_app else text
+    """Return the one TOML file configuring every pgcm service on ``node`` of ``lab``."""
+    return pgcmconf.render_pgcm_toml(lab.topology, node)
 
 
 def _write_files(lab: Lab) -> None:
@@ -195,46 +113,33 @@ def _write_files(lab: Lab) -> None:
 
 
 def pgcm_services(lab: Lab) -> list[Service]:
-    """The lab services running pgcm: supervise on the Postgres nodes, proxy everywhere."""
+    """The lab services running pgcm, per node role (:data:`pgcm_lab.provision.DAEMONS`).
+
+    A service every role runs is started on ``all`` nodes, one only Postgres nodes run
+    on ``db``.
+    """
     config = str(lab.state_dir / "nodes" / "{node}" / "pgcm.toml")
+    db = provision.daemons(lab.topology.nodes[0])
+    app = provision.daemons(lab.topology.app)
     return [
         Service(
-            name="pgcm-supervise",
-            node="db",
-            argv=(venv_script("pgcm-supervise"), "run", "--config-file", config),
+            name=name,
+            node="all" if name in app else "db",
+            argv=(venv_script(name), "run", "--config-file", config),
             restart=True,
-        ),
-        Service(
-            name="pgcm-proxy",
-            node="all",
-            argv=(venv_script("pgcm-proxy"), "run", "--config-file", config),
-            restart=True,
-        ),
+        )
+        for name in dict.fromkeys((*db, *app))
     ]
 
 
 async def register_alert_agent(lab: Lab) -> None:
     """Add the pgcm alert agent to the CIB (recipient: supervise's nudge socket)."""
     agent = lab.state_dir / "pgcm-alert-agent"
-    xml = (
-        f'<alert id="{_ALERT_ID}" path="{agent}">'
-        f'<meta_attributes id="{_ALERT_ID}-meta">'
-        f'<nvpair id="{_ALERT_ID}-meta-timeout" name="timeout" value="5s"/>'
-        "</meta_attributes>"
-        f'<instance_attributes id="{_ALERT_ID}-attrs">'
-        f'<nvpair id="{_ALERT_ID}-attrs-resources" name="pgcm_resources" value="{RESOURCE}"/>'
-        "</instance_attributes>"
-        "<select><select_resources/></select>"
-        f'<recipient id="{_ALERT_ID}-recipient" value="{NUDGE_SOCKET}"/>'
-        "</alert>"
-    )
+    xml = provision.alerts_xml(str(agent), NUDGE_SOCKET, RESOURCE)
     first = lab.topology.nodes[0].name
-    alerts = f"<alerts>{xml}</alerts>"
-    # A fresh CIB has no alerts section: replacing it fails, so create it then.
-    replace = ["cibadmin", "--replace", "--scope", "alerts", "--xml-text", alerts]
+    replace, create = provision.register_alerts_argvs(xml)
     if (await lab.exec(first, replace, check=False)).returncode != 0:
-        await lab.exec(first, ["cibadmin", "--create", "--scope", "configuration",
-                               "--xml-text", alerts])  # fmt: skip
+        await lab.exec(first, create)
 
 
 async def etcd_get(lab: Lab, key: str, *, node: str | None = None) -> str | None:

@@ -17,7 +17,7 @@ def test_committed_compose_file_is_the_rendered_one() -> None:
 
 def test_compose_file_has_every_node_at_the_lab_address() -> None:
     text = render_compose()
-    services = re.findall(r"^  (\w+):\n    <<: \*node$", text, flags=re.MULTILINE)
+    services = re.findall(r"^  (\w+):\n    <<: \*(?:db|app)$", text, flags=re.MULTILINE)
     assert services == [n.name for n in Topology().all_nodes]
     for node in Topology().all_nodes:
         assert f"ipv4_address: {node.address}\n" in text
@@ -33,11 +33,28 @@ def test_compose_file_is_plain_two_space_yaml_without_tabs() -> None:
             assert indent % 2 == 0, line
 
 
-def test_dockerfile_and_entrypoint_use_the_shared_renderer() -> None:
+def test_compose_file_is_not_privileged_and_publishes_nothing() -> None:
+    text = render_compose()
+    assert "privileged" not in text
+    assert "ports:" not in text
+    assert "network_mode" not in text
+
+
+def test_each_role_builds_its_own_stage_once_and_the_others_reuse_it() -> None:
+    text = render_compose()
+    assert text.count("target: db") == 1
+    assert text.count("target: app") == 1
+    assert text.count("pull_policy: never") == Topology().size - 1
+    assert "image: pgcmlab-db:latest" in text
+    assert "image: pgcmlab-app:latest" in text
+
+
+def test_dockerfile_installs_each_roles_debs_through_the_shared_provisioning() -> None:
     dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
-    entrypoint = (ROOT / "compose" / "entrypoint.sh").read_text()
     assert dockerfile.startswith("# ")
-    assert "FROM debian:bookworm" in dockerfile
-    assert "python3 -m pgcm_lab.render" in entrypoint
-    for service in ("corosync", "pacemakerd", "pgbouncer", "pg_basebackup"):
-        assert service in entrypoint
+    assert "FROM debian:bookworm AS base" in dockerfile
+    assert "pip" not in dockerfile  # nothing from the Python package index in the image
+    for role in ("db", "app"):
+        assert f"FROM base AS {role}" in dockerfile
+        assert f"python3 -m pgcm_lab.node install --role {role}" in dockerfile
+    assert 'CMD ["python3", "-m", "pgcm_lab.node", "run"]' in dockerfile
