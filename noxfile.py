@@ -56,13 +56,16 @@ def typecheck(session: nox.Session) -> None:
     the same module name twice in one run.
     """
     for member in MEMBERS:
-        targets = [str(member / "src")]
-        targets += [
-            str(d)
-            for d in sorted((member / "tests").glob("*"))
-            if d.is_dir() and any(d.rglob("*.py"))
+        test_dirs = [
+            d for d in sorted((member / "tests").glob("*")) if d.is_dir() and any(d.rglob("*.py"))
         ]
-        session.run("mypy", *targets)
+        # Test trees with a conftest.py each get a run of their own: two would be two
+        # top-level modules named "conftest" in one run.
+        with_conftest = [d for d in test_dirs if (d / "conftest.py").exists()]
+        rest = [str(d) for d in test_dirs if d not in with_conftest]
+        session.run("mypy", str(member / "src"), *rest, *map(str, with_conftest[:1]))
+        for extra in with_conftest[1:]:
+            session.run("mypy", str(extra))
     if (ROOT / "tests").is_dir() and any((ROOT / "tests").rglob("*.py")):
         session.run("mypy", "tests")
     session.run("mypy", "benchmarks")

@@ -71,10 +71,11 @@ _APP_DIRS: Final = (
     ("/var/log/postgresql", "postgres", "postgres", 0o775),
     (str(LOG_DIR), "root", "root", 0o755),
 )
-# Where each package's unit reads its configuration (LoadCredential=) and its mode.
+# Where each package's unit reads its configuration (--config-file), with the group and
+# mode the package's maintainer scripts give it: readable by root and the daemon's group.
 _CONFIG: Final[Mapping[str, tuple[str, str, int]]] = {
-    "pgcm-supervise": ("/etc/pgcm/supervise.toml", "root", 0o600),
-    "pgcm-proxy": ("/etc/pgcm/proxy.toml", "root", 0o600),
+    "pgcm-supervise": ("/etc/pgcm/supervise.toml", "haclient", 0o640),
+    "pgcm-proxy": ("/etc/pgcm/proxy.toml", "postgres", 0o640),
     # group pgcm may run pgcm-failover without root (the package's statoverride)
     "pgcm-failover": ("/etc/pgcm/failover.toml", "pgcm", 0o640),
 }

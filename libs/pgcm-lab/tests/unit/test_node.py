@@ -32,8 +32,10 @@ def test_container_configs_are_the_netns_labs_rendering(tmp_path: Path) -> None:
             if item.path.endswith(".toml"):
                 assert item.content == render_pgcm_toml(lab, node)
                 tomllib.loads(item.content)
-    secrets = {f.path: f.mode for f in pgcm_files(topology, topology.node("n2"))}
-    assert secrets["/etc/pgcm/supervise.toml"] == 0o600
+    # As the packages install them: root and the daemon's group only.
+    secrets = {f.path: (f.owner, f.mode) for f in pgcm_files(topology, topology.node("n2"))}
+    assert secrets["/etc/pgcm/supervise.toml"] == ("haclient", 0o640)
+    assert secrets["/etc/pgcm/proxy.toml"] == ("postgres", 0o640)
 
 
 def test_both_labs_run_the_daemons_of_each_role(tmp_path: Path) -> None:
