@@ -16,6 +16,7 @@ from typing import final
 import anyio
 import structlog
 
+from pgcm_common.errors import EtcdError
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
 from pgcm_common.records import (
     KeyLayout,
@@ -34,7 +35,12 @@ from pgcm_failover.cluster import (
 )
 from pgcm_failover.coordinator import EtcdCoordinator, read_acks
 from pgcm_failover.errors import CleanupRefused, ClientsFailed, FailoverAborted
-from pgcm_failover.maintenance import MaintenanceClient, maintenance_refusal, read_maintenance
+from pgcm_failover.maintenance import (
+    MaintenanceClient,
+    maintenance_refusal,
+    maintenance_state,
+    read_maintenance,
+)
 from pgcm_failover.pipeline import (
     Clock,
     Health,
@@ -270,12 +276,12 @@ async def make_plan(adapters: Adapters, settings: FailoverSettings, target: str 
 
 async def _maintenance_or_none(store: EtcdStore, layout: KeyLayout) -> MaintenanceRecord | None:
     try:
-        return await read_maintenance(store, layout)
-    except RecordError as exc:
-        # Someone wrote garbage there: refuse, it may have meant "on".
-        return MaintenanceRecord(
-            enabled=True, reason=f"unreadable record ({exc})", by="?", at=now_utc()
-        )
+        return await maintenance_state(store, layout)
+    except EtcdError as exc:
+        # Not knowable now. The run goes on to its health check, which reports etcd, and
+        # the preflight reads the record again once the lock (held in etcd) is taken.
+        log.warning("failover.maintenance.unknown", error=str(exc))
+        return None
 
 
 def node_replication(snapshot: ClusterSnapshot) -> dict[str, NodeReplication]:

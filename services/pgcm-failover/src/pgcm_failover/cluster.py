@@ -37,6 +37,7 @@ from pgcm_common.records import (
     now_utc,
 )
 from pgcm_failover.errors import FailoverAborted
+from pgcm_failover.maintenance import maintenance_refusal, maintenance_state
 from pgcm_failover.pipeline import PreflightResult
 
 __all__ = [
@@ -236,11 +237,16 @@ class NodeStatusCluster:
         """Check that a switchover now would not hurt clients; return the plan.
 
         Raises:
-            FailoverAborted: no fresh view, no quorum, no single primary, a leftover move
-                constraint, no usable target, a target not streaming or behind, or a
-                transaction on the primary older than ``max_transaction_age``.
+            FailoverAborted: maintenance mode is on, no fresh view, no quorum, no single
+                primary, a leftover move constraint, no usable target, a target not
+                streaming or behind, or a transaction on the primary older than
+                ``max_transaction_age``.
             EtcdError: etcd cannot be read.
         """
+        # Read again here, with the lock held: the early check may not have reached etcd.
+        refusal = maintenance_refusal(await maintenance_state(self._store, self._layout))
+        if refusal is not None:
+            raise FailoverAborted(refusal)
         return check_preflight(
             await self.snapshot(),
             target_node,

@@ -17,7 +17,7 @@ from typing import Protocol, final
 import anyio
 
 from pgcm_common.etcd import EtcdStore
-from pgcm_common.records import KeyLayout, MaintenanceRecord, now_utc
+from pgcm_common.records import KeyLayout, MaintenanceRecord, RecordError, now_utc
 from pgcm_failover.errors import ClientsFailed
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "MaintenanceClient",
     "MaintenanceResult",
     "maintenance_refusal",
+    "maintenance_state",
     "read_maintenance",
     "switch_maintenance",
 ]
@@ -96,6 +97,22 @@ async def read_maintenance(store: EtcdStore, layout: KeyLayout) -> MaintenanceRe
     """
     kv = await store.get(layout.maintenance)
     return None if kv is None else MaintenanceRecord.from_json(kv.key, kv.value)
+
+
+async def maintenance_state(store: EtcdStore, layout: KeyLayout) -> MaintenanceRecord | None:
+    """Return the maintenance record to act on; an unreadable one counts as "on".
+
+    Someone wrote garbage at the key: it may have meant "on", so refuse rather than guess.
+
+    Raises:
+        EtcdError: etcd cannot be read.
+    """
+    try:
+        return await read_maintenance(store, layout)
+    except RecordError as exc:
+        return MaintenanceRecord(
+            enabled=True, reason=f"unreadable record ({exc})", by="?", at=now_utc()
+        )
 
 
 def maintenance_refusal(record: MaintenanceRecord | None) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 from pgcm_common.pacemaker import ClusterState, Role, parse_crm_mon
 from pgcm_common.records import (
     KeyLayout,
+    MaintenanceRecord,
     NodeRole,
     NodeStatus,
     PostgresStatus,
@@ -150,6 +151,27 @@ async def test_preflight_with_postgres_facts_reports_the_lag() -> None:
     await store.put(LAYOUT.node_status("n1"), status("n1", postgres=pg(("n2", "streaming", 42))))
     result = await cluster(store).preflight("n2", max_transaction_age=timedelta(seconds=2))
     assert (result.target, result.lag_bytes, result.notes) == ("n2", 42, ())
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (
+            MaintenanceRecord(enabled=True, reason="disk swap", by="ops", at=now_utc()).to_json(),
+            "maintenance mode",
+        ),
+        (b"not json", "unreadable record"),
+    ],
+)
+async def test_preflight_refuses_while_maintenance_is_on_or_unreadable(
+    record: bytes, reason: str
+) -> None:
+    # Read with the lock held: the check before the lock may not have reached etcd.
+    store = FakeEtcdStore()
+    await store.put(LAYOUT.node_status("n1"), status("n1", postgres=pg(("n2", "streaming", 0))))
+    await store.put(LAYOUT.maintenance, record)
+    with pytest.raises(FailoverAborted, match=reason):
+        await cluster(store).preflight("n2", max_transaction_age=timedelta(seconds=2))
 
 
 def roles(*spec: tuple[str, str, int]) -> tuple[NodeRole, ...]:
