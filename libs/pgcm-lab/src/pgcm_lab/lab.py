@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGCONT, SIGSTOP
 from typing import IO, Final, final
 
 import anyio
@@ -721,6 +722,41 @@ class Lab:
         await self._kill_pid(pid)
         await self._reap_unshare(name)
         self._pid_file(name, "init").unlink(missing_ok=True)
+
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        """``(host pid, command name)`` of every process in node ``name``'s PID namespace."""
+        pid = self.init_pid(name)
+        if pid is None:
+            raise LabNotUp(f"node {name}")
+        namespace = str(Path(f"/proc/{pid}/ns/pid").readlink())
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if str((entry / "ns" / "pid").readlink()) == namespace:
+                        found.append((int(entry.name), (entry / "comm").read_text().strip()))
+        return found
+
+    async def hang(self, name: str, *, only: str | None = None) -> list[int]:
+        """SIGSTOP every process of node ``name`` (or only those whose command is ``only``).
+
+        The node's init too: nothing in it runs until it is fenced (SIGKILL reaches
+        stopped processes) or :meth:`unhang` sends SIGCONT. Returns the stopped PIDs.
+        """
+        name = self.topology.node(name).name
+        victims = [pid for pid, comm in self.processes(name) if only is None or comm == only]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, SIGSTOP)
+        what = "every process" if only is None else f"every {only} process"
+        self.progress(f"SIGSTOP {what} of node {name} ({len(victims)})")
+        return victims
+
+    async def unhang(self, name: str) -> None:
+        """SIGCONT every process of node ``name`` (undo :meth:`hang`)."""
+        for pid, _ in self.processes(self.topology.node(name).name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, SIGCONT)
 
     async def start_node(self, name: str) -> None:
         """(Re)start a stopped node: init, corosync, pacemaker, etcd, PgBouncer, services.
