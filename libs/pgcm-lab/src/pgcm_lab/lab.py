@@ -57,6 +57,7 @@ DEFAULT_STATE_DIR: Final = Path("/var/tmp/pgcm-lab")  # noqa: S108  # survives r
 PREFIX: Final = "pgcmlab"
 BRIDGE_NS: Final = f"{PREFIX}-br"
 _POLL: Final = 0.2
+_FENCE_BIN: Final = "fence-bin"
 
 # (directory below the node's state dir, mount point inside the node)
 _DB_MOUNTS: Final = (
@@ -369,9 +370,11 @@ class Lab:
         await self._net_up()
         self.progress(f"network: bridge + {len(self.topology.all_nodes)} node namespaces")
         async with anyio.create_task_group() as tg:
+            # The pre-seeded fence device's first monitor asks the helper: it must listen.
+            tg.start_soon(self._start_fence_helper)
             for node in self.topology.all_nodes:
                 tg.start_soon(self._start_init, node.name)
-        self.progress("nodes: mount/UTS/PID namespaces and inits ready")
+        self.progress("nodes: mount/UTS/PID namespaces and inits ready; fence helper listens")
         # Pacemaker elects its DC (no resources yet) while PostgreSQL bootstraps.
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -410,8 +413,45 @@ class Lab:
             if not Path(path).exists():
                 (self.state_dir / marker).touch()
         self._write_state()
+        self._write_fence_agent()
         for node in self.topology.all_nodes:
             self._prepare_node(node)
+
+    @property
+    def fence_socket(self) -> Path:
+        """The fence helper's socket (:mod:`pgcm_lab.fenced`), named in the CIB."""
+        return self.state_dir / "fence" / "fence.sock"
+
+    def _write_fence_agent(self) -> None:
+        directory = self.state_dir / _FENCE_BIN
+        directory.mkdir(parents=True, exist_ok=True)
+        agent = directory / "fence_pgcmlab"
+        # This environment's Python, so the agent imports pgcm_lab from it.
+        agent.write_text(
+            f"#!{sys.executable}\n# fence_pgcmlab for the lab in {self.state_dir}\n"
+            "import sys\nfrom pgcm_lab.fence_agent import main\nsys.exit(main())\n",
+            encoding="utf-8",
+        )
+        agent.chmod(0o755)
+
+    async def _start_fence_helper(self) -> None:
+        ready = self.fence_socket.parent / "ready"
+        ready.unlink(missing_ok=True)
+        self.fence_socket.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pgcm_lab.fenced", str(self.state_dir)]
+        log = self.fence_socket.parent / "fenced.out"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(  # noqa: ASYNC220  # returns at once: a daemon
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._children["fenced"] = proc
+        self._pid_file("fenced", "helper").write_text(f"{proc.pid}\n", encoding="utf-8")
+        with anyio.fail_after(30):
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise LabError(f"the fence helper exited: {_tail(log)}")
+                await anyio.sleep(0.02)
 
     def _prepare_node(self, node: Node) -> None:
         base = self.node_dir(node.name)
@@ -428,8 +468,14 @@ class Lab:
         else:
             _chown(base / "var-log-postgresql", "postgres")
             _chown(base / "etc-pgbouncer", "postgres")
-        self._write_rendered(node.name, node_files(self.topology, node.name, with_resources=False))
-        spec = {"hostname": node.name, "mounts": self._mount_spec(node)}
+        files = node_files(
+            self.topology, node.name, with_resources=False, fence_socket=str(self.fence_socket)
+        )
+        self._write_rendered(node.name, files)
+        spec: dict[str, object] = {"hostname": node.name, "mounts": self._mount_spec(node)}
+        if not node.is_app:
+            # fence_pgcmlab joins the node's /usr/sbin, where Pacemaker looks for agents.
+            spec["overlays"] = [[str(self.state_dir / _FENCE_BIN), "/usr/sbin"]]
         (base / "init.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
     def _write_rendered(self, name: str, files: Sequence[RenderedFile]) -> None:
@@ -507,7 +553,7 @@ class Lab:
     async def _release_clone(self) -> None:
         first = self.topology.nodes[0].name
         argv = ["cibadmin", "--create", "-o", "resources", "-X",
-                render_cib_resources(self.topology)]  # fmt: skip
+                render_cib_resources(self.topology, fencing=True)]  # fmt: skip
         while (await self.exec(first, argv, check=False)).returncode != 0:
             await anyio.sleep(0.1)
 
@@ -1011,6 +1057,15 @@ class Lab:
             for node in self.topology.all_nodes:
                 if (pid := self.init_pid(node.name)) is not None:
                     tg.start_soon(self._kill_pid, pid)
+        helper = self._pid_file("fenced", "helper")
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(helper.read_text().strip())
+            # Only our own helper: a stale file may name a PID reused since.
+            if _cmdline_has(pid, "pgcm_lab.fenced"):
+                await self._kill_pid(pid)
+            _reap(pid)
+        if (child := self._children.pop("fenced", None)) is not None:
+            child.poll()
         for unshare in pids.glob("*.unshare") if pids.is_dir() else []:
             with contextlib.suppress(ValueError, OSError):
                 pid = int(unshare.read_text().strip())
