@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from signal import SIGCONT, SIGSTOP
 from typing import IO, Final, final
@@ -58,6 +59,7 @@ PREFIX: Final = "pgcmlab"
 BRIDGE_NS: Final = f"{PREFIX}-br"
 _POLL: Final = 0.2
 _FENCE_BIN: Final = "fence-bin"
+_SYSTEM_PYTHON: Final = "/usr/bin/python3"
 
 # (directory below the node's state dir, mount point inside the node)
 _DB_MOUNTS: Final = (
@@ -427,11 +429,11 @@ class Lab:
         directory.mkdir(parents=True, exist_ok=True)
         agent = directory / "fence_pgcmlab"
         # This environment's Python, so the agent imports pgcm_lab from it.
-        agent.write_text(
-            f"#!{sys.executable}\n# fence_pgcmlab for the lab in {self.state_dir}\n"
-            "import sys\nfrom pgcm_lab.fence_agent import main\nsys.exit(main())\n",
-            encoding="utf-8",
-        )
+        # The agent module itself, standard library only, run by the system's Python:
+        # Pacemaker's controller reads its metadata as hacluster, who cannot reach this
+        # environment's interpreter (or anything under /root).
+        source = files("pgcm_lab").joinpath("fence_agent.py").read_text(encoding="utf-8")
+        agent.write_text(f"#!{_SYSTEM_PYTHON}\n{source}", encoding="utf-8")
         agent.chmod(0o755)
 
     async def _start_fence_helper(self) -> None:
@@ -821,6 +823,10 @@ class Lab:
         # behind, PgBouncer refuses to start ("pidfile exists, another instance running?").
         self.host_path(node.name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
         await self._start_init(node.name)
+        await self._start_node_stack(node.name)
+
+    async def _start_node_stack(self, name: str) -> None:
+        node = self.topology.node(name)
         if not node.is_app:
             await self._start_corosync(node.name)
             await self._start_pacemaker(node.name)
@@ -871,13 +877,22 @@ class Lab:
                                   "--lifetime", "PT10M"])  # fmt: skip
         if await self.partitioned(name):
             await self.heal(name)
-        if self.init_pid(name) is None:
-            await self.start_node(name)
-        await self._until_kept_stopped(name, primary)
+        powered_off = self.init_pid(name) is None
+        if powered_off:
+            # Fenced or crashed: rebuild it before its Pacemaker starts. Probed as it was
+            # left, a crashed primary's data directory reads as a failed primary, whose
+            # demote fails, and the cluster fences the node again.
+            self.host_path(name, f"{PGDATA}/postmaster.pid").unlink(missing_ok=True)
+            self.host_path(name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
+            await self._start_init(name)
+        else:
+            await self._until_kept_stopped(name, primary)
         method = await self._rebuild(name, self.topology.node(primary))
         signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
         signal_file.touch()
         _chown(signal_file, "postgres")
+        if powered_off:
+            await self._start_node_stack(name)
         await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
         await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
                                   name])  # fmt: skip
