@@ -878,6 +878,16 @@ class Lab:
         if await self.partitioned(name):
             await self.heal(name)
         powered_off = self.init_pid(name) is None
+        if not powered_off:
+            try:
+                await self._until_kept_stopped(name, primary)
+            except LabError:
+                # A stop that fails (the postmaster Pacemaker lost track of) gets the
+                # node fenced meanwhile: then rebuild it powered off, as below.
+                if self.init_pid(name) is not None:
+                    raise
+                powered_off = True
+                self.progress(f"{name} was fenced while it rejoined")
         if powered_off:
             # Fenced or crashed: rebuild it before its Pacemaker starts. Probed as it was
             # left, a crashed primary's data directory reads as a failed primary, whose
@@ -885,8 +895,6 @@ class Lab:
             self.host_path(name, f"{PGDATA}/postmaster.pid").unlink(missing_ok=True)
             self.host_path(name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
             await self._start_init(name)
-        else:
-            await self._until_kept_stopped(name, primary)
         method = await self._rebuild(name, self.topology.node(primary))
         signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
         signal_file.touch()
