@@ -514,6 +514,10 @@ class Lab:
             await self.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     async def _start_init(self, name: str) -> None:
+        if name in self._children:
+            # The node was powered off by someone else (the fence helper): reap the
+            # unshare this object started before, or it lingers as a zombie.
+            await self._reap_unshare(name)
         base = self.node_dir(name)
         ready = base / "run" / "pgcm" / "ready"
         ready.unlink(missing_ok=True)
