@@ -412,14 +412,16 @@ class Reconciler:
         After a server login fails (the old primary died), PgBouncer 1.18 waits
         ``server_login_retry`` (default 15 s) from that attempt before it connects again
         for the pool, and a RELOAD to a new host does not reset that wait: clients stay
-        queued for the rest of it although the new primary is routed. So when a routed
-        pool has waiting clients and no server connection at all, the wait is set to 0
+        queued for the rest of it although the new primary is routed. So when a pool
+        has waiting clients and no server connection at all, the wait is set to 0
         for one round trip (PgBouncer's per-loop maintenance then connects for them to
         the new host) and put back to its value. A pool with servers, or without waiting
         clients, is left alone: nothing is held back there.
 
         A console failure is logged, not raised: the routing is confirmed and
-        acknowledged already, and the clients then wait out the rest of the retry.
+        acknowledged already, and the clients then wait out the rest of the retry. If
+        the connection breaks between the two SETs, the 0 stays until PgBouncer's next
+        RELOAD (the shipped template names the setting, so a RELOAD restores it).
         """
         try:
             stuck = [pool for pool in await admin.show_pools() if _held_back(pool)]
