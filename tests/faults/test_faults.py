@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Final, final
@@ -27,6 +28,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.text import TextReceiveStream
 
+from pgcm_lab.chain import failover_marks
+from pgcm_lab.clientrun import check_commits, reconnecting_clients
 from pgcm_lab.lab import Lab
 from pgcm_lab.pgcm import (
     MASTER_KEY,
@@ -426,7 +429,7 @@ async def test_etcd_without_quorum_keeps_clients_working_and_refuses_a_switchove
                 run = await run_failover(lab, "--yes")
                 assert run.returncode == 1, run.logs[-3000:]
                 # Refused at the health check: nothing was locked, paused or moved.
-                assert run.data["outcome"] == "rolled_back"
+                assert run.data.get("outcome") == "rolled_back", (run.data, run.logs[-3000:])
                 phases = run.data["phases"]
                 assert isinstance(phases, list)
                 assert [phase.get("name") for phase in phases] == ["health_check"]
@@ -580,3 +583,95 @@ async def test_primary_node_crash_promotes_a_standby_and_the_old_primary_rejoins
     print(f"\n[faults] node crash: {len(seen.errors)} client errors")  # noqa: T201
     assert sorted(lab.running_nodes()) == sorted(["n1", "n2", "n3", APP_NODE])
     assert await assert_converged(lab, seen) == new
+
+
+# --------------------------------------------------------------------------- fencing
+RESULTS: Final = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "faults.json"
+_COMMITS_AFTER: Final = 20  # commits on the new primary before the case ends
+
+
+def pacemaker_lines(lab: Lab) -> list[str]:
+    """Every Postgres node's pacemaker.log lines (a fenced node's file survives it)."""
+    lines: list[str] = []
+    for node in lab.topology.nodes:
+        log = lab.host_path(node.name, "/var/log/pacemaker/pacemaker.log")
+        if log.exists():
+            lines += log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines
+
+
+def record(case: str, result: dict[str, object]) -> None:
+    """Merge one case's measurements into benchmarks/results/faults.json."""
+    try:
+        data = json.loads(RESULTS.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data[case] = {**result, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+async def fenced_failover(
+    lab: Lab, case: str, fault: Callable[[str], Awaitable[object]]
+) -> dict[str, object]:
+    """Under reconnecting clients, break the primary with ``fault``; check the outcome.
+
+    Pacemaker must fence the primary's node (it ends powered off), promote a standby,
+    pgcm must publish it and every proxy follow; the clients must commit on the new
+    primary and lose no acknowledged commit. Then the fenced node rejoins as a standby.
+    Returns (and records) what the clients saw and Pacemaker's own times.
+    """
+    async with reconnecting_clients(lab, clients=4) as log:
+        with anyio.fail_after(240):
+            primary = await lab.wait_healthy()
+            await wait_pgcm_ready(lab, primary)
+            await fault(primary)
+            at = log.mark_fault(case)
+            survivors = [n.name for n in lab.topology.others(primary)]
+            new = await lab.wait_healthy(expect=survivors)
+            assert lab.init_pid(primary) is None, f"{primary} was not fenced (powered off)"
+            await wait_pgcm_ready(lab, new)
+            for name in lab.running_nodes():
+                while await routed_host(lab, name) != address(lab, new):
+                    await anyio.sleep(0.1)
+            while log.successes_after(at) < _COMMITS_AFTER:  # new transactions commit
+                await anyio.sleep(0.1)
+    assert await check_commits(lab, log) == [], "acknowledged commits lost"
+    report = log.report()
+    # Pacemaker logs local time without a year: compare in the same terms.
+    origin = datetime.fromtimestamp(at)  # noqa: DTZ006
+    marks = failover_marks(pacemaker_lines(lab), primary, origin)
+    result: dict[str, object] = {
+        "first_commit_after_fault_s": log.first_success_after(at),
+        "client_errors": report["errors"],
+        "error_classes": report["error_classes"],
+        "longest_gap_s": report["longest_gap_s"],
+        "committed": report["committed"],
+        "pacemaker_s": {
+            mark: round((stamp - origin.replace(year=stamp.year)).total_seconds(), 3)
+            for mark, stamp in marks.items()
+        },
+        "old_primary": primary,
+        "new_primary": new,
+    }
+    print(f"\n[faults] {case}: {json.dumps(result)}")  # noqa: T201
+    assert {"fenced", "promoted"} <= set(marks), f"Pacemaker's logs lack steps: {marks}"
+    with anyio.fail_after(240):
+        result["rejoin"] = await lab.rejoin(primary)
+    record(case, result)
+    return result
+
+
+async def test_hung_postgresql_on_the_primary_is_fenced_and_a_standby_promoted(lab: Lab) -> None:
+    """Every postgres process of the primary SIGSTOPped: the monitor times out, fencing."""
+    await fenced_failover(lab, "hung_postgresql", lambda p: lab.hang(p, only="postgres"))
+
+
+async def test_hung_primary_node_is_fenced_and_a_standby_promoted(lab: Lab) -> None:
+    """Everything in the primary's node SIGSTOPped, corosync too: the node is lost, fenced."""
+    await fenced_failover(lab, "hung_node", lab.hang)
+
+
+async def test_primary_node_crash_under_reconnecting_clients(lab: Lab) -> None:
+    """The primary's node SIGKILLed under four reconnecting clients."""
+    await fenced_failover(lab, "node_crash", lab.kill_node)

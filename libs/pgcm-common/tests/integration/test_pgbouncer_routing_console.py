@@ -84,3 +84,39 @@ async def test_nobody_listening_is_unreachable_and_a_wrong_password_an_auth_erro
             await RoutingConsole(closed_port).reload()
         with pytest.raises(PgBouncerAuthError):
             await RoutingConsole(wrong_password).show_databases()
+
+
+async def test_settings_are_read_and_set_and_pools_listed(pgbouncer: PgBouncerServer) -> None:
+    console = RoutingConsole(pgbouncer.admin_settings())
+    try:
+        with anyio.fail_after(10):
+            before = await console.show_setting("server_login_retry")
+            await console.set_number("server_login_retry", "7")
+            assert await console.show_setting("server_login_retry") == "7"
+            await console.set_number("server_login_retry", before)
+            assert await console.show_setting("server_login_retry") == before
+            assert all(pool.cl_waiting >= 0 for pool in await console.show_pools())
+    finally:
+        await console.aclose()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("server_login_retry", "1; SHUTDOWN"),
+        ("server_login_retry", "'1'"),
+        ("server_login_retry", ""),
+        ("server_login_retry", "-1"),
+        ("server_login_retry = 1; SHUTDOWN; SET x", "1"),
+        ("Server_Login_Retry", "1"),
+    ],
+)
+async def test_set_refuses_anything_but_a_setting_name_and_a_plain_number(
+    key: str, value: str
+) -> None:
+    # Refused before any connection: the settings point nowhere reachable.
+    console = RoutingConsole(PgBouncerSettings(host="127.0.0.1", port=1))
+    with pytest.raises(ValueError, match="not a"):
+        await console.set_number(key, value)
+    with pytest.raises(ValueError, match="not a PgBouncer setting name"):
+        await console.show_setting("x; SHUTDOWN")

@@ -21,7 +21,7 @@ from typing import Final, final
 
 from pgcm_lab.topology import CLONE, RESOURCE
 
-__all__ = ["STEPS", "PromotionChain", "promotion_chains"]
+__all__ = ["FAILOVER_MARKS", "STEPS", "PromotionChain", "failover_marks", "promotion_chains"]
 
 # "Nov 26 01:35:16.605 n1 pacemaker-based [54] ..." (local time, no year: only the
 # differences between lines are used).
@@ -29,6 +29,7 @@ _STAMP: Final = re.compile(r"^(\w{3} +\d+ \d\d:\d\d:\d\d\.\d{3}) ")
 # Lines from two moves are never this close: a move starts a new chain only this long
 # after the previous one (every node logs the same constraint within milliseconds).
 _SAME_MOVE_S: Final = 1.0
+_YEAR: Final = 2024  # a leap year, so that "Feb 29" parses; the year itself is never used
 
 STEPS: Final = (
     "schedule",
@@ -110,5 +111,46 @@ def _timestamp(line: str) -> datetime | None:
     match = _STAMP.match(line)
     if match is None:
         return None
-    # A leap year, so that "Feb 29" parses; the year itself is never used.
-    return datetime.strptime(f"2024 {match.group(1)}", "%Y %b %d %H:%M:%S.%f")  # noqa: DTZ007 - Pacemaker's local time, compared only with itself
+    return datetime.strptime(f"{_YEAR} {match.group(1)}", "%Y %b %d %H:%M:%S.%f")  # noqa: DTZ007 - Pacemaker's local time, compared only with itself
+
+
+FAILOVER_MARKS: Final = ("detected", "fence_requested", "fenced", "promoted")
+"""An unplanned failover's steps in Pacemaker's logs, in order (see :func:`failover_marks`)."""
+
+
+def failover_marks(lines: Iterable[str], failed: str, since: datetime) -> dict[str, datetime]:
+    """When Pacemaker saw node ``failed`` fail, asked to fence it, fenced it, and promoted.
+
+    ``lines`` are every node's pacemaker.log lines (any order); only lines at or after
+    ``since`` (Pacemaker's local time, any year) count, and each mark is its first
+    occurrence after the one before it:
+
+    * ``detected``: corosync lost the node (``Node nK state is now lost``), or the
+      primary's monitor failed there (``Result of monitor operation ... on nK`` not ok);
+    * ``fence_requested``: ``Requesting fencing (off) of node nK``;
+    * ``fenced``: ``Peer nK was terminated (off) ... OK``;
+    * ``promoted``: the first successful promote on another node.
+
+    A mark that is not in the logs is left out.
+    """
+    patterns = {
+        "detected": re.compile(
+            rf"Node {failed} state is now lost|Result of monitor operation for {RESOURCE} "
+            rf"on {failed}: (?!ok\b)"
+        ),
+        "fence_requested": re.compile(rf"Requesting fencing \(\w+\) of node {failed}\b"),
+        "fenced": re.compile(rf"Peer {failed} was terminated \(\w+\) .*: OK"),
+        "promoted": re.compile(
+            rf"Result of promote operation for {RESOURCE} on (?!{failed}:)\S+: ok\b"
+        ),
+    }
+    when = since.replace(year=_YEAR)
+    stamped = sorted((stamp, line) for line in lines if (stamp := _timestamp(line)) is not None)
+    marks: dict[str, datetime] = {}
+    after = when
+    for mark in FAILOVER_MARKS:
+        for stamp, line in stamped:
+            if stamp >= after and patterns[mark].search(line):
+                marks[mark] = after = stamp
+                break
+    return marks

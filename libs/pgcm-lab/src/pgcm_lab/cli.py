@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 
+from pgcm_lab.clientrun import check_commits, reconnecting_clients
 from pgcm_lab.errors import LabError
 from pgcm_lab.lab import DEFAULT_STATE_DIR, Lab, Service
 from pgcm_lab.pgcm import failover_argv, start_pgcm
@@ -21,6 +22,7 @@ from pgcm_lab.probe import NO_ANSWER, PROBE_TIMEOUT_S
 __all__ = ["main"]
 
 _RESULTS_ENV = "PGCM_LAB_RESULTS"
+FAULTS = ("kill-node", "partition", "hang-postgres", "hang-node")
 _STATE_ENV = "PGCM_LAB_DIR"
 
 
@@ -71,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--seconds", type=float, default=10)
     load.add_argument("--clients", type=int, default=4)
     load.add_argument("--json", action="store_true", help="print JSON")
+    clients = sub.add_parser(
+        "clients",
+        help="reconnecting clients through the app node's PgBouncer, optionally with a fault",
+    )
+    clients.add_argument("--clients", type=int, default=4)
+    clients.add_argument("--seconds", type=float, default=20, help="total run time")
+    clients.add_argument("--fault", choices=FAULTS, help="what to do to --node after --at s")
+    clients.add_argument("--node", help="the node to break (default: the primary)")
+    clients.add_argument("--at", type=float, default=5, help="seconds before the fault")
+    clients.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -132,7 +144,7 @@ def _yes(value: object) -> str:
     return "-" if value is None else ("ok" if value else "FAIL")
 
 
-async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912
+async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915
     lab = Lab(args.state_dir)
     command: str = args.command
     if command == "up":
@@ -186,7 +198,67 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912
         else:
             _print_load(report.as_dict())
         return 0
+    elif command == "clients":
+        seen = await _clients(lab, args)
+        if args.json:
+            sys.stdout.write(json.dumps(seen, indent=2) + "\n")
+        else:
+            _print_clients(seen)
+        return 1 if seen["lost"] else 0
     return 0
+
+
+async def inject(lab: Lab, fault: str, node: str) -> None:
+    """Do ``fault`` (one of :data:`FAULTS`) to ``node``."""
+    if fault == "kill-node":
+        await lab.kill_node(node)
+    elif fault == "partition":
+        await lab.partition(node)
+    elif fault == "hang-postgres":
+        await lab.hang(node, only="postgres")
+    elif fault == "hang-node":
+        await lab.hang(node)
+
+
+async def _clients(lab: Lab, args: argparse.Namespace) -> dict[str, object]:
+    async with reconnecting_clients(lab, clients=args.clients) as log:
+        start = anyio.current_time()
+        if args.fault:
+            await anyio.sleep(args.at)
+            node = args.node or await lab.primary()
+            if node is None:
+                raise LabError("no primary to break")
+            await inject(lab, args.fault, lab.topology.node(node).name)
+            log.mark_fault(f"{args.fault} {node}")
+        await anyio.sleep(max(0.0, args.seconds - (anyio.current_time() - start)))
+    report = log.report()
+    try:
+        lost = await check_commits(lab, log)
+    except LabError as exc:
+        report["lost"] = f"not checked: {exc}"
+    else:
+        report["lost"] = [list(item) for item in lost]
+    return report
+
+
+def _print_clients(report: dict[str, object]) -> None:
+    lines = [
+        (
+            f"clients: {report['clients']}  transactions: {report['transactions']}  "
+            f"committed: {report['committed']}  errors: {report['errors']} "
+            f"{report['error_classes']}"
+        ),
+        f"longest gap between commits: {report['longest_gap_s']} s",
+    ]
+    faults = report["faults"]
+    assert isinstance(faults, list)  # noqa: S101  # built by ClientsLog.report
+    lines += [f"{f['fault']}: first commit {f['first_success_s']} s after it" for f in faults]
+    errors = report["error_list"]
+    assert isinstance(errors, list)  # noqa: S101  # built by ClientsLog.report
+    lines += [f"  {e['at_s']:+8.3f} s client {e['client']}: {e['class']}: {e['message']}"
+              for e in errors[:20]]  # fmt: skip
+    lines.append(f"acknowledged commits lost: {report['lost'] or 'none'}")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _print_load(report: dict[str, object]) -> None:

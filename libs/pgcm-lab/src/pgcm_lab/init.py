@@ -43,6 +43,11 @@ def setup(spec: dict[str, object]) -> None:
     assert isinstance(mounts, list)  # noqa: S101  # the lab wrote this file
     for source, target in mounts:
         _mount("--bind", source, target)
+    overlays = spec.get("overlays", [])
+    assert isinstance(overlays, list)  # noqa: S101  # the lab wrote this file
+    for extra, target in overlays:
+        # Read-only: the lab's files on top of the host's, seen in this node only.
+        _mount("-t", "overlay", "overlay", "-o", f"lowerdir={extra}:{target}", target)
     # libqb names its shared-memory files by PID and PIDs repeat across PID namespaces.
     _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/dev/shm")  # noqa: S108  # a mount point
     for name, owner, mode in _RUN_DIRS:

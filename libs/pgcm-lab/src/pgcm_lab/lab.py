@@ -23,7 +23,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
+from signal import SIGCONT, SIGSTOP
 from typing import IO, Final, final
 
 import anyio
@@ -56,6 +58,8 @@ DEFAULT_STATE_DIR: Final = Path("/var/tmp/pgcm-lab")  # noqa: S108  # survives r
 PREFIX: Final = "pgcmlab"
 BRIDGE_NS: Final = f"{PREFIX}-br"
 _POLL: Final = 0.2
+_FENCE_BIN: Final = "fence-bin"
+_SYSTEM_PYTHON: Final = "/usr/bin/python3"
 
 # (directory below the node's state dir, mount point inside the node)
 _DB_MOUNTS: Final = (
@@ -368,9 +372,11 @@ class Lab:
         await self._net_up()
         self.progress(f"network: bridge + {len(self.topology.all_nodes)} node namespaces")
         async with anyio.create_task_group() as tg:
+            # The pre-seeded fence device's first monitor asks the helper: it must listen.
+            tg.start_soon(self._start_fence_helper)
             for node in self.topology.all_nodes:
                 tg.start_soon(self._start_init, node.name)
-        self.progress("nodes: mount/UTS/PID namespaces and inits ready")
+        self.progress("nodes: mount/UTS/PID namespaces and inits ready; fence helper listens")
         # Pacemaker elects its DC (no resources yet) while PostgreSQL bootstraps.
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -409,8 +415,45 @@ class Lab:
             if not Path(path).exists():
                 (self.state_dir / marker).touch()
         self._write_state()
+        self._write_fence_agent()
         for node in self.topology.all_nodes:
             self._prepare_node(node)
+
+    @property
+    def fence_socket(self) -> Path:
+        """The fence helper's socket (:mod:`pgcm_lab.fenced`), named in the CIB."""
+        return self.state_dir / "fence" / "fence.sock"
+
+    def _write_fence_agent(self) -> None:
+        directory = self.state_dir / _FENCE_BIN
+        directory.mkdir(parents=True, exist_ok=True)
+        agent = directory / "fence_pgcmlab"
+        # This environment's Python, so the agent imports pgcm_lab from it.
+        # The agent module itself, standard library only, run by the system's Python:
+        # Pacemaker's controller reads its metadata as hacluster, who cannot reach this
+        # environment's interpreter (or anything under /root).
+        source = files("pgcm_lab").joinpath("fence_agent.py").read_text(encoding="utf-8")
+        agent.write_text(f"#!{_SYSTEM_PYTHON}\n{source}", encoding="utf-8")
+        agent.chmod(0o755)
+
+    async def _start_fence_helper(self) -> None:
+        ready = self.fence_socket.parent / "ready"
+        ready.unlink(missing_ok=True)
+        self.fence_socket.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pgcm_lab.fenced", str(self.state_dir)]
+        log = self.fence_socket.parent / "fenced.out"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(  # noqa: ASYNC220  # returns at once: a daemon
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._children["fenced"] = proc
+        self._pid_file("fenced", "helper").write_text(f"{proc.pid}\n", encoding="utf-8")
+        with anyio.fail_after(30):
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise LabError(f"the fence helper exited: {_tail(log)}")
+                await anyio.sleep(0.02)
 
     def _prepare_node(self, node: Node) -> None:
         base = self.node_dir(node.name)
@@ -427,8 +470,14 @@ class Lab:
         else:
             _chown(base / "var-log-postgresql", "postgres")
             _chown(base / "etc-pgbouncer", "postgres")
-        self._write_rendered(node.name, node_files(self.topology, node.name, with_resources=False))
-        spec = {"hostname": node.name, "mounts": self._mount_spec(node)}
+        files = node_files(
+            self.topology, node.name, with_resources=False, fence_socket=str(self.fence_socket)
+        )
+        self._write_rendered(node.name, files)
+        spec: dict[str, object] = {"hostname": node.name, "mounts": self._mount_spec(node)}
+        if not node.is_app:
+            # fence_pgcmlab joins the node's /usr/sbin, where Pacemaker looks for agents.
+            spec["overlays"] = [[str(self.state_dir / _FENCE_BIN), "/usr/sbin"]]
         (base / "init.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
     def _write_rendered(self, name: str, files: Sequence[RenderedFile]) -> None:
@@ -465,6 +514,10 @@ class Lab:
             await self.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     async def _start_init(self, name: str) -> None:
+        if name in self._children:
+            # The node was powered off by someone else (the fence helper): reap the
+            # unshare this object started before, or it lingers as a zombie.
+            await self._reap_unshare(name)
         base = self.node_dir(name)
         ready = base / "run" / "pgcm" / "ready"
         ready.unlink(missing_ok=True)
@@ -505,7 +558,7 @@ class Lab:
 
     async def _release_clone(self) -> None:
         first = self.topology.nodes[0].name
-        argv = provision.release_clone_argv(self.topology)
+        argv = provision.release_clone_argv(self.topology, fencing=True)
         while (await self.exec(first, argv, check=False)).returncode != 0:
             await anyio.sleep(0.1)
 
@@ -709,6 +762,41 @@ class Lab:
         await self._reap_unshare(name)
         self._pid_file(name, "init").unlink(missing_ok=True)
 
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        """``(host pid, command name)`` of every process in node ``name``'s PID namespace."""
+        pid = self.init_pid(name)
+        if pid is None:
+            raise LabNotUp(f"node {name}")
+        namespace = str(Path(f"/proc/{pid}/ns/pid").readlink())
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if str((entry / "ns" / "pid").readlink()) == namespace:
+                        found.append((int(entry.name), (entry / "comm").read_text().strip()))
+        return found
+
+    async def hang(self, name: str, *, only: str | None = None) -> list[int]:
+        """SIGSTOP every process of node ``name`` (or only those whose command is ``only``).
+
+        The node's init too: nothing in it runs until it is fenced (SIGKILL reaches
+        stopped processes) or :meth:`unhang` sends SIGCONT. Returns the stopped PIDs.
+        """
+        name = self.topology.node(name).name
+        victims = [pid for pid, comm in self.processes(name) if only is None or comm == only]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, SIGSTOP)
+        what = "every process" if only is None else f"every {only} process"
+        self.progress(f"SIGSTOP {what} of node {name} ({len(victims)})")
+        return victims
+
+    async def unhang(self, name: str) -> None:
+        """SIGCONT every process of node ``name`` (undo :meth:`hang`)."""
+        for pid, _ in self.processes(self.topology.node(name).name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, SIGCONT)
+
     async def start_node(self, name: str) -> None:
         """(Re)start a stopped node: init, corosync, pacemaker, etcd, PgBouncer, services.
 
@@ -726,6 +814,10 @@ class Lab:
         # behind, PgBouncer refuses to start ("pidfile exists, another instance running?").
         self.host_path(node.name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
         await self._start_init(node.name)
+        await self._start_node_stack(node.name)
+
+    async def _start_node_stack(self, name: str) -> None:
+        node = self.topology.node(name)
         if not node.is_app:
             await self._start_corosync(node.name)
             await self._start_pacemaker(node.name)
@@ -776,13 +868,30 @@ class Lab:
                                   "--lifetime", "PT10M"])  # fmt: skip
         if await self.partitioned(name):
             await self.heal(name)
-        if self.init_pid(name) is None:
-            await self.start_node(name)
-        await self._until_kept_stopped(name, primary)
+        powered_off = self.init_pid(name) is None
+        if not powered_off:
+            try:
+                await self._until_kept_stopped(name, primary)
+            except LabError:
+                # A stop that fails (the postmaster Pacemaker lost track of) gets the
+                # node fenced meanwhile: then rebuild it powered off, as below.
+                if self.init_pid(name) is not None:
+                    raise
+                powered_off = True
+                self.progress(f"{name} was fenced while it rejoined")
+        if powered_off:
+            # Fenced or crashed: rebuild it before its Pacemaker starts. Probed as it was
+            # left, a crashed primary's data directory reads as a failed primary, whose
+            # demote fails, and the cluster fences the node again.
+            self.host_path(name, f"{PGDATA}/postmaster.pid").unlink(missing_ok=True)
+            self.host_path(name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
+            await self._start_init(name)
         method = await self._rebuild(name, self.topology.node(primary))
         signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
         signal_file.touch()
         _chown(signal_file, "postgres")
+        if powered_off:
+            await self._start_node_stack(name)
         await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
         await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
                                   name])  # fmt: skip
@@ -962,6 +1071,15 @@ class Lab:
             for node in self.topology.all_nodes:
                 if (pid := self.init_pid(node.name)) is not None:
                     tg.start_soon(self._kill_pid, pid)
+        helper = self._pid_file("fenced", "helper")
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(helper.read_text().strip())
+            # Only our own helper: a stale file may name a PID reused since.
+            if _cmdline_has(pid, "pgcm_lab.fenced"):
+                await self._kill_pid(pid)
+            _reap(pid)
+        if (child := self._children.pop("fenced", None)) is not None:
+            child.poll()
         for unshare in pids.glob("*.unshare") if pids.is_dir() else []:
             with contextlib.suppress(ValueError, OSError):
                 pid = int(unshare.read_text().strip())

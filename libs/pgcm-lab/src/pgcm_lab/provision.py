@@ -114,9 +114,14 @@ def stop_argv() -> list[str]:
     return [f"{PG_BINDIR}/pg_ctl", "-D", PGDATA, "-w", "-m", "fast", "stop"]
 
 
-def release_clone_argv(topology: Topology) -> list[str]:
-    """Add the PAF clone to the CIB (once every data directory is in place)."""
-    return ["cibadmin", "--create", "-o", "resources", "-X", render_cib_resources(topology)]
+def release_clone_argv(topology: Topology, *, fencing: bool = False) -> list[str]:
+    """Add the PAF clone to the CIB (once every data directory is in place).
+
+    ``fencing``: a failed monitor of the primary fences its node (the netns lab fences;
+    the compose cluster does not).
+    """
+    resources = render_cib_resources(topology, fencing=fencing)
+    return ["cibadmin", "--create", "-o", "resources", "-X", resources]
 
 
 def alerts_xml(agent: str, recipient: str, resource: str) -> str:

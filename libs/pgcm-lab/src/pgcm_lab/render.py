@@ -40,6 +40,7 @@ __all__ = [
     "render_cib",
     "render_cib_resources",
     "render_corosync_conf",
+    "render_fence_device",
     "render_hosts",
     "render_pg_hba",
     "render_pgbouncer_ini",
@@ -120,8 +121,12 @@ def render_pg_hba(topology: Topology) -> str:
     return render_template("pg_hba.conf", {"subnet": topology.network})
 
 
-def render_cib_resources(topology: Topology) -> str:
-    """The PAF promotable clone (the ``<clone>`` element of the CIB's resources)."""
+def render_cib_resources(topology: Topology, *, fencing: bool = False) -> str:
+    """The PAF promotable clone (the ``<clone>`` element of the CIB's resources).
+
+    With ``fencing``, a failed monitor of the primary fences its node (see
+    :func:`render_cib`).
+    """
     return render_template(
         "cib-resources.xml",
         {
@@ -134,24 +139,49 @@ def render_cib_resources(topology: Topology) -> str:
             # the move (docs/lab.md): shorter than PAF's usual 15 s/16 s keeps the lab quick.
             "monitor_promoted": topology.monitor_promoted,
             "monitor_unpromoted": topology.monitor_unpromoted,
+            "promoted_on_fail": "fence" if fencing else "restart",
         },
     ).rstrip("\n")
 
 
-def render_cib(topology: Topology, *, with_resources: bool = True) -> str:
+def render_fence_device(topology: Topology, fence_socket: str) -> str:
+    """The lab's stonith resource: ``fence_pgcmlab`` for every Postgres node."""
+    return render_template(
+        "cib-fencing.xml",
+        {
+            "hosts": " ".join(node.name for node in topology.nodes),
+            "fence_socket": fence_socket,
+        },
+    ).rstrip("\n")
+
+
+def render_cib(
+    topology: Topology, *, with_resources: bool = True, fence_socket: str | None = None
+) -> str:
     """The CIB every node starts from: options, defaults and (optionally) the PAF clone.
 
     Pre-seeding it (instead of loading it after start) is what lets ``dc-deadtime`` take
     effect for the very first DC election. The netns lab leaves the clone out so that
     Pacemaker elects its DC while PostgreSQL is still being bootstrapped (a probe would
     stop the bootstrap server), then adds :func:`render_cib_resources` with cibadmin.
+
+    With ``fence_socket`` (the netns lab) fencing is on: ``stonith-enabled=true``, the
+    ``fence_pgcmlab`` device is pre-seeded (it disturbs no bootstrap), fencing powers a
+    node off and leaves it off (``pgcm-lab rejoin`` brings it back as a standby), and a
+    failed monitor of the primary fences its node. Without it (the compose cluster,
+    which has no fence agent yet) fencing stays off.
     """
+    fencing = fence_socket is not None
+    resources = [render_fence_device(topology, fence_socket)] if fence_socket else []
+    if with_resources:
+        resources.append(render_cib_resources(topology, fencing=fencing))
     return render_template(
         "cib.xml",
         {
             "cluster_name": CLUSTER_NAME,
             "dc_deadtime": topology.dc_deadtime,
-            "resources": render_cib_resources(topology) if with_resources else "",
+            "stonith_enabled": "true" if fencing else "false",
+            "resources": "\n".join(resources),
         },
     )
 
@@ -198,7 +228,12 @@ def etcd_argv(topology: Topology, node: Node) -> list[str]:
 
 
 def node_files(
-    topology: Topology, name: str, primary: str = "n1", *, with_resources: bool = True
+    topology: Topology,
+    name: str,
+    primary: str = "n1",
+    *,
+    with_resources: bool = True,
+    fence_socket: str | None = None,
 ) -> list[RenderedFile]:
     """Every configuration file of node ``name``, as paths inside that node.
 
@@ -219,7 +254,7 @@ def node_files(
         RenderedFile("/etc/corosync/corosync.conf", render_corosync_conf(topology)),
         RenderedFile(
             "/var/lib/pacemaker/cib/cib.xml",
-            render_cib(topology, with_resources=with_resources),
+            render_cib(topology, with_resources=with_resources, fence_socket=fence_socket),
             owner="hacluster",
             mode=0o600,
         ),

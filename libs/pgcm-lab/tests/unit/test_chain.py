@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from pathlib import Path
 
-from pgcm_lab.chain import STEPS, promotion_chains
+from pgcm_lab.chain import FAILOVER_MARKS, STEPS, failover_marks, promotion_chains
 
 # Every node's pacemaker.log lines of one move from n1 to n2 in the lab (cut to the
 # lines that mark steps, plus cancels and notify results that must not be taken for
@@ -48,3 +49,36 @@ def test_two_moves_give_two_chains() -> None:
     chains = promotion_chains([*MOVE, *later, "not a log line", ""])
     assert [c.seconds()["total"] for c in chains] == [2.096, 2.096]
     assert chains[1].moved_at > chains[0].promoted_at
+
+
+# A hung primary's monitor timed out, then fencing, one promotion PAF aborted and the
+# one that succeeded (every node's lines, cut from a lab run).
+HUNG = (Path(__file__).parent / "data" / "pacemaker-hung.log").read_text().splitlines()
+LOST = (
+    "Dec 07 02:50:59.146 n3 pacemaker-attrd [45] (update_peer_state_iter) \tnotice: "
+    "Node n1 state is now lost | nodeid=1 previous=member"
+)
+
+
+def local(stamp: str) -> datetime:
+    """A naive datetime, as Pacemaker's local-time log stamps are."""
+    return datetime.fromisoformat(stamp)
+
+
+def test_an_unplanned_failover_gives_detection_fencing_and_promotion_times() -> None:
+    since = local("2026-12-07 02:49:17")
+    marks = failover_marks(reversed(HUNG), "n1", since)
+    assert {k: v.strftime("%H:%M:%S.%f")[:-3] for k, v in marks.items()} == {
+        "detected": "02:49:27.134",
+        "fence_requested": "02:49:27.302",
+        "fenced": "02:49:31.042",
+        "promoted": "02:49:37.500",
+    }
+    assert list(marks) == list(FAILOVER_MARKS)
+
+
+def test_a_lost_node_is_detected_and_earlier_lines_do_not_count() -> None:
+    marks = failover_marks([LOST, *HUNG[2:]], "n1", local("2026-12-07 02:49:30"))
+    # Everything before 02:49:30 is ignored; after the loss at 02:50:59 nothing follows.
+    assert marks == {"detected": local("2024-12-07 02:50:59.146")}
+    assert failover_marks(HUNG, "n1", local("2026-12-07 03:00:00")) == {}

@@ -106,3 +106,28 @@ def test_render_writes_a_nodes_files_below_a_root(tmp_path: Path) -> None:
     assert (tmp_path / "etc/corosync/corosync.conf").is_file()
     assert "application_name=n1" in (tmp_path / "var/lib/postgresql/pgcm-node.conf").read_text()
     assert IPv4Address("10.250.0.11") in Topology().network
+
+
+def test_the_netns_labs_cib_fences_with_fence_pgcmlab_and_compose_does_not() -> None:
+    sock = "/var/tmp/pgcm-lab/fence/fence.sock"
+    root = ElementTree.fromstring(render_cib(Topology(), fence_socket=sock))
+    options = {nv.get("name"): nv.get("value") for nv in root.iter("nvpair")}
+    assert options["stonith-enabled"] == "true"
+    assert options["stonith-action"] == "off"
+    assert options["pcmk_host_list"] == "n1 n2 n3"
+    assert options["lab_socket"] == sock
+    [device] = [p for p in root.iter("primitive") if p.get("class") == "stonith"]
+    assert device.get("type") == "fence_pgcmlab"
+    monitors = {op.get("role"): op.get("on-fail") for op in root.iter("op")
+                if op.get("name") == "monitor" and op.get("role")}  # fmt: skip
+    assert monitors == {"Promoted": "fence", "Unpromoted": None}
+    ids = [el.get("id") for el in root.iter() if el.get("id")]
+    assert len(ids) == len(set(ids))
+    compose = ElementTree.fromstring(render_cib(Topology()))
+    plain = {nv.get("name"): nv.get("value") for nv in compose.iter("nvpair")}
+    assert plain["stonith-enabled"] == "false"
+    assert not [p for p in compose.iter("primitive") if p.get("class") == "stonith"]
+    assert {op.get("on-fail") for op in compose.iter("op") if op.get("role")} == {
+        "restart",
+        None,
+    }

@@ -28,7 +28,7 @@ import structlog
 from pgcm_common.backoff import Backoff
 from pgcm_common.errors import PgcmError
 from pgcm_common.etcd import Deleted, RevisionGate, WatchEvent
-from pgcm_common.pgbouncer import DatabaseRow, PgBouncerEndpoint
+from pgcm_common.pgbouncer import DatabaseRow, PgBouncerEndpoint, PoolRow
 from pgcm_common.records import ProxyAck, now_utc
 from pgcm_common.untrusted import excerpt
 from pgcm_proxy.address import PrimaryAddress, parse_primary_address
@@ -214,6 +214,18 @@ class PgBouncerRouting(Protocol):
         """Return where each database routes."""
         ...
 
+    async def show_pools(self) -> tuple[PoolRow, ...]:
+        """Return the clients and servers of each pool."""
+        ...
+
+    async def show_setting(self, key: str) -> str:
+        """Return the current value of setting ``key``."""
+        ...
+
+    async def set_number(self, key: str, value: str) -> None:
+        """Set numeric setting ``key`` until the next RELOAD."""
+        ...
+
 
 class AckSink(Protocol):
     """Where confirmed applies are acknowledged (the leased etcd key in production)."""
@@ -311,7 +323,7 @@ class Reconciler:
                 host=host,
                 revision=target.revision,
             )
-        await self._route_all_and_sync(host, reload_first=changed)
+        reloaded = await self._route_all_and_sync(host, reload_first=changed)
         applied_at = self._clock()
         await self._acks.publish(
             ProxyAck(
@@ -323,6 +335,11 @@ class Reconciler:
             )
         )
         elapsed = time.perf_counter() - started
+        if reloaded:
+            # After the ack: the switchover waits for acks, not for this.
+            async with anyio.create_task_group() as tg:
+                for admin in reloaded:
+                    tg.start_soon(self._end_login_backoff, admin, host)
         self._metrics.routed_to(host, target.revision, applied_at.timestamp(), elapsed)
         log.info(
             "proxy.apply.done",
@@ -332,8 +349,10 @@ class Reconciler:
             elapsed=round(elapsed, 6),
         )
 
-    async def _route_all_and_sync(self, host: str, *, reload_first: bool) -> None:
+    async def _route_all_and_sync(self, host: str, *, reload_first: bool) -> list[PgBouncerRouting]:
         """Route every PgBouncer to ``host`` while a pending rewrite is fsynced.
+
+        Returns the PgBouncers that were sent a RELOAD.
 
         Raises:
             PgBouncersFailed: a PgBouncer failed (every endpoint's error kept).
@@ -341,10 +360,11 @@ class Reconciler:
         """
         failures: dict[str, Exception] = {}
         sync_errors: list[OSError] = []
+        reloaded: list[PgBouncerRouting] = []
 
         async def one(admin: PgBouncerRouting) -> None:
             try:
-                await self._route(admin, host, reload_first=reload_first)
+                await self._route(admin, host, reload_first=reload_first, reloaded=reloaded)
             except PgcmError as exc:
                 failures[str(admin.endpoint)] = exc
 
@@ -367,8 +387,16 @@ class Reconciler:
             raise PgBouncersFailed(failures)
         if sync_errors:
             raise sync_errors[0]
+        return reloaded
 
-    async def _route(self, admin: PgBouncerRouting, host: str, *, reload_first: bool) -> None:
+    async def _route(
+        self,
+        admin: PgBouncerRouting,
+        host: str,
+        *,
+        reload_first: bool,
+        reloaded: list[PgBouncerRouting],
+    ) -> None:
         if not reload_first and not self._misrouted(await admin.show_databases(), host):
             return
         await admin.reload()
@@ -376,10 +404,69 @@ class Reconciler:
         wrong = self._misrouted(await admin.show_databases(), host)
         if wrong:
             raise RoutingNotConfirmed(str(admin.endpoint), host, wrong)
+        reloaded.append(admin)
+
+    async def _end_login_backoff(self, admin: PgBouncerRouting, host: str) -> None:
+        """Let clients already waiting in ``admin``'s PgBouncer reach ``host`` at once.
+
+        After a server login fails (the old primary died), PgBouncer 1.18 waits
+        ``server_login_retry`` (default 15 s) from that attempt before it connects again
+        for the pool, and a RELOAD to a new host does not reset that wait: clients stay
+        queued for the rest of it although the new primary is routed. So when a pool
+        has waiting clients and no server connection at all, the wait is set to 0
+        for one round trip (PgBouncer's per-loop maintenance then connects for them to
+        the new host) and put back to its value. A pool with servers, or without waiting
+        clients, is left alone: nothing is held back there.
+
+        A console failure is logged, not raised: the routing is confirmed and
+        acknowledged already, and the clients then wait out the rest of the retry. If
+        the connection breaks between the two SETs, the 0 stays until PgBouncer's next
+        RELOAD (the shipped template names the setting, so a RELOAD restores it).
+        """
+        try:
+            stuck = [pool for pool in await admin.show_pools() if _held_back(pool)]
+            if not stuck:
+                return
+            configured = await admin.show_setting(LOGIN_RETRY)
+            await admin.set_number(LOGIN_RETRY, "0")
+            try:
+                await admin.show_pools()  # one round trip: PgBouncer's loop connects meanwhile
+            finally:
+                await admin.set_number(LOGIN_RETRY, configured)
+        except (PgcmError, ValueError) as exc:
+            log.warning(
+                "pgbouncer.login_backoff.failed",
+                endpoint=str(admin.endpoint),
+                error=str(exc),
+                error_type=exc.__class__.__name__,
+                msg="could not end the login retry wait; waiting clients wait it out",
+            )
+            return
+        log.info(
+            "pgbouncer.login_backoff.ended",
+            endpoint=str(admin.endpoint),
+            host=host,
+            pools=[f"{pool.database}/{pool.user}" for pool in stuck],
+            waiting=sum(pool.cl_waiting for pool in stuck),
+            msg="clients waited out a failed login to the old primary: connecting them now",
+        )
 
     def _misrouted(self, rows: Sequence[DatabaseRow], host: str) -> dict[str, str | None]:
         routes = {row.name: row.host for row in rows}
         return {db: routes.get(db) for db in self._databases if routes.get(db) != host}
+
+
+LOGIN_RETRY = "server_login_retry"
+ADMIN_DATABASE = "pgbouncer"
+
+
+def _held_back(pool: PoolRow) -> bool:
+    """Whether ``pool`` has waiting clients and no server connection, not even one starting.
+
+    Any database counts, the ``*`` fallback's too: the retry wait is one global setting.
+    """
+    servers = pool.sv_active + pool.sv_idle + pool.sv_used + pool.sv_tested + pool.sv_login
+    return pool.database != ADMIN_DATABASE and pool.cl_waiting > 0 and servers == 0
 
 
 async def sync_config(

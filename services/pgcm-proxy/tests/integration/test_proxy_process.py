@@ -30,6 +30,7 @@ import tomli_w
 from anyio.abc import Process
 
 from pgcm_common.etcd import AetcdStore, open_etcd
+from pgcm_common.pgbouncer import RoutingConsole
 from pgcm_common.records import KeyLayout, ProxyAck
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.eventually import eventually
@@ -623,4 +624,97 @@ async def test_the_originals_config_file_runs_the_proxy_unchanged(
                 "postgres-master-crm-xpath",
             ],
         )
+        assert await proxy.terminate() == 0
+
+
+DEAD_HOST = "127.0.0.3"  # nothing listens there: a login fails at once (refused)
+
+
+@pytest.fixture
+def slow_retry_rig(
+    backends: Backends, etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyRig]:
+    """A rig whose PgBouncer waits an hour after a failed server login (transaction pool)."""
+    base = tmp_path_factory.mktemp("proxy-rig-retry")
+    with start_pgbouncer(
+        base / "pgbouncer",
+        databases={"app": f"host={HOST_A} port={backends.port} dbname=postgres"},
+        pool_mode="transaction",
+        extra_settings={"server_login_retry": "3600", "query_wait_timeout": "3600"},
+    ) as bouncer:
+        template_path = base / "pgbouncer.ini.template"
+        template_path.write_text(template_for(bouncer, backends))
+        yield ProxyRig(
+            bouncer=bouncer,
+            backends=backends,
+            etcd=etcd,
+            base=base,
+            namespace=random_key("proxy").decode(),
+            proxy_id="proxy-under-test",
+            template_path=template_path,
+            config_path=base / "pgcm.toml",
+        )
+
+
+async def test_a_client_waiting_after_a_failed_login_reaches_the_new_primary_at_once(
+    slow_retry_rig: ProxyRig, store: AetcdStore
+) -> None:
+    """The old primary refused the login; PgBouncer would wait server_login_retry (1 h).
+
+    Without the proxy ending that wait after the RELOAD, the client below stays queued
+    for an hour and the test fails on its deadline.
+    """
+    rig = slow_retry_rig
+    rig.write_config()
+    console = RoutingConsole(rig.bouncer.admin_settings())
+    try:
+        configured = await console.show_setting("server_login_retry")
+        dead = await store.put(rig.layout.master, DEAD_HOST.encode())
+        async with rig.proxy() as proxy, anyio.create_task_group() as tg:
+            with anyio.fail_after(15):
+                await rig.wait_ack(store, DEAD_HOST, dead)
+            reached: list[str] = []
+            done = anyio.Event()
+
+            async def client() -> None:
+                reached.append(await rig.client_reaches())
+                done.set()
+
+            tg.start_soon(client)
+
+            async def held_back() -> bool:
+                pools = [p for p in await console.show_pools() if p.database == "app"]
+                return any(p.cl_waiting > 0 and p.sv_login == 0 for p in pools)
+
+            with anyio.fail_after(15):
+                await eventually(held_back)  # queued, its server login refused
+            alive = await store.put(rig.layout.master, HOST_B.encode())
+            with anyio.fail_after(30):
+                await rig.wait_ack(store, HOST_B, alive)
+                await done.wait()
+            assert reached == ["beta"]
+            assert await rig.client_reaches() == "beta"  # a new client is not refused
+            assert proxy.saw("pgbouncer.login_backoff.ended", host=HOST_B)
+            assert await console.show_setting("server_login_retry") == configured
+            assert await proxy.terminate() == 0
+    finally:
+        await console.aclose()
+
+
+async def test_a_pool_with_servers_keeps_its_login_retry_setting_untouched(
+    slow_retry_rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig = slow_retry_rig
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        assert await rig.client_reaches() == "alpha"
+        second = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_B, second)
+        assert await rig.client_reaches() == "beta"
+        assert not proxy.saw("pgbouncer.login_backoff.ended")
+        assert "SET server_login_retry" not in rig.bouncer.log_path.read_text()
         assert await proxy.terminate() == 0

@@ -15,6 +15,7 @@ from pgcm_common.backoff import Backoff
 from pgcm_common.etcd import Deleted, KeyValue
 from pgcm_common.pgbouncer import (
     DatabaseRow,
+    PgBouncerCommandRefused,
     PgBouncerEndpoint,
     PgBouncerState,
     PgBouncerVersion,
@@ -53,7 +54,6 @@ def kv(value: bytes, revision: int) -> KeyValue:
     return KeyValue(KEY, value, 1, revision, revision)
 
 
-@final
 class FileBackedBouncer:
     """A fake PgBouncer whose RELOAD re-reads the ini, as the real one does."""
 
@@ -88,6 +88,12 @@ class FileBackedBouncer:
 
     async def show_pools(self) -> tuple[PoolRow, ...]:
         return await self.fake.show_pools()
+
+    async def show_setting(self, key: str) -> str:
+        return await self.fake.show_setting(key)
+
+    async def set_number(self, key: str, value: str) -> None:
+        await self.fake.set_number(key, value)
 
     async def show_state(self) -> PgBouncerState:
         return await self.fake.show_state()
@@ -222,10 +228,67 @@ async def test_change_rewrites_reloads_confirms_and_acknowledges(ini: Path) -> N
     store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
     await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.2", 7))
     assert "app = host=10.0.0.2 port=5432" in ini.read_text()
-    assert bouncer.fake.commands == ["RELOAD", "SHOW DATABASES"]
+    # SHOW POOLS after the ack: no client waits for a server, so nothing more.
+    assert bouncer.fake.commands == ["RELOAD", "SHOW DATABASES", "SHOW POOLS"]
     ack = await read_ack(store)
     assert ack is not None
     assert (ack.proxy_id, ack.host, ack.revision) == ("p1", "10.0.0.2", 7)
+
+
+async def test_clients_held_back_by_a_failed_login_are_connected_after_the_reload(
+    ini: Path,
+) -> None:
+    """Waiting clients and no server: the login retry wait is 0 for one round trip."""
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
+    bouncer.fake.waiting["app"] = 2
+    bouncer.fake.settings["server_login_retry"] = "15"
+    with structlog.testing.capture_logs() as logs:
+        await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.2", 7))
+    assert bouncer.fake.commands == [
+        "RELOAD",
+        "SHOW DATABASES",
+        "SHOW POOLS",
+        "SHOW CONFIG",
+        "SET server_login_retry = 0",
+        "SHOW POOLS",
+        "SET server_login_retry = 15",
+    ]
+    assert bouncer.fake.settings["server_login_retry"] == "15"
+    [ended] = [e for e in logs if e["event"] == "pgbouncer.login_backoff.ended"]
+    assert (ended["host"], ended["pools"], ended["waiting"]) == ("10.0.0.2", ["app/postgres"], 2)
+    ack = await read_ack(store)
+    assert ack is not None
+    assert ack.host == "10.0.0.2"
+
+
+async def test_without_a_reload_the_login_retry_wait_is_left_alone(ini: Path) -> None:
+    store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini)
+    bouncer.fake.waiting["app"] = 2
+    await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.1", 3))
+    assert bouncer.fake.commands == ["SHOW DATABASES"]
+
+
+@final
+class RefusingSet(FileBackedBouncer):
+    """A PgBouncer whose console refuses SET."""
+
+    async def set_number(self, key: str, value: str) -> None:
+        raise PgBouncerCommandRefused(f"SET {key}", "08P01", "refused (fake)")
+
+
+async def test_a_failed_login_backoff_end_is_logged_and_the_apply_still_succeeds(
+    ini: Path,
+) -> None:
+    store, bouncer = FakeEtcdStore(), RefusingSet(ini)
+    bouncer.fake.waiting["app"] = 1
+    with structlog.testing.capture_logs() as logs:
+        await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.2", 7))
+    assert [e["error_type"] for e in logs if e["event"] == "pgbouncer.login_backoff.failed"] == [
+        "PgBouncerCommandRefused"
+    ]
+    ack = await read_ack(store)
+    assert ack is not None
+    assert ack.host == "10.0.0.2"
 
 
 async def test_a_new_address_is_logged_once_its_file_is_written_and_once_per_revision(
@@ -262,7 +325,7 @@ async def test_unchanged_file_with_agreeing_pgbouncer_sends_no_reload(ini: Path)
 async def test_unchanged_file_but_stale_pgbouncer_is_reloaded(ini: Path) -> None:
     store, bouncer = FakeEtcdStore(), FileBackedBouncer(ini, initial_host="10.0.0.9")
     await make_reconciler(ini, bouncer, store).apply(target(b"10.0.0.1", 3))
-    assert bouncer.fake.commands == ["SHOW DATABASES", "RELOAD", "SHOW DATABASES"]
+    assert bouncer.fake.commands == ["SHOW DATABASES", "RELOAD", "SHOW DATABASES", "SHOW POOLS"]
 
 
 async def test_routing_not_confirmed_after_reload_fails_without_ack(ini: Path) -> None:

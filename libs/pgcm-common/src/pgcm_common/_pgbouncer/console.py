@@ -12,14 +12,19 @@ each: dropping that connection is how an abandoned PAUSE is undone (ADR 0003).
 
 from __future__ import annotations
 
-from typing import final
+import re
+from typing import Final, final
 
 import anyio
 import structlog
 
-from pgcm_common._pgbouncer.errors import PgBouncerCommandRefused, PgBouncerUnreachable
+from pgcm_common._pgbouncer.errors import (
+    PgBouncerCommandRefused,
+    PgBouncerProtocolError,
+    PgBouncerUnreachable,
+)
 from pgcm_common._pgbouncer.events import logged_reload
-from pgcm_common._pgbouncer.rows import DatabaseRow
+from pgcm_common._pgbouncer.rows import DatabaseRow, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
 from pgcm_common._pgbouncer.wire import (
     SimpleQueryConnection,
@@ -31,6 +36,10 @@ from pgcm_common._pgbouncer.wire import (
 __all__ = ["RoutingConsole", "routing_consoles_for"]
 
 _log = structlog.get_logger()
+# SET takes the key and value as text in the command: only a setting name and a plain
+# number ever go there (the proxy sets numeric timing settings only).
+_SETTING: Final = re.compile(r"[a-z_]{1,64}")
+_NUMBER: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 
 
 @final
@@ -81,6 +90,47 @@ class RoutingConsole:
         result = await self._query("SHOW DATABASES")
         return tuple(DatabaseRow.from_record(record) for record in result.records())
 
+    async def show_pools(self) -> tuple[PoolRow, ...]:
+        """Return SHOW POOLS as typed rows.
+
+        Raises:
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerProtocolError: Unparseable output.
+        """
+        result = await self._query("SHOW POOLS")
+        return tuple(PoolRow.from_record(record) for record in result.records())
+
+    async def show_setting(self, key: str) -> str:
+        """Return the current value of setting ``key`` (SHOW CONFIG).
+
+        Raises:
+            ValueError: ``key`` is not a setting name.
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerProtocolError: No such setting in the output.
+        """
+        _check_setting(key)
+        result = await self._query("SHOW CONFIG")
+        for record in result.records():
+            if record.get("key") == key:
+                return record.get("value") or ""
+        raise PgBouncerProtocolError(f"SHOW CONFIG has no {key!r}")
+
+    async def set_number(self, key: str, value: str) -> None:
+        """``SET key = value`` for a numeric setting (in effect until changed or RELOAD).
+
+        Raises:
+            ValueError: ``key`` is not a setting name or ``value`` not a plain number.
+            PgBouncerUnreachable: No admin connection.
+            PgBouncerAuthError: Login refused.
+            PgBouncerCommandRefused: PgBouncer refused the setting.
+        """
+        _check_setting(key)
+        if not _NUMBER.fullmatch(value):
+            raise ValueError(f"not a plain number for {key}: {value[:40]!r}")
+        await self._query(f"SET {key} = {value}")
+
     async def aclose(self) -> None:
         """Close the connection, if one is open (also while being cancelled)."""
         connection, self._connection = self._connection, None
@@ -120,6 +170,11 @@ class RoutingConsole:
         except BaseException:
             await self.aclose()
             raise
+
+
+def _check_setting(key: str) -> None:
+    if not _SETTING.fullmatch(key):
+        raise ValueError(f"not a PgBouncer setting name: {key[:40]!r}")
 
 
 def routing_consoles_for(settings: PgBouncerSettings) -> tuple[RoutingConsole, ...]:

@@ -20,6 +20,7 @@ from pgcm_common.pgbouncer import (
     DatabaseRow,
     PgBouncerCommandRefused,
     PgBouncerEndpoint,
+    PgBouncerProtocolError,
     PgBouncerState,
     PgBouncerUnreachable,
     PgBouncerVersion,
@@ -66,6 +67,9 @@ class FakePgBouncerAdmin:
         self.paused = False
         self.reloads = 0
         self.commands: list[str] = []
+        self.settings: dict[str, str] = {"server_login_retry": "15"}
+        # Clients waiting for a server connection, per database (SHOW POOLS cl_waiting).
+        self.waiting: dict[str, int] = {}
         self._open_transactions = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -159,7 +163,7 @@ class FakePgBouncerAdmin:
                 database=name,
                 user="postgres",
                 cl_active=self._open_transactions,
-                cl_waiting=0,
+                cl_waiting=self.waiting.get(name, 0),
                 sv_active=self._open_transactions,
                 sv_idle=0,
                 sv_used=0,
@@ -170,6 +174,23 @@ class FakePgBouncerAdmin:
             )
             for name in self.databases
         )
+
+    async def show_setting(self, key: str) -> str:
+        """Return ``settings[key]`` (SHOW CONFIG).
+
+        Raises:
+            PgBouncerProtocolError: Unknown setting.
+        """
+        self._command("SHOW CONFIG")
+        try:
+            return self.settings[key]
+        except KeyError as exc:
+            raise PgBouncerProtocolError(f"SHOW CONFIG has no {key!r}") from exc
+
+    async def set_number(self, key: str, value: str) -> None:
+        """SET ``key`` = ``value`` in ``settings``."""
+        self._command(f"SET {key} = {value}")
+        self.settings[key] = value
 
     async def show_state(self) -> PgBouncerState:
         """Return the state as PgBouncer 1.21+ (with SHOW STATE) would."""
