@@ -108,7 +108,7 @@ def _switchover(env: dict[str, str]) -> dict[str, object]:
         "failed_transactions": clients.failed_transactions,
         "aborted_clients": clients.aborted_clients,
         "transactions": clients.transactions,
-        "target": report.get("new_primary"),
+        "target": (report.get("target") or {}).get("node"),
     }
 
 

@@ -28,6 +28,7 @@ import argparse
 import grp
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,7 +256,15 @@ def _bootstrap_first(topology: Topology) -> None:
 def _clone(topology: Topology, node: Node) -> None:
     first = topology.nodes[0]
     _wait(["pg_isready", "-q", "-h", str(first.address), "-p", "5432"], f"{first.name} PostgreSQL")
-    run_as(provision.clone_argv(first), "postgres")
+    # The first node creates the replication role just after its server starts: until
+    # then pg_basebackup is refused (and removes what it created), so try again.
+    deadline = time.monotonic() + 300
+    while (code := spawn(provision.clone_argv(first), user="postgres").wait()) != 0:
+        if time.monotonic() > deadline:
+            raise subprocess.CalledProcessError(code, provision.clone_argv(first))
+        log(f"pg_basebackup from {first.name} exited {code}; retrying in 1 s")
+        shutil.rmtree(PGDATA, ignore_errors=True)
+        time.sleep(1)
     signal_file = Path(PGDATA, "standby.signal")
     signal_file.touch()
     os.chown(signal_file, *_ids("postgres"))
