@@ -96,7 +96,7 @@ def _switchover(env: dict[str, str]) -> dict[str, object]:
     thread.start()
     time.sleep(5)
     config = ("-e", "PGCM_CONFIG_FILE=/etc/pgcm/failover.toml")
-    report = json.loads(_exec(env, "app", "pgcm-failover", "--json", extra=config))
+    report = json.loads(_exec(env, "app", "pgcm-failover", "--yes", "--json", extra=config))
     thread.join()
     logs = _exec(env, "app", "sh", "-c", "cat /tmp/bench.*").splitlines()
     bench = out["pgbench"]

@@ -243,7 +243,7 @@ def test_switchover_under_pgbench_fails_nothing_and_a_held_connection_follows(
     load = threading.Thread(target=bench)
     load.start()
     time.sleep(5)
-    report = _exec(cluster, "app", ["pgcm-failover"], FAILOVER_ENV)
+    report = _exec(cluster, "app", ["pgcm-failover", "--yes"], FAILOVER_ENV)
     load.join(120)
     assert "Switchover succeeded" in report, report
     new, master, _ = _wait_converged(cluster)
