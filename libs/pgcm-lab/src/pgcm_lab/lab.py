@@ -1071,6 +1071,13 @@ class Lab:
             for node in self.topology.all_nodes:
                 if (pid := self.init_pid(node.name)) is not None:
                     tg.start_soon(self._kill_pid, pid)
+        if (child := self._children.pop("fenced", None)) is not None:
+            # Our own child: end it through its Popen and collect its status, so neither
+            # a zombie nor a Popen still "running" is left behind.
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            with anyio.move_on_after(10):
+                await anyio.to_thread.run_sync(child.wait)
         helper = self._pid_file("fenced", "helper")
         with contextlib.suppress(ValueError, OSError):
             pid = int(helper.read_text().strip())
@@ -1078,8 +1085,6 @@ class Lab:
             if _cmdline_has(pid, "pgcm_lab.fenced"):
                 await self._kill_pid(pid)
             _reap(pid)
-        if (child := self._children.pop("fenced", None)) is not None:
-            child.poll()
         for unshare in pids.glob("*.unshare") if pids.is_dir() else []:
             with contextlib.suppress(ValueError, OSError):
                 pid = int(unshare.read_text().strip())
