@@ -256,7 +256,13 @@ async def test_expiry_resumes_pgbouncer() -> None:
             # Long enough that the PAUSE answer is back first even on a loaded machine.
             await world.stub.pause(PauseRequest(timeout=5, expiry_ms=300))
             await eventually(lambda: _all_resumed(world))
+            # The gauge's callback runs just after RESUME returns: wait for it too.
+            await eventually(lambda: _pause_states_settled(world))
         assert world.pause_states == [True, False]
+
+
+async def _pause_states_settled(world: World) -> bool:
+    return len(world.pause_states) >= 2  # noqa: PLR2004 - paused, then resumed
 
 
 async def _all_resumed(world: World) -> bool:
