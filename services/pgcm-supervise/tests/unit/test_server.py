@@ -262,7 +262,7 @@ async def test_expiry_resumes_pgbouncer() -> None:
 
 
 async def _pause_states_settled(world: World) -> bool:
-    return len(world.pause_states) >= 2  # noqa: PLR2004 - paused, then resumed
+    return len(world.pause_states) >= 2  # paused, then resumed
 
 
 async def _all_resumed(world: World) -> bool:
