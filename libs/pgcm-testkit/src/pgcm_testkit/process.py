@@ -48,12 +48,22 @@ def _debian_postgres_bin(name: str) -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_tcp_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, never the same one twice.
+
+    The kernel may hand the port of a just-closed probe socket out again at once: two
+    calls in a row (an etcd member's client and peer port) once got the same number.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tcp_port_open(port: int, host: str = "127.0.0.1") -> bool:
