@@ -8,6 +8,7 @@ when readiness fails, and is stopped by PID only: SIGTERM, then SIGKILL after a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -236,3 +237,27 @@ def running(
         yield server
     finally:
         server.stop()
+
+
+def daemon_env() -> dict[str, str]:
+    """This process's environment without pgcm's or systemd's own variables.
+
+    A daemon started by a test must read only the settings the test gives it, and must
+    not try to notify a systemd that is not its manager.
+    """
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("PGCM_", "NOTIFY_", "WATCHDOG"))
+    }
+
+
+def json_events(log: Path) -> list[dict[str, object]]:
+    """The JSON log records of a daemon's log file (other lines are skipped)."""
+    events: list[dict[str, object]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            events.append(record)
+    return events

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,29 +12,13 @@ import pytest
 
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.pacemaker import PacemakerNode
-from pgcm_testkit.process import free_tcp_port, tcp_port_open, wait_until
+from pgcm_testkit.process import daemon_env, free_tcp_port, json_events, tcp_port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def _env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("PGCM_", "NOTIFY_", "WATCHDOG"))
-    }
-
-
-def _events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
 def _has_event(log: Path, name: str) -> bool:
-    return any(e.get("event") == name for e in _events(log))
+    return any(e.get("event") == name for e in json_events(log))
 
 
 def test_supervise_publishes_then_exits_0_on_sigterm(
@@ -74,7 +56,7 @@ def test_supervise_publishes_then_exits_0_on_sigterm(
         "200ms",
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=_env())
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=daemon_env())
     try:
         try:
             wait_until(lambda: _has_event(log, "supervise.ready"), deadline_s=60, what="ready")
@@ -98,10 +80,10 @@ def test_supervise_publishes_then_exits_0_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-    publish = next(e for e in _events(log) if e.get("event") == "etcd.master.publish")
+    publish = next(e for e in json_events(log) if e.get("event") == "etcd.master.publish")
     assert publish["address"] == "127.0.0.1"
     assert not sock.exists()
-    names = {e.get("event") for e in _events(log)}
+    names = {e.get("event") for e in json_events(log)}
     assert {"grpc.listen", "metrics.listen", "nudge.listen", "shutdown.start"} <= names
 
 
@@ -112,7 +94,7 @@ def test_supervise_with_a_bad_setting_exits_2(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         check=False,
-        env=_env(),
+        env=daemon_env(),
         cwd=tmp_path,
     )
     assert result.returncode == 2

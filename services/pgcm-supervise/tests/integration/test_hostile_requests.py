@@ -12,8 +12,6 @@ against hanging (it is not a speed assertion).
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,7 +33,7 @@ from pgcm_common.records import KeyLayout
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.pacemaker import PacemakerNode
-from pgcm_testkit.process import free_tcp_port, wait_until
+from pgcm_testkit.process import daemon_env, free_tcp_port, json_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,22 +90,6 @@ class RawCodec(CodecBase):
         return data
 
 
-def _env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("PGCM_", "NOTIFY_", "WATCHDOG"))
-    }
-
-
-def _events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
 @contextmanager
 def supervise(
     tmp_path: Path, etcd: EtcdMember, node: PacemakerNode, namespace: str, port: int
@@ -124,7 +106,7 @@ def supervise(
         "--crm-mon-interval", "200ms", "--reassert-interval", "500ms",
     ]  # fmt: skip
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=_env())
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=daemon_env())
     try:
         yield process, log
     finally:
@@ -162,7 +144,7 @@ async def test_hostile_requests_get_bounded_answers_while_the_publisher_keeps_pu
     with supervise(tmp_path, etcd, pacemaker_node, namespace, port) as (process, log):
         await anyio.to_thread.run_sync(
             lambda: wait_until(
-                lambda: any(e.get("event") == "etcd.master.publish" for e in _events(log)),
+                lambda: any(e.get("event") == "etcd.master.publish" for e in json_events(log)),
                 deadline_s=60,
                 what="first publication",
             )

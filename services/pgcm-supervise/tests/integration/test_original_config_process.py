@@ -8,7 +8,6 @@ node name, the nudge socket) come as flags.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,31 +18,13 @@ import tomli_w
 
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.pacemaker import PacemakerNode
-from pgcm_testkit.process import free_tcp_port, wait_until
+from pgcm_testkit.process import daemon_env, free_tcp_port, json_events, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def _env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("PGCM_", "NOTIFY_", "WATCHDOG"))
-    }
-
-
-def _events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            events.append(record)
-    return events
-
-
 def _has_event(log: Path, name: str) -> bool:
-    return any(e.get("event") == name for e in _events(log))
+    return any(e.get("event") == name for e in json_events(log))
 
 
 def _original_file(path: Path, *, etcd: EtcdMember, namespace: str, grpc_port: int) -> Path:
@@ -117,7 +98,7 @@ def test_the_originals_file_runs_supervise_and_failover_status(
         str(tmp_path / "supervise.sock"),
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=_env())
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out, env=daemon_env())
     try:
         try:
             wait_until(
@@ -139,7 +120,7 @@ def test_the_originals_file_runs_supervise_and_failover_status(
             text=True,
             timeout=60,
             check=False,
-            env=_env(),
+            env=daemon_env(),
         )
         assert status.returncode == 0, status.stderr[-4000:]
         assert json.loads(status.stdout)["etcd_primary"]["address"] == "127.0.0.1"
@@ -149,7 +130,7 @@ def test_the_originals_file_runs_supervise_and_failover_status(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-    events = _events(log)
+    events = json_events(log)
     ignored = [e for e in events if e.get("event") == "config.keys_ignored"]
     assert [e["keys"] for e in ignored] == [
         [
