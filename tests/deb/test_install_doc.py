@@ -22,7 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # dpkg -i, twi
 DOC: Final = ROOT / "docs" / "install.md"
 _FENCE: Final = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
 # Stand-ins for the operator's TLS files: the doc installs them, nothing connects.
-_TLS_FILES: Final = ("etcd-ca.pem", "etcd-client.pem", "etcd-client.key")
+_TLS_FILES: Final = (
+    "etcd-ca.pem",
+    "etcd-client.pem",
+    "etcd-client.key",
+    "api.pem",
+    "api.key",
+    "api-ca.pem",
+)
 
 
 def shell_blocks(text: str) -> list[tuple[frozenset[str], str]]:
@@ -78,6 +85,7 @@ def test_a_postgres_node_and_an_operator_host_set_up_as_documented(
     assert root.out(f"{stat} /etc/pgcm/failover.toml").strip() == "root:pgcm 640"
     assert root.out(f"{stat} /etc/pgcm/tls/supervise.key").strip() == "root:haclient 640"
     assert root.out(f"{stat} /etc/pgcm/tls/proxy.key").strip() == "root:postgres 640"
+    assert root.out(f"{stat} /etc/pgcm/tls/api.key").strip() == "root:haclient 640"
     supervise = root.out("cat /etc/pgcm/supervise.toml")
     token = re.search(r'^token = "(.+)"$', supervise, re.MULTILINE)
     password = re.search(r'^password = "(.+)"$', supervise, re.MULTILINE)
