@@ -106,7 +106,11 @@ async def lab_is_whole(lab: Lab, request: pytest.FixtureRequest) -> None:
             await lab.wait_healthy()
     except TimeoutError:
         stash[_BROKEN_BY] = request.node.name
-        pytest.fail(f"the lab did not become healthy within {HEALTHY_WITHIN_S} s")
+        _, why = await lab.health()
+        pytest.fail(
+            f"the lab did not become healthy within {HEALTHY_WITHIN_S} s ({why}); crm_mon:\n"
+            f"{await lab.crm_mon_text()}"
+        )
 
 
 @final

@@ -58,6 +58,8 @@ DEFAULT_STATE_DIR: Final = Path("/var/tmp/pgcm-lab")  # noqa: S108  # survives r
 PREFIX: Final = "pgcmlab"
 BRIDGE_NS: Final = f"{PREFIX}-br"
 _POLL: Final = 0.2
+_REJOIN_S: Final = 120.0  # after the rebuild: back to healthy, one more cleanup included
+_REJOIN_CLEANUP_S: Final = 45.0
 _FENCE_BIN: Final = "fence-bin"
 _SYSTEM_PYTHON: Final = "/usr/bin/python3"
 
@@ -638,8 +640,15 @@ class Lab:
             out[app] = (state, sync)
         return out
 
-    async def healthy(self, expect: Sequence[str] | None = None) -> str | None:  # noqa: PLR0911
-        """Return the primary when the cluster is healthy, else None.
+    async def healthy(self, expect: Sequence[str] | None = None) -> str | None:
+        """Return the primary when the cluster is healthy, else None (see :meth:`health`)."""
+        primary, _ = await self.health(expect)
+        return primary
+
+    async def health(  # noqa: PLR0911
+        self, expect: Sequence[str] | None = None
+    ) -> tuple[str | None, str]:
+        """Return ``(primary, "")`` when the cluster is healthy, else ``(None, why not)``.
 
         Healthy: every expected node online with quorum, exactly one promoted node which
         accepts writes, every other expected node streaming from it (one ``sync``), and
@@ -648,30 +657,47 @@ class Lab:
         wanted = list(expect or [n.name for n in self.topology.nodes])
         try:
             view = await self.view(wanted[0] if self.init_pid(wanted[0]) else None)
-        except LabError:
-            return None
+        except LabError as exc:
+            return None, f"no cluster view: {exc}"
         primary = view.primary
-        if not view.quorum or primary is None or not set(wanted) <= view.online:
-            return None
-        if any(view.scores.get(n, -1) < 0 for n in wanted):
-            return None
+        if not view.quorum:
+            return None, "no quorum"
+        if missing := sorted(set(wanted) - view.online):
+            return None, f"not online: {', '.join(missing)}"
+        if primary is None:
+            return None, "no promoted node"
+        if negative := {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0}:
+            return None, f"negative or missing promotion scores: {negative}"
         try:
             if await self.psql(primary, "select pg_is_in_recovery()", check=False) != "f":
-                return None
+                return None, f"{primary} does not accept writes"
             repl = await self.replication(primary)
-        except (LabError, ValueError):
-            return None
+        except (LabError, ValueError) as exc:
+            return None, f"{primary} cannot be asked: {exc}"
         standbys = [n for n in wanted if n != primary]
-        if any(repl.get(n, ("", ""))[0] != "streaming" for n in standbys):
-            return None
+        if lagging := {n: repl.get(n, ("absent", ""))[0] for n in standbys
+                       if repl.get(n, ("", ""))[0] != "streaming"}:  # fmt: skip
+            return None, f"standbys not streaming from {primary}: {lagging}"
         syncs = [n for n in standbys if repl[n][1] == "sync"]
-        return primary if (len(syncs) == 1 or not standbys) else None
+        if standbys and len(syncs) != 1:
+            return None, f"{len(syncs)} synchronous standbys instead of 1: {repl}"
+        return primary, ""
 
     async def wait_healthy(self, expect: Sequence[str] | None = None) -> str:
-        """Wait (caller bounds it) until :meth:`healthy`; return the primary."""
-        while (primary := await self.healthy(expect)) is None:
+        """Wait (caller bounds it) until :meth:`healthy`; return the primary.
+
+        Each new reason the cluster is not healthy is reported on the progress line, so
+        a wait that runs out says what it waited for.
+        """
+        last = ""
+        while True:
+            primary, why = await self.health(expect)
+            if primary is not None:
+                return primary
+            if why != last:
+                self.progress(f"not healthy yet: {why}")
+                last = why
             await anyio.sleep(_POLL)
-        return primary
 
     async def primary(self) -> str | None:
         """The promoted node as the first live node sees it."""
@@ -895,10 +921,42 @@ class Lab:
         await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
         await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
                                   name])  # fmt: skip
-        with anyio.fail_after(90):
-            await self.wait_healthy()
+        await self._wait_rejoined(name, primary)
         self.progress(f"{name} streams again ({method})")
         return method
+
+    async def _wait_rejoined(self, name: str, primary: str) -> None:
+        """Wait until the cluster is healthy with ``name`` back; clean up once on the way.
+
+        A start that failed while the node came back (PAF's probe raced the rebuild)
+        leaves a fail count that keeps the instance stopped until a cleanup: one more
+        cleanup after ``_REJOIN_CLEANUP_S`` lets Pacemaker try again.
+
+        Raises:
+            LabError: not healthy within ``_REJOIN_S``; names why, with crm_mon's view.
+        """
+        with anyio.move_on_after(_REJOIN_CLEANUP_S):
+            await self.wait_healthy()
+            return
+        self.progress(f"{name} has not rejoined after {_REJOIN_CLEANUP_S:.0f} s: clean up again")
+        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+                                  name], check=False)  # fmt: skip
+        with anyio.move_on_after(_REJOIN_S - _REJOIN_CLEANUP_S):
+            await self.wait_healthy()
+            return
+        _, why = await self.health()
+        raise LabError(
+            f"{name} did not rejoin within {_REJOIN_S:.0f} s ({why}); crm_mon:\n"
+            f"{await self.crm_mon_text()}"
+        )
+
+    async def crm_mon_text(self) -> str:
+        """``crm_mon -1 -rf`` (inactive resources and fail counts) from any live node."""
+        for name in (n for n in self.running_nodes() if n != APP_NODE):
+            result = await self.exec(name, ["crm_mon", "-1", "-rf"], check=False)
+            if result.returncode == 0:
+                return result.stdout
+        return "(no node answered crm_mon)"
 
     async def _until_kept_stopped(self, name: str, primary: str) -> None:
         """Wait until the whole cluster keeps ``name``'s instance stopped, and it is.
