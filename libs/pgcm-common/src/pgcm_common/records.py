@@ -8,6 +8,8 @@ Every key is under the cluster namespace ``<ns>`` (``[cluster] namespace``)::
     <ns>/proxies/<proxy id>    ProxyAck of each proxy (leased: vanishes with it)
     <ns>/lock                  the failover lock (pgcm_common.etcd.EtcdLock)
     <ns>/maintenance           MaintenanceRecord: the last maintenance on/off, who, why
+    <ns>/hold                  HoldRecord while the primary is lost and no new one is
+                               published (leased: vanishes at its deadline at the latest)
     <ns>/history/<start>-<pid> SwitchoverRecord of each pgcm-failover run (bounded: the
                                CLI keeps the newest ``history_limit``)
 
@@ -28,6 +30,7 @@ from pgcm_common._etcd.lock import lock_key
 from pgcm_common.errors import PgcmError
 
 __all__ = [
+    "HoldRecord",
     "KeyLayout",
     "MaintenanceRecord",
     "NodeRole",
@@ -64,6 +67,7 @@ class KeyLayout:
 
     __slots__ = (
         "history_prefix",
+        "hold",
         "lock",
         "maintenance",
         "master",
@@ -82,6 +86,7 @@ class KeyLayout:
         self.lock = lock_key(self.namespace)
         self.history_prefix = f"{self.namespace}/history/".encode()
         self.maintenance = f"{self.namespace}/maintenance".encode()
+        self.hold = f"{self.namespace}/hold".encode()
 
     def proxy_ack(self, proxy_id: str) -> bytes:
         """Return the key of one proxy's acknowledgement."""
@@ -258,3 +263,22 @@ class MaintenanceRecord(_Record):
     by: str = Field(description="who changed it: user@host")
     at: AwareDatetime
     endpoint: str | None = Field(default=None, description="the supervise that set it")
+
+
+@final
+class HoldRecord(_Record):
+    """The primary at ``lost_address`` is lost and no new one is published yet.
+
+    Written by a supervise whose Pacemaker partition has quorum (etcd's own quorum is
+    needed to write it at all), on a lease that ends at ``deadline``. While it names the
+    address a proxy routes to, that proxy's PgBouncers hold new transactions (PAUSE)
+    instead of failing them against a dead server; they resume as soon as the new
+    primary is applied, the record goes, or the deadline passes.
+    """
+
+    lost_node: str = Field(max_length=255)
+    lost_address: str = Field(max_length=255)
+    reason: str = Field(max_length=1024, description="what supervise saw, for humans")
+    since: AwareDatetime
+    deadline: AwareDatetime
+    writer: str = Field(max_length=255, description="node name of the supervise that wrote it")

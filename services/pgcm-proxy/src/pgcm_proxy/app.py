@@ -23,12 +23,21 @@ from pgcm_common.errors import ConfigError, EtcdError
 from pgcm_common.etcd import Deleted, EtcdStore, WatchEvent, follow_keys, open_etcd
 from pgcm_common.lifecycle import sd_notify, settle_memory
 from pgcm_common.metrics import serve_metrics
-from pgcm_common.pgbouncer import routing_consoles_for
+from pgcm_common.pausing import PauseController
+from pgcm_common.pgbouncer import admins_for, routing_consoles_for
 from pgcm_common.records import KeyLayout
 from pgcm_proxy.ack import AckPublisher
-from pgcm_proxy.errors import TemplateError
+from pgcm_proxy.address import parse_primary_address
+from pgcm_proxy.errors import RejectedAddress, TemplateError
+from pgcm_proxy.hold import Holder
 from pgcm_proxy.metrics import ProxyMetrics
-from pgcm_proxy.reconcile import DesiredState, Reconciler, offer_and_log, sync_config
+from pgcm_proxy.reconcile import (
+    DesiredState,
+    Reconciler,
+    Target,
+    offer_and_log,
+    sync_config,
+)
 from pgcm_proxy.settings import ProxySettings
 from pgcm_proxy.template import ConfigTemplate
 from pgcm_proxy.writer import DEFAULT_NEW_FILE_MODE, ConfigFile
@@ -147,6 +156,12 @@ async def _run(
         acks=acks,
         metrics=metrics,
     )
+    holder = Holder(
+        PauseController(admins_for(settings.pgbouncer)),
+        limit=settings.hold_limit,
+        published_host=partial(_published_host, store, layout.master),
+        metrics=metrics,
+    )
     log.info(
         "proxy.start",
         key=layout.master.decode(),
@@ -161,17 +176,23 @@ async def _run(
             if watchdog is not None:
                 tg.start_soon(_ping_watchdog, watchdog / 2)  # twice per timeout, as systemd asks
             tg.start_soon(acks.keep_alive)
+            tg.start_soon(holder.run)
             tg.start_soon(
-                _sync_config,
-                state,
-                reconciler,
-                metrics,
-                _backoff(settings),
-                settings.apply_timeout.total_seconds(),
+                partial(
+                    _sync_config,
+                    state,
+                    reconciler,
+                    metrics,
+                    backoff=_backoff(settings),
+                    apply_timeout_s=settings.apply_timeout.total_seconds(),
+                    holder=holder,
+                )
             )
             await tg.start(
                 sync_primary_key, store, layout.master, state, metrics, _backoff(settings)
             )
+            if settings.hold_limit > timedelta(0):
+                tg.start_soon(follow_hold, store, layout, holder, _backoff(settings))
             tg.start_soon(
                 poll_primary_key,
                 store,
@@ -204,8 +225,10 @@ async def _sync_config(
     state: DesiredState,
     reconciler: Reconciler,
     metrics: ProxyMetrics,
+    *,
     backoff: Backoff,
     apply_timeout_s: float,
+    holder: Holder,
 ) -> None:
     await sync_config(
         state,
@@ -213,15 +236,16 @@ async def _sync_config(
         metrics,
         backoff=backoff,
         apply_timeout_s=apply_timeout_s,
-        on_success=_ready_once(),
+        on_success=_ready_once(holder),
     )
 
 
-def _ready_once() -> Callable[[], None]:
+def _ready_once(holder: Holder) -> Callable[[Target], None]:
     ready = False
 
-    def on_success() -> None:
+    def on_success(target: Target) -> None:
         nonlocal ready
+        holder.applied(target.address.host)
         if not ready:
             ready = True
             sd_notify("READY=1")
@@ -285,6 +309,55 @@ async def sync_primary_key(
             log.info("etcd.watch.start", key=key.decode(), revision=revision + 1)
             task_status.started()
         return  # pragma: no cover - follow_keys only returns when cancelled
+
+
+async def _published_host(store: EtcdStore, key: bytes) -> str | None:
+    """The primary's address in etcd now, as the proxy would write it (None: absent).
+
+    Raises:
+        EtcdError: etcd cannot say.
+    """
+    found = await store.get(key)
+    if found is None:
+        return None
+    try:
+        return parse_primary_address(found.value).host
+    except RejectedAddress:
+        return None
+
+
+async def follow_hold(
+    store: EtcdStore, layout: KeyLayout, holder: Holder, backoff: Backoff
+) -> None:
+    """Read ``<ns>/hold``, then watch it, handing every event to ``holder``; until cancelled.
+
+    At start, with no switchover under way (the failover lock is free), PgBouncer is
+    resumed once in case an earlier run of this proxy died holding it.
+
+    Cancellation:
+        Closes the watch.
+    """
+
+    async def offer(event: WatchEvent) -> None:
+        holder.offer(event)
+
+    key = layout.hold
+    while True:
+        try:
+            found = await store.get_prefix(key)
+            switchover = await store.get(layout.lock) is not None
+        except EtcdError as exc:
+            delay = backoff.next_delay()
+            log.warning("etcd.watch.error", key=key.decode(), error=str(exc),
+                        retry_in=round(delay, 3))  # fmt: skip
+            await anyio.sleep(delay)
+            continue
+        backoff.reset()
+        current = next((kv for kv in found.items if kv.key == key), None)
+        holder.offer(current or Deleted(key, found.revision))
+        if current is None and not switchover:
+            await holder.resume_orphaned()
+        await follow_keys(store, key, found.revision + 1, offer)
 
 
 async def poll_primary_key(

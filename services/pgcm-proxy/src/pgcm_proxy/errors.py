@@ -5,7 +5,8 @@ The tree::
     PgcmError (pgcm_common.errors)
     ├── RejectedAddress     an etcd value that is not a safe host; the last good config stays
     ├── RoutingNotConfirmed SHOW DATABASES does not route to the new host after RELOAD
-    ├── PgBouncersFailed    applying failed on some PgBouncer (every endpoint's error kept)
+    ├── PgBouncersFailed    (pgcm_common.pausing) applying failed on some PgBouncer (every
+    │                       endpoint's error kept)
     └── ConfigError
         └── TemplateError   the pgbouncer.ini template cannot be rendered safely
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import final
 
 from pgcm_common.errors import ConfigError, PgcmError
+from pgcm_common.pausing import PgBouncersFailed
 from pgcm_common.untrusted import excerpt
 
 __all__ = ["PgBouncersFailed", "RejectedAddress", "RoutingNotConfirmed", "TemplateError"]
@@ -53,13 +55,3 @@ class RoutingNotConfirmed(PgcmError):
         self.wrong = dict(wrong)
         shown = ", ".join(f"{db}->{host}" for db, host in sorted(self.wrong.items(), key=str))
         super().__init__(f"PgBouncer {endpoint} does not route to {expected}: {shown}")
-
-
-@final
-class PgBouncersFailed(PgcmError):
-    """Applying the configuration failed on one or more PgBouncer processes."""
-
-    def __init__(self, failures: Mapping[str, Exception]) -> None:
-        self.failures = dict(failures)
-        shown = "; ".join(f"{ep}: {exc}" for ep, exc in self.failures.items())
-        super().__init__(f"PgBouncer apply failed: {shown}")

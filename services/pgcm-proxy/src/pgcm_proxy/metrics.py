@@ -42,6 +42,8 @@ class ProxyMetrics:
     last_success: OptionalGauge | Discarded
     apply_errors: Counter | Discarded
     apply_seconds: Histogram | Discarded
+    holding: OptionalGauge | Discarded
+    holds: Counter | Discarded
 
     def __init__(self, registry: CollectorRegistry | None = None, *, export: bool = True) -> None:
         """Create the metrics in ``registry`` (a fresh one by default).
@@ -55,7 +57,7 @@ class ProxyMetrics:
             self.primary = self.applied_revision = self.last_success = discarded
             self.target_revision = discarded
             self.reloads = self.rejected = self.apply_errors = discarded
-            self.apply_seconds = discarded
+            self.apply_seconds = self.holding = self.holds = discarded
             return
         # Imported here so a proxy without metrics_address never loads it.
         from prometheus_client import (  # noqa: PLC0415
@@ -113,6 +115,19 @@ class ProxyMetrics:
             "pgcm_proxy_apply_duration_seconds",
             "Duration of successful applies (render, write, RELOAD, confirm, ack).",
             buckets=_APPLY_BUCKETS,
+            registry=registry,
+        )
+        self.holding = OptionalGauge(
+            "pgcm_proxy_holding",
+            "1 while this proxy holds new transactions (its PgBouncers paused because the "
+            "primary they route to is lost), else 0; absent before the first hold.",
+            registry=registry,
+        )
+        self.holds = Counter(
+            "pgcm_proxy_holds",
+            "Holds this proxy ended, by how: applied (a new primary), released (the hold "
+            "record went), expired (its deadline or hold_limit passed).",
+            ["outcome"],
             registry=registry,
         )
 

@@ -384,7 +384,7 @@ class Reconciler:
             for admin in self._admins:
                 tg.start_soon(one, admin)
         if failures:
-            raise PgBouncersFailed(failures)
+            raise PgBouncersFailed("apply", failures)
         if sync_errors:
             raise sync_errors[0]
         return reloaded
@@ -476,7 +476,7 @@ async def sync_config(
     *,
     backoff: Backoff,
     apply_timeout_s: float,
-    on_success: Callable[[], None] = lambda: None,
+    on_success: Callable[[Target], None] = lambda _target: None,
 ) -> None:
     """Apply the newest target until cancelled; retry failures with backoff.
 
@@ -518,7 +518,7 @@ async def sync_config(
             continue
         backoff.reset()
         applied = generation
-        on_success()
+        on_success(target)
 
 
 async def _attempt(

@@ -80,6 +80,13 @@ class ProxySettings(PgcmSettings):
         description="Bound on one apply attempt (write, RELOAD, SHOW DATABASES, ack); a "
         "hung PgBouncer or etcd is then retried with backoff.",
     )
+    hold_limit: Duration = Field(
+        default=timedelta(minutes=1),
+        le=timedelta(minutes=5),
+        description="Longest time this proxy holds new transactions (PgBouncer paused) "
+        "while supervise reports the primary it routes to as lost, whatever the hold "
+        "record in etcd says; 0 disables holding here. At most 5 minutes.",
+    )
     metrics_address: BindAddress | None = Field(
         default=None,
         description="host:port for Prometheus metrics, e.g. 127.0.0.1:8518 (pgcm-proxy's "

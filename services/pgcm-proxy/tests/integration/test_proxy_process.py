@@ -20,6 +20,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import final
 
@@ -31,7 +32,7 @@ from anyio.abc import Process
 
 from pgcm_common.etcd import AetcdStore, open_etcd
 from pgcm_common.pgbouncer import RoutingConsole
-from pgcm_common.records import KeyLayout, ProxyAck
+from pgcm_common.records import HoldRecord, KeyLayout, ProxyAck
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.pgbouncer import ADMIN_PASSWORD, PgBouncerServer, start_pgbouncer
@@ -718,3 +719,102 @@ async def test_a_pool_with_servers_keeps_its_login_retry_setting_untouched(
         assert not proxy.saw("pgbouncer.login_backoff.ended")
         assert "SET server_login_retry" not in rig.bouncer.log_path.read_text()
         assert await proxy.terminate() == 0
+
+
+def hold_record(lost: str, *, hold_s: float = 30) -> bytes:
+    """A hold record as supervise writes it when the primary at ``lost`` is lost."""
+    since = datetime.now(UTC)
+    return HoldRecord(
+        lost_node="n1",
+        lost_address=lost,
+        reason="node n1 is offline",
+        since=since,
+        deadline=since + timedelta(seconds=hold_s),
+        writer="n2",
+    ).to_json()
+
+
+async def test_a_hold_keeps_new_clients_waiting_until_the_new_primary_is_applied(
+    slow_retry_rig: ProxyRig, store: AetcdStore
+) -> None:
+    """The primary at DEAD_HOST is lost: new clients wait, then reach the new one."""
+    rig = slow_retry_rig
+    rig.write_config()
+    lost = await store.put(rig.layout.master, DEAD_HOST.encode())
+    async with rig.proxy() as proxy, anyio.create_task_group() as tg:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, DEAD_HOST, lost)
+        await store.put(rig.layout.hold, hold_record(DEAD_HOST))
+        with anyio.fail_after(10):
+            await eventually(lambda: _async_true(proxy.saw("proxy.hold.start")))
+        reached: list[str] = []
+        failed: list[BaseException] = []
+        done = anyio.Event()
+
+        async def client() -> None:
+            try:
+                reached.append(await rig.client_reaches())
+            except (OSError, asyncpg.PostgresError) as exc:
+                failed.append(exc)
+            done.set()
+
+        tg.start_soon(client)
+        console = RoutingConsole(rig.bouncer.admin_settings())
+        try:
+
+            async def queued() -> bool:
+                pools = [p for p in await console.show_pools() if p.database == "app"]
+                return any(p.cl_waiting > 0 for p in pools)
+
+            with anyio.fail_after(10):
+                await eventually(queued)  # held in PgBouncer, no server login tried
+        finally:
+            await console.aclose()
+        assert not done.is_set(), f"the client was not held: {failed}"
+        moved = await store.put(rig.layout.master, HOST_B.encode())
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_B, moved)
+            await done.wait()
+        assert (reached, failed) == (["beta"], [])
+        with anyio.fail_after(10):
+            await eventually(lambda: _async_true(proxy.saw("proxy.hold.end", outcome="applied")))
+        assert await rig.client_reaches() == "beta"
+        assert await proxy.terminate() == 0
+
+
+async def test_a_hold_that_runs_out_resumes_pgbouncer_and_nothing_stays_paused(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config(hold_limit="1s")
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        await store.put(rig.layout.hold, hold_record(HOST_A))
+        with anyio.fail_after(15):
+            await eventually(lambda: _async_true(proxy.saw("proxy.hold.end", outcome="expired")))
+        # RESUMEd: a new client is served by the same (still published) primary.
+        with anyio.fail_after(10):
+            assert await rig.client_reaches() == "alpha"
+        assert await proxy.terminate() == 0
+
+
+async def test_a_proxy_killed_while_holding_resumes_pgbouncer_when_it_starts_again(
+    rig: ProxyRig, store: AetcdStore
+) -> None:
+    rig.write_config()
+    first = await store.put(rig.layout.master, HOST_A.encode())
+    async with rig.proxy() as proxy:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+        await store.put(rig.layout.hold, hold_record(HOST_A))
+        with anyio.fail_after(10):
+            await eventually(lambda: _async_true(proxy.saw("proxy.hold.start")))
+        proxy.process.kill()  # no clean-up: PgBouncer stays paused
+        await proxy.process.wait()
+    await store.delete(rig.layout.hold)  # the primary recovered meanwhile
+    async with rig.proxy() as again:
+        with anyio.fail_after(15):
+            await rig.wait_ack(store, HOST_A, first)
+            assert await rig.client_reaches() == "alpha"
+        assert await again.terminate() == 0

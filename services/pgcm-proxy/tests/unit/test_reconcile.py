@@ -357,7 +357,7 @@ async def test_sync_retries_with_backoff_and_newest_target_wins(ini: Path) -> No
                 metrics,
                 backoff=Backoff(timedelta(milliseconds=5), timedelta(milliseconds=20)),
                 apply_timeout_s=5,
-                on_success=lambda: ready.append(True),
+                on_success=lambda _target: ready.append(True),
             )
         )
         with structlog.testing.capture_logs() as logs:

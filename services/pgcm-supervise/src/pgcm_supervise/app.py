@@ -39,6 +39,7 @@ from pgcm_common.pgbouncer import PgBouncerAdmin, admins_for
 from pgcm_common.records import KeyLayout
 from pgcm_supervise.constraints import CibConstraintReader, CibConstraintsOptions
 from pgcm_supervise.grpc_serve import GrpcServerOptions, serve_grpc
+from pgcm_supervise.hold import HoldKeeper
 from pgcm_supervise.maintenance import CrmAttributeMaintenance
 from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.nudge import Wakeup, serve_nudges
@@ -303,6 +304,13 @@ async def serve(
                         retry_interval=settings.retry_interval,
                         transition_interval=settings.crm_mon_transition_interval,
                         status=status,
+                        hold=HoldKeeper(
+                            store=store,
+                            layout=layout,
+                            writer=settings.node_name,
+                            timeout=settings.hold_timeout,
+                            metrics=metrics,
+                        ),
                         metrics=metrics,
                         on_cycle=heartbeat.beat,
                     )

@@ -6,22 +6,23 @@ one table that maps them to gRPC statuses::
     PgcmError
     ├── InvalidRequest              a request field is out of range (INVALID_ARGUMENT)
     ├── PgBouncerError
-    │   └── PgBouncersFailed        PAUSE/RESUME failed on some local PgBouncers (UNAVAILABLE)
+    │   └── PgBouncersFailed        (pgcm_common.pausing) PAUSE/RESUME failed on some local
+    │                               PgBouncers (UNAVAILABLE)
     ├── PacemakerError
     │   ├── ClusterWithoutQuorum    this node's partition has no quorum (FAILED_PRECONDITION)
     │   ├── NoMigrationTarget       no node may take the primary role (FAILED_PRECONDITION)
     │   └── UnknownMigrationTarget  the caller named a node Pacemaker does not know
     │                               (INVALID_ARGUMENT)
-    └── PauseSuperseded             a resume cancelled a pause still waiting (ABORTED)
+    └── PauseSuperseded             (pgcm_common.pausing) a resume cancelled a pause still
+                                    waiting (ABORTED)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import final
 
-from pgcm_common.errors import PacemakerError, PgBouncerError, PgcmError
+from pgcm_common.errors import PacemakerError, PgcmError
+from pgcm_common.pausing import PauseSuperseded, PgBouncersFailed
 from pgcm_common.untrusted import excerpt
 
 __all__ = [
@@ -42,17 +43,6 @@ class InvalidRequest(PgcmError):
         self.field = field
         self.problem = problem
         super().__init__(f"invalid {field}: {problem}")
-
-
-@final
-class PgBouncersFailed(PgBouncerError):
-    """An operation failed on at least one local PgBouncer; every failure is kept."""
-
-    def __init__(self, operation: str, failures: Mapping[str, Exception]) -> None:
-        self.operation = operation
-        self.failures = MappingProxyType(dict(failures))
-        details = "; ".join(f"{endpoint}: {exc}" for endpoint, exc in sorted(failures.items()))
-        super().__init__(f"{operation} failed on {len(failures)} PgBouncer(s): {details}")
 
 
 @final
@@ -81,11 +71,3 @@ class UnknownMigrationTarget(PacemakerError):
         self.known = known
         # The name came from the caller: quoted short and escaped, never whole.
         super().__init__(f"node {excerpt(node)} is not in the cluster (known: {', '.join(known)})")
-
-
-@final
-class PauseSuperseded(PgcmError):
-    """A resume arrived while this pause was still waiting; the pause was undone."""
-
-    def __init__(self) -> None:
-        super().__init__("pause cancelled by a resume before it completed")

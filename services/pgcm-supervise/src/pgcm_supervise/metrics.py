@@ -114,6 +114,11 @@ class SuperviseMetrics:
         self.nudges = Counter(
             "pgcm_supervise_nudges", "Datagrams received from the alert agent.", registry=r
         )
+        self.holds = Counter(
+            "pgcm_supervise_holds",
+            "Holds this process started: the published primary was lost (<ns>/hold).",
+            registry=r,
+        )
         self.pgbouncer_paused = OptionalGauge(
             "pgcm_supervise_pgbouncer_paused",
             "1 when the local PgBouncer is paused, 0 when not; absent while unknown "

@@ -57,6 +57,7 @@ from pgcm_supervise.nudge import Wakeup
 
 __all__ = [
     "FAST_FOLLOW_WINDOW",
+    "HoldSink",
     "Observation",
     "PrimaryPublisher",
     "Publish",
@@ -496,6 +497,27 @@ class StatusSink(Protocol):
         ...
 
 
+async def _pass_on(
+    observation: Observation,
+    outcome: PublishOutcome | None,
+    hold: HoldSink | None,
+    status: StatusSink | None,
+) -> None:
+    """Hand one cycle to the hold keeper (first: clients wait on it), then the status."""
+    if hold is not None:
+        await hold.observe(observation, outcome)
+    if status is not None:
+        await status.observe(observation)
+
+
+class HoldSink(Protocol):
+    """Receives every observation with what publishing it did (the hold keeper)."""
+
+    async def observe(self, observation: Observation, outcome: PublishOutcome | None) -> None:
+        """Hold or release clients; must not raise for etcd trouble (log it)."""
+        ...
+
+
 async def serve_publisher(
     *,
     reader: CrmMonReader,
@@ -505,6 +527,7 @@ async def serve_publisher(
     retry_interval: timedelta,
     transition_interval: timedelta | None = None,
     status: StatusSink | None = None,
+    hold: HoldSink | None = None,
     metrics: SuperviseMetrics | None = None,
     on_cycle: Callable[[], None] | None = None,
     task_status: TaskStatus[PublishOutcome | None] = anyio.TASK_STATUS_IGNORED,
@@ -540,8 +563,7 @@ async def serve_publisher(
             outcome = None
             publisher.force_check()
             log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
-        if status is not None:
-            await status.observe(observation)
+        await _pass_on(observation, outcome, hold, status)
         if on_cycle is not None:
             on_cycle()
         if not started:

@@ -38,6 +38,7 @@ from pgcm_common.pacemaker import (
     NodeAddressUnknown,
     PacemakerCommandFailed,
 )
+from pgcm_common.pausing import PauseController
 from pgcm_common.pgbouncer import PgBouncerAdminProtocol
 from pgcm_common.proto.failover import (
     Empty,
@@ -64,7 +65,6 @@ from pgcm_supervise.errors import (
 from pgcm_supervise.limits import MAX_STATUS_MESSAGE_CHARS, check_request
 from pgcm_supervise.maintenance import MAX_REASON_LENGTH, MaintenanceControl
 from pgcm_supervise.pacemaker_control import PacemakerControl, choose_target
-from pgcm_supervise.pausing import PauseController
 
 __all__ = [
     "STATUS_TABLE",

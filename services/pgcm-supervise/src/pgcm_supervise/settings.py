@@ -185,6 +185,14 @@ class SuperviseSettings(PgcmSettings):
         description="Longest pause (expiry, and PAUSE timeout) a caller may ask for; "
         "longer requests are refused. Every client of the node waits during a pause.",
     )
+    hold_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        le=timedelta(minutes=2),
+        description="When the published primary is lost (its node offline or unclean, "
+        "its instance failed, none promoted) and this node's partition has quorum, "
+        "proxies routed to it hold new transactions (PAUSE) for at most this long, until "
+        "a new primary is published; 0 disables holding. At most 2 minutes.",
+    )
     metrics_address: BindAddress | None = Field(
         default=None,
         description="host:port for Prometheus metrics, e.g. 127.0.0.1:8517 (pgcm-supervise's "

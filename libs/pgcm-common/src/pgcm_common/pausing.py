@@ -1,4 +1,7 @@
-"""PAUSE and RESUME every local PgBouncer as one unit, never overlapping.
+"""PAUSE and RESUME a set of PgBouncers as one unit, never overlapping.
+
+pgcm-supervise pauses its node's PgBouncers for a switchover; pgcm-proxy pauses its
+PgBouncers to hold new transactions while the primary is lost (``<ns>/hold``).
 
 PgBouncer 1.18 cannot tell us whether it is globally paused, so this module keeps the
 state it caused itself. One :class:`anyio.Lock` serialises our PAUSE and RESUME fan-outs:
@@ -10,20 +13,39 @@ a pause is still waiting cancels the pause first (the pause undoes itself), then
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
+from types import MappingProxyType
 from typing import final
 
 import anyio
 import structlog
 
-from pgcm_common.errors import PgBouncerError
+from pgcm_common.errors import PgBouncerError, PgcmError
 from pgcm_common.pgbouncer import PgBouncerAdminProtocol
-from pgcm_supervise.errors import PauseSuperseded, PgBouncersFailed
 
-__all__ = ["PauseController"]
+__all__ = ["PauseController", "PauseSuperseded", "PgBouncersFailed"]
 
-_log = structlog.get_logger("pgcm_supervise.pausing")
+_log = structlog.get_logger("pgcm.pausing")
+
+
+@final
+class PgBouncersFailed(PgBouncerError):
+    """An operation failed on at least one PgBouncer; every failure is kept."""
+
+    def __init__(self, operation: str, failures: Mapping[str, Exception]) -> None:
+        self.operation = operation
+        self.failures = MappingProxyType(dict(failures))
+        details = "; ".join(f"{endpoint}: {exc}" for endpoint, exc in sorted(failures.items()))
+        super().__init__(f"{operation} failed on {len(failures)} PgBouncer(s): {details}")
+
+
+@final
+class PauseSuperseded(PgcmError):
+    """A resume arrived while this pause was still waiting; the pause was undone."""
+
+    def __init__(self) -> None:
+        super().__init__("pause cancelled by a resume before it completed")
 
 
 @final
@@ -42,8 +64,8 @@ class PauseController:
         Args:
             admins: the local PgBouncer admin consoles; at least one.
             cleanup_timeout: bound of the shielded RESUME after a failed pause.
-            on_state: called with the new state after every change, e.g. to set the
-                ``pgcm_supervise_pgbouncer_paused`` gauge (``SuperviseMetrics``).
+            on_state: called with the new state after every change, e.g. to set a
+                "paused" gauge.
         """
         if not admins:
             raise ValueError("PauseController needs at least one PgBouncer")
