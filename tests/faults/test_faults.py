@@ -660,7 +660,7 @@ async def fenced_failover(
     }
     print(f"\n[faults] {case}: {json.dumps(result)}")  # noqa: T201
     assert {"fenced", "promoted"} <= set(marks), f"Pacemaker's logs lack steps: {marks}"
-    with anyio.fail_after(240):
+    with anyio.fail_after(360):  # a rewind that does not stream is followed by a full copy
         result["rejoin"] = await lab.rejoin(primary)
     record(case, result)
     return result

@@ -58,7 +58,7 @@ DEFAULT_STATE_DIR: Final = Path("/var/tmp/pgcm-lab")  # noqa: S108  # survives r
 PREFIX: Final = "pgcmlab"
 BRIDGE_NS: Final = f"{PREFIX}-br"
 _POLL: Final = 0.2
-_REJOIN_S: Final = 120.0  # after the rebuild: back to healthy, one more cleanup included
+_REJOIN_S: Final = 75.0  # after a rebuild: back to healthy, one more cleanup included
 _REJOIN_CLEANUP_S: Final = 45.0
 _FENCE_BIN: Final = "fence-bin"
 _SYSTEM_PYTHON: Final = "/usr/bin/python3"
@@ -890,8 +890,7 @@ class Lab:
                 primary = (await self.view(others[0])).primary
                 await anyio.sleep(_POLL) if primary in {None, name} else None
         self.progress(f"rejoin {name}: ban it, then rebuild it from {primary}")
-        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--ban", "--node", name,
-                                  "--lifetime", "PT10M"])  # fmt: skip
+        await self._ban(name, primary)
         if await self.partitioned(name):
             await self.heal(name)
         powered_off = self.init_pid(name) is None
@@ -913,42 +912,78 @@ class Lab:
             self.host_path(name, "/run/pgbouncer/pgbouncer.pid").unlink(missing_ok=True)
             await self._start_init(name)
         method = await self._rebuild(name, self.topology.node(primary))
-        signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
-        signal_file.touch()
-        _chown(signal_file, "postgres")
+        self._mark_standby(name)
         if powered_off:
             await self._start_node_stack(name)
-        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
-        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
-                                  name])  # fmt: skip
-        await self._wait_rejoined(name, primary)
+        await self._unban(name, primary)
+        if why := await self._wait_rejoined(name, primary):
+            method = await self._rebuild_fully(name, primary, why)
         self.progress(f"{name} streams again ({method})")
         return method
 
-    async def _wait_rejoined(self, name: str, primary: str) -> None:
-        """Wait until the cluster is healthy with ``name`` back; clean up once on the way.
+    async def _rebuild_fully(self, name: str, primary: str, why: str) -> str:
+        """Rewound, yet not streaming: stop it, copy the primary whole, wait again.
+
+        A fault-suite run saw a rewound node stay in walsender "startup" after a
+        promotion PAF had first refused; a full copy from the primary always can.
+
+        Raises:
+            LabError: not healthy after that either; names why, with crm_mon's view.
+        """
+        tail = self._postgres_log_tail(name)
+        self.progress(f"{name} has not rejoined ({why}); its PostgreSQL log ends:\n{tail}\n"
+                      "rebuilding it with pg_basebackup")  # fmt: skip
+        await self._ban(name, primary)
+        await self._until_kept_stopped(name, primary)
+        await self._rebuild(name, self.topology.node(primary), full=True)
+        self._mark_standby(name)
+        await self._unban(name, primary)
+        if why := await self._wait_rejoined(name, primary):
+            raise LabError(
+                f"{name} did not rejoin after a full rebuild ({why}); crm_mon:\n"
+                f"{await self.crm_mon_text()}"
+            )
+        return "pg_basebackup"
+
+    async def _ban(self, name: str, primary: str) -> None:
+        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--ban", "--node", name,
+                                  "--lifetime", "PT10M"])  # fmt: skip
+
+    async def _unban(self, name: str, primary: str) -> None:
+        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
+        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+                                  name])  # fmt: skip
+
+    def _mark_standby(self, name: str) -> None:
+        signal_file = self.host_path(name, f"{PGDATA}/standby.signal")
+        signal_file.touch()
+        _chown(signal_file, "postgres")
+
+    def _postgres_log_tail(self, name: str, lines: int = 15) -> str:
+        log = self.node_dir(name) / "var-log-postgresql" / "postgresql.log"
+        try:
+            return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    async def _wait_rejoined(self, name: str, primary: str) -> str:
+        """Wait until the cluster is healthy with ``name`` back; return "" or why not.
 
         A start that failed while the node came back (PAF's probe raced the rebuild)
         leaves a fail count that keeps the instance stopped until a cleanup: one more
         cleanup after ``_REJOIN_CLEANUP_S`` lets Pacemaker try again.
-
-        Raises:
-            LabError: not healthy within ``_REJOIN_S``; names why, with crm_mon's view.
         """
         with anyio.move_on_after(_REJOIN_CLEANUP_S):
             await self.wait_healthy()
-            return
+            return ""
         self.progress(f"{name} has not rejoined after {_REJOIN_CLEANUP_S:.0f} s: clean up again")
         await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
                                   name], check=False)  # fmt: skip
         with anyio.move_on_after(_REJOIN_S - _REJOIN_CLEANUP_S):
             await self.wait_healthy()
-            return
+            return ""
         _, why = await self.health()
-        raise LabError(
-            f"{name} did not rejoin within {_REJOIN_S:.0f} s ({why}); crm_mon:\n"
-            f"{await self.crm_mon_text()}"
-        )
+        return why or "healthy only just now"
 
     async def crm_mon_text(self) -> str:
         """``crm_mon -1 -rf`` (inactive resources and fail counts) from any live node."""
@@ -1002,7 +1037,8 @@ class Lab:
         listing = await self.exec(name, ["ps", "-e", "-o", "pid=,ppid=,comm="])
         return postmaster_pids(listing.stdout)
 
-    async def _rebuild(self, name: str, primary: Node) -> str:
+    async def _rebuild(self, name: str, primary: Node, *, full: bool = False) -> str:
+        """Make ``name``'s data directory a copy of ``primary``'s: pg_rewind, else a base backup."""
         source = f"host={primary.address} user=postgres dbname=postgres"
         rewind = [f"{PG_BINDIR}/pg_rewind", "-D", PGDATA, f"--source-server={source}"]
         # A demoted ex-primary that went down uncleanly has standby.signal: pg_rewind's
@@ -1010,10 +1046,11 @@ class Lab:
         # fall back to a full copy. rejoin writes standby.signal again afterwards.
         for signal in ("standby.signal", "recovery.signal"):
             self.host_path(name, f"{PGDATA}/{signal}").unlink(missing_ok=True)
-        result = await self.exec(name, rewind, user="postgres", check=False)
-        if result.returncode == 0:
-            return "pg_rewind"
-        self.progress(f"pg_rewind failed ({result.stderr.strip()[-200:]}); pg_basebackup")
+        if not full:
+            result = await self.exec(name, rewind, user="postgres", check=False)
+            if result.returncode == 0:
+                return "pg_rewind"
+            self.progress(f"pg_rewind failed ({result.stderr.strip()[-200:]}); pg_basebackup")
         data = self.host_path(name, PGDATA)
         await anyio.to_thread.run_sync(shutil.rmtree, data)
         await self._clone_from(name, primary)
