@@ -30,6 +30,7 @@ from anyio.streams.text import TextReceiveStream
 
 from pgcm_lab.chain import failover_marks
 from pgcm_lab.clientrun import check_commits, reconnecting_clients
+from pgcm_lab.clients import ClientsLog
 from pgcm_lab.lab import Lab
 from pgcm_lab.pgcm import (
     MASTER_KEY,
@@ -44,6 +45,7 @@ from pgcm_lab.testing import (
     bouncer_answers,
     routed_host,
     run_failover,
+    service_events,
 )
 from pgcm_lab.topology import APP_NODE
 
@@ -52,6 +54,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 TABLE: Final = "pgcm_faults"
 SWITCHOVERS: Final = 20
 HEALTHY_WITHIN_S: Final = 180
+_HOLD_GRACE_S: Final = 0.5
 _BROKEN_BY: Final = pytest.StashKey[str]()
 
 # The load generator: one connection through a PgBouncer, one autocommit INSERT at a
@@ -615,6 +618,37 @@ def record(case: str, result: dict[str, object]) -> None:
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _stamp(event: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(event["ts"])).timestamp()
+
+
+def hold_seen(lab: Lab, log: ClientsLog, at: float) -> dict[str, object]:
+    """When the app node's proxy held clients after the fault at ``at``, and who failed.
+
+    ``errors_begun_in_hold`` counts failed transactions that began while the hold was in
+    force (from ``_HOLD_GRACE_S`` after it started, the time PAUSE takes to arrive):
+    they should have waited for the new primary instead.
+    """
+    starts = [_stamp(e) for e in service_events(lab, APP_NODE, "pgcm-proxy", "proxy.hold.start")
+              if _stamp(e) >= at]  # fmt: skip
+    if not starts:
+        return {"hold": None}
+    begun = starts[0]
+    ends = [e for e in service_events(lab, APP_NODE, "pgcm-proxy", "proxy.hold.end")
+            if _stamp(e) >= begun]  # fmt: skip
+    ended = _stamp(ends[0]) if ends else None
+    in_hold = [o for o in log.errors if o.started >= begun + _HOLD_GRACE_S
+               and (ended is None or o.started <= ended)]  # fmt: skip
+    return {
+        "hold": {
+            "started_s": round(begun - at, 3),
+            "ended_s": None if ended is None else round(ended - at, 3),
+            "outcome": None if not ends else ends[0].get("outcome"),
+        },
+        "errors_begun_in_hold": len(in_hold),
+    }
+
+
 async def fenced_failover(
     lab: Lab, case: str, fault: Callable[[str], Awaitable[object]]
 ) -> dict[str, object]:
@@ -657,6 +691,7 @@ async def fenced_failover(
         },
         "old_primary": primary,
         "new_primary": new,
+        **hold_seen(lab, log, at),
     }
     print(f"\n[faults] {case}: {json.dumps(result)}")  # noqa: T201
     assert {"fenced", "promoted"} <= set(marks), f"Pacemaker's logs lack steps: {marks}"

@@ -38,6 +38,7 @@ __all__ = [
     "routed_host",
     "run_failover",
     "running_lab_with_pgcm",
+    "service_events",
 ]
 
 
@@ -159,6 +160,30 @@ def last_promotion(lab: Lab, node: str) -> datetime:
     if zone != "UTC":
         raise LabError(f"{log}: expected UTC timestamps, got {zone}")
     return datetime.fromisoformat(f"{day_time}+00:00")
+
+
+def service_events(lab: Lab, node: str, service: str, event: str) -> list[dict[str, object]]:
+    """The JSON log lines of ``service`` in ``node`` whose event is ``event``, in order.
+
+    Each carries ``ts`` (ISO, UTC). Lines that are not JSON objects (a restart notice
+    of the lab's supervisor loop) are skipped.
+    """
+    path = lab.node_dir(node) / "services" / f"{service}.log"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    found: list[dict[str, object]] = []
+    for line in lines:
+        if f'"{event}"' not in line:
+            continue
+        try:
+            record = _object(line[line.index("{") :])
+        except (ValueError, LabError):
+            continue
+        if record.get("event") == event:
+            found.append(record)
+    return found
 
 
 def _object(raw: str) -> dict[str, object]:
