@@ -127,6 +127,7 @@ def pipeline_options(settings: FailoverSettings, target: str | None) -> Pipeline
         migrate_timeout=settings.pacemaker_timeout,
         settle_timeout=settings.settle_timeout,
         cleanup_grace=settings.cleanup_grace,
+        proxy_ack_timeout=settings.proxy_ack_timeout,
         target_node=target,
     )
 

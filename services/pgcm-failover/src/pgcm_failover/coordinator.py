@@ -97,6 +97,8 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
         self._release_grace = release_grace
         self._lock: EtcdLock | None = None
         self._primary_revision: int | None = None
+        self._pending: tuple[str, ...] = ()
+        self._confirmed: tuple[str, ...] = ()
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
@@ -207,9 +209,21 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
                     return self._acknowledged(acks)
         raise AssertionError("unreachable: the watch stream ended")  # pragma: no cover
 
-    @staticmethod
-    def _all_confirm(acks: Mapping[bytes, AckState], address: str, revision: int) -> bool:
-        pending = sorted(s.proxy_id for s in acks.values() if not s.confirms(address, revision))
+    @property
+    def pending_proxies(self) -> Sequence[str]:
+        """Return the live proxies that had not confirmed at the last check of the wait."""
+        return self._pending
+
+    @property
+    def confirmed_proxies(self) -> Sequence[str]:
+        """Return the live proxies that had confirmed at the last check of the wait."""
+        return self._confirmed
+
+    def _all_confirm(self, acks: Mapping[bytes, AckState], address: str, revision: int) -> bool:
+        states = acks.values()
+        pending = sorted(s.proxy_id for s in states if not s.confirms(address, revision))
+        self._pending = tuple(pending)
+        self._confirmed = tuple(sorted(s.proxy_id for s in states if s.confirms(address, revision)))
         if pending:
             log.info("failover.proxy.wait", pending=pending, address=address)
         return not pending

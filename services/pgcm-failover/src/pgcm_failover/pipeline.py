@@ -141,6 +141,16 @@ class Coordinator(Protocol):
         """Return the proxies once every live one acknowledged routing to ``address``."""
         ...
 
+    @property
+    def pending_proxies(self) -> Sequence[str]:
+        """The live proxies that had not acknowledged when the wait last looked."""
+        ...
+
+    @property
+    def confirmed_proxies(self) -> Sequence[str]:
+        """The live proxies that had acknowledged when the wait last looked."""
+        ...
+
 
 class Cluster(Protocol):
     """The Pacemaker/PostgreSQL side, as observed through supervise."""
@@ -173,6 +183,7 @@ class PipelineOptions:
     migrate_timeout: timedelta = timedelta(seconds=15)
     settle_timeout: timedelta = timedelta(seconds=60)
     cleanup_grace: timedelta = timedelta(seconds=10)
+    proxy_ack_timeout: timedelta = timedelta(seconds=5)
     target_node: str | None = None
     # Allowance for the network on top of pause_timeout: the server enforces the pause
     # timeout itself and answers DEADLINE_EXCEEDED; we wait a little longer for that
@@ -212,6 +223,7 @@ class Report:
     old_primary: str | None = None
     planned_target: str | None = None
     proxies_acknowledged: list[str] = field(default_factory=list)
+    proxies_late: list[str] = field(default_factory=list)
     paused_at: float | None = None
     resumed_at: float | None = None
     needs_human: list[str] = field(default_factory=list)
@@ -497,7 +509,21 @@ class Pipeline:
     async def _wait_followed(self) -> None:
         target = self._require_target()
         await self._coordinator.wait_for_primary(target.address)
-        acked = await self._coordinator.wait_for_proxy_acks(target.address)
+        bound = self._options.proxy_ack_timeout.total_seconds()
+        with anyio.move_on_after(bound) as waited:
+            acked = await self._coordinator.wait_for_proxy_acks(target.address)
+        if waited.cancelled_caught:
+            # Every client waits while we do: a frozen app node must not hold them all.
+            late = list(self._coordinator.pending_proxies)
+            acked = list(self._coordinator.confirmed_proxies)
+            self.report.proxies_late = late
+            self.report.notes.append(
+                f"resumed without the acknowledgement of {len(late)} pgcm-proxy after "
+                f"{bound:g}s (proxy_ack_timeout): {', '.join(late)}; their PgBouncers route "
+                "to the old primary until they apply the new one"
+            )
+            log.warning("failover.proxy.late", proxies=late, waited_s=bound,
+                        msg="resuming without these proxies' acknowledgement")  # fmt: skip
         self.report.proxies_acknowledged = list(acked)
         if not acked:
             self.report.notes.append(

@@ -98,6 +98,7 @@ def report_to_dict(report: Report, *, outcome: str) -> dict[str, JsonValue]:
         "paused_seconds": report.paused_seconds,
         "total_seconds": _total(report.phases),
         "proxies_acknowledged": list(report.proxies_acknowledged),
+        "proxies_late": list(report.proxies_late),
         "notes": list(report.notes),
         "needs_human": list(report.needs_human),
     }
@@ -134,6 +135,8 @@ def render_report(report: Report, *, outcome: str) -> str:
     lines.append(f"total:        {_secs(_total(report.phases))}")
     acked = ", ".join(report.proxies_acknowledged) or "none"
     lines.append(f"proxies acknowledged: {acked}")
+    if report.proxies_late:
+        lines.append(f"proxies late (resumed without them): {', '.join(report.proxies_late)}")
     if report.error:
         lines.append(f"error:        {report.error}")
     lines.append("")

@@ -61,6 +61,13 @@ class FailoverSettings(PgcmSettings):
     resume_timeout: Duration = Field(
         default=timedelta(seconds=5), description="Bound on resuming every PgBouncer."
     )
+    proxy_ack_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=5),
+        description="After etcd names the new primary, wait this long for every live "
+        "pgcm-proxy's acknowledgement; proxies still silent then (a frozen app node) are "
+        "reported and clients are resumed anyway: one sick proxy must not hold every "
+        "client. Their PgBouncers follow when they recover.",
+    )
     pacemaker_timeout: Duration = Field(
         default=timedelta(seconds=20),
         description="Bound on a migrate/unmigrate call (issuing the move, not its effect; "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -133,6 +134,14 @@ class RecordingCoordinator:
         if self.acks_hang:
             await anyio.sleep_forever()
         return list(self.proxies)
+
+    @property
+    def pending_proxies(self) -> Sequence[str]:
+        return self.proxies[-1:] if self.acks_hang else ()
+
+    @property
+    def confirmed_proxies(self) -> Sequence[str]:
+        return self.proxies[:-1] if self.acks_hang else self.proxies
 
 
 @dataclass
@@ -276,6 +285,28 @@ async def test_proxies_not_following_resume_first_then_settle_and_clear() -> Non
     journal = Journal()
     with pytest.raises(TimeoutError, match="wait_for_proxies timed out"):
         await make(journal, [RecordingClient("s1", journal)], acks_hang=True).run()
+    assert journal.plain()[-5:] == [
+        "wait_for_proxy_acks",
+        "resume",
+        "wait_settled",
+        "unmigrate",
+        "release_lock",
+    ]
+
+
+async def test_a_silent_proxy_is_reported_and_clients_resumed_after_proxy_ack_timeout() -> None:
+    journal = Journal()
+    options = dataclasses.replace(FAST, proxy_ack_timeout=timedelta(milliseconds=50))
+    pipeline = Pipeline(
+        [RecordingClient("s1", journal)],
+        RecordingCoordinator(journal, acks_hang=True),
+        RecordingCluster(journal),
+        options,
+    )
+    report = await pipeline.run()
+    assert report.proxies_late == ["n1"]
+    assert report.proxies_acknowledged == ["app1"]
+    assert any("proxy_ack_timeout" in note and "n1" in note for note in report.notes)
     assert journal.plain()[-5:] == [
         "wait_for_proxy_acks",
         "resume",
