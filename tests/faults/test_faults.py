@@ -714,3 +714,8 @@ async def test_hung_primary_node_is_fenced_and_a_standby_promoted(lab: Lab) -> N
 async def test_primary_node_crash_under_reconnecting_clients(lab: Lab) -> None:
     """The primary's node SIGKILLed under four reconnecting clients."""
     await fenced_failover(lab, "node_crash", lab.kill_node)
+
+
+async def test_partitioned_primary_under_reconnecting_clients(lab: Lab) -> None:
+    """The primary's node cut off at the bridge: the majority fences it and promotes."""
+    await fenced_failover(lab, "partition", lab.partition)
