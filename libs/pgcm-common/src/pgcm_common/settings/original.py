@@ -24,6 +24,7 @@ from typing import Literal, final
 import tomli_w
 
 from pgcm_common.errors import ConfigError
+from pgcm_common.settings.values import parse_duration
 
 __all__ = [
     "ORIGINAL_KEYS",
@@ -274,9 +275,6 @@ def _read_duration(key: OriginalKey, value: object) -> str:
                 "with a unit, such as '5s' or '500ms'",
             )
         return "0s"
-    # Imported here: the settings loader imports this module.
-    from pgcm_common.settings import parse_duration  # noqa: PLC0415
-
     try:
         parse_duration(text)
     except ValueError as exc:
