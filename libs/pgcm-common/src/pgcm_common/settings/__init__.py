@@ -11,10 +11,12 @@ of precedence (the same as the original's viper setup):
    names);
 4. command-line flags, generated from the model by :func:`add_settings_arguments`.
 
-One TOML file can configure every service: each service reads its own table
-(``[proxy]``, ``[supervise]``, ``[failover]``) and the shared tables (``[cluster]``,
-``[etcd]``, ``[pgbouncer]``), and ignores the tables of the other services. Inside the
-tables it reads, an unknown key is an error.
+One TOML file can configure every service: each service reads its own table (its
+model's ``section``) and the shared tables it composes (``[cluster]``, ``[etcd]``,
+``[pgbouncer]``), and ignores the tables of the other services. Inside the tables it
+reads, an unknown key is an error. The library names no service: each service's model
+declares its table, the original's names of its settings and its neighbours' tables,
+and names itself in the ``pgcm.settings`` entry point group for ``convert-config``.
 
 The modules, by concern:
 
@@ -23,7 +25,7 @@ The modules, by concern:
   their clients, in :mod:`pgcm_common.etcd` and :mod:`pgcm_common.pgbouncer`);
 * :mod:`.model`: :class:`PgcmSettings` and the sources it is read from;
 * :mod:`.loading`: the TOML file, merged with the original's flat keys
-  (:mod:`.original`, which also converts such a file);
+  (:mod:`.original`; :mod:`.convert` prints such a file in pgcm's format);
 * :mod:`.flags`: one command-line flag per setting;
 * :mod:`.render`: ``show-config``'s TOML;
 * :mod:`.problems`: invalid settings reported one key per line;
@@ -42,7 +44,6 @@ from pgcm_common.settings.flags import (
 )
 from pgcm_common.settings.loading import LoadedConfigFile, load_settings
 from pgcm_common.settings.model import (
-    SERVICE_TABLES,
     SHARED_TABLES,
     PgcmSettings,
     original_keys_of,
@@ -63,7 +64,6 @@ __all__ = [
     "ENV_PREFIX",
     "MIN_LEASE_TTL",
     "REDACTED",
-    "SERVICE_TABLES",
     "SHARED_TABLES",
     "ClusterSettings",
     "Duration",

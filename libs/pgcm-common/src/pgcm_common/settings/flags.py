@@ -38,7 +38,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[PgcmSettin
     """
     by_path: dict[str, list[str]] = {}
     for name, path in original_keys_of(cls).items():
-        by_path.setdefault(path, []).append(f"--{name}")
+        if original.is_flag(name):
+            by_path.setdefault(path, []).append(f"--{name}")
     group = parser.add_argument_group(
         "settings",
         f"Override any setting (TOML [{cls.section}] / PGCM_* environment variables).",

@@ -26,10 +26,10 @@ from pgcm_common.errors import ConfigError
 from pgcm_common.settings import original
 from pgcm_common.settings.fields import ENV_PREFIX, environ, leaves, merge, set_path
 from pgcm_common.settings.model import (
-    SERVICE_TABLES,
-    SHARED_TABLES,
     PgcmSettings,
+    ignored_tables,
     original_keys_of,
+    setting_table,
     shared_fields,
     toml_values,
 )
@@ -85,7 +85,7 @@ def _read_toml(cls: type[PgcmSettings], path: Path) -> tuple[dict[str, Any], Loa
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("config_file", f"{str(path)!r} is not valid TOML: {exc}") from exc
     shared = shared_fields(cls)
-    ignored = (SHARED_TABLES | SERVICE_TABLES) - shared - {cls.section}
+    ignored = ignored_tables(cls)
     result: dict[str, Any] = {}
     flat: dict[str, object] = {}
     for key, value in doc.items():
@@ -110,7 +110,8 @@ def _read_toml(cls: type[PgcmSettings], path: Path) -> tuple[dict[str, Any], Loa
     digest = hashlib.sha256(data).hexdigest()
     if not flat:
         return result, LoadedConfigFile(path=path, sha256=digest)
-    from_original = original.read_original(flat)
+    # Keys no model of this service claims are another service's: skipped, as tables are.
+    from_original = original.read_original(flat, original_keys_of(cls))
     _merge_original(result, from_original, cls)
     loaded = LoadedConfigFile(
         path=path, sha256=digest, original_format=True, ignored=dict(from_original.ignored)
@@ -122,16 +123,15 @@ def _merge_original(
     result: dict[str, Any], from_original: original.OriginalConfig, cls: type[PgcmSettings]
 ) -> None:
     """Add the settings of the original's flat keys; a pgcm table may not set them too."""
-    for table, keys in from_original.tables_for(cls.section).items():
-        for key, value in keys.items():
-            path = key if table == cls.section else f"{table}.{key}"
-            node: object = result
-            for part in path.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            if node is not None:
-                source = from_original.sources[f"{table}.{key}"]
-                raise ConfigError(source, f"sets the same setting as [{table}] {key}")
-            set_path(result, path, value)
+    for path, value in from_original.values.items():
+        node: object = result
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            table, key = setting_table(cls, path)
+            source = from_original.sources[path]
+            raise ConfigError(source, f"sets the same setting as [{table}] {key}")
+        set_path(result, path, value)
 
 
 S = TypeVar("S", bound=PgcmSettings)

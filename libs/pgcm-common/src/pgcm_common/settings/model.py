@@ -8,7 +8,7 @@ environment names, and command-line flags (passed to the model as init values).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar, final
@@ -20,16 +20,17 @@ from pgcm_common.settings import original
 from pgcm_common.settings.fields import ENV_PREFIX, environ, leaves, set_path, submodel
 
 __all__ = [
-    "SERVICE_TABLES",
     "SHARED_TABLES",
     "PgcmSettings",
+    "ignored_tables",
     "original_keys_of",
+    "setting_table",
     "shared_fields",
     "toml_values",
 ]
 
+# The tables whose models live in pgcm-common; every service composes some of them.
 SHARED_TABLES = frozenset({"cluster", "etcd", "pgbouncer"})
-SERVICE_TABLES = frozenset({"proxy", "supervise", "failover"})
 
 # The TOML tables of the load_settings call in progress (pydantic builds the sources
 # itself, so they cannot be handed the file's content directly).
@@ -49,12 +50,23 @@ def toml_values(tables: Mapping[str, object]) -> Iterator[None]:
 class PgcmSettings(BaseSettings):
     """Base of every service's settings model (designed for subclassing).
 
-    Subclasses set ``section`` to their TOML table name and may map the original's flag
-    names of their own settings to field paths in ``original_keys``; a shared table's
-    model carries its own ``original_keys`` (see :func:`original_keys_of`). Fields whose
-    type is a pydantic model named in :data:`SHARED_TABLES` (``cluster``, ``etcd``,
-    ``pgbouncer``) are read from the top-level table of that name; every other field
-    from the ``[<section>]`` table.
+    A service's model says everything the library needs to know about the service:
+
+    * ``section``: its own TOML table;
+    * ``original_keys``: the original's names of its own settings -> field paths (a
+      shared table's model carries its own ``original_keys``, see
+      :func:`original_keys_of`);
+    * ``other_tables``: the tables of the other services, which one file may hold and
+      this service ignores (they are named here because each service may be installed
+      alone, without the others' models);
+    * ``conversion_notes``: comment lines that ``convert-config`` adds after a converted
+      key of its table.
+
+    Fields whose type is a pydantic model named in :data:`SHARED_TABLES` (``cluster``,
+    ``etcd``, ``pgbouncer``) are read from the top-level table of that name; every other
+    field from the ``[<section>]`` table. A service names its model in the
+    ``pgcm.settings`` entry point group, for ``convert-config``
+    (:mod:`pgcm_common.settings.convert`).
     """
 
     model_config = SettingsConfigDict(
@@ -68,6 +80,8 @@ class PgcmSettings(BaseSettings):
 
     section: ClassVar[str] = ""
     original_keys: ClassVar[Mapping[str, str]] = {}
+    other_tables: ClassVar[frozenset[str]] = frozenset()
+    conversion_notes: ClassVar[Mapping[str, Sequence[str]]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -115,15 +129,7 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
             return {}
         env = {k.upper(): v for k, v in environ().items()}
         by_path = {leaf.path: leaf for leaf in leaves(cls)}
-        found: dict[str, str] = {}
-        for target, text in original.env_values(env, cls.section).items():
-            table, key = target.split(".", 1)
-            found[key if table == cls.section else target] = text
-        for name, path in original_keys_of(cls).items():
-            # Further spellings some services accept; empty means unset, as in viper.
-            text = env.get(original.original_env_name(name), "")
-            if text and path not in found:
-                found[path] = text
+        found = original.env_values(env, original_keys_of(cls))
         result: dict[str, Any] = {}
         for path, text in found.items():
             leaf = by_path.get(path)
@@ -162,3 +168,17 @@ def shared_fields(cls: type[PgcmSettings]) -> set[str]:
         for name, info in cls.model_fields.items()
         if submodel(info) is not None and name in SHARED_TABLES
     }
+
+
+def setting_table(cls: type[PgcmSettings], path: str) -> tuple[str, str]:
+    """Return the TOML table and key of a field path of ``cls``: ``("etcd", "endpoints")``."""
+    head, dot, rest = path.partition(".")
+    if dot and head in shared_fields(cls):
+        return head, rest
+    return cls.section, path
+
+
+def ignored_tables(cls: type[PgcmSettings]) -> frozenset[str]:
+    """Return the top-level tables ``cls`` skips: other services' and unused shared ones."""
+    return frozenset((set(SHARED_TABLES) - shared_fields(cls)) | cls.other_tables)
+
