@@ -111,12 +111,12 @@ def convert_original_file(
     notes = _notes(services)
     # Tables come in the order the original's key list first sets them: the shared
     # tables (its etcd and PgBouncer keys come first), then the services'.
-    for table in tables:
+    for table, keys in tables.items():
         lines += ["", f"[{table}]"]
-        for key, value in tables[table].items():
+        for key, value in keys.items():
             lines.append(f"# from {read.sources[f'{table}.{key}']}")
             lines.append(tomli_w.dumps({key: value}).rstrip("\n"))
         # A model's remarks on what the converted values mean, after the table's keys.
-        for key in tables[table]:
+        for key in keys:
             lines += notes.get((table, key), [])
     return "\n".join(lines) + "\n"

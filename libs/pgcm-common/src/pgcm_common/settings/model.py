@@ -181,4 +181,3 @@ def setting_table(cls: type[PgcmSettings], path: str) -> tuple[str, str]:
 def ignored_tables(cls: type[PgcmSettings]) -> frozenset[str]:
     """Return the top-level tables ``cls`` skips: other services' and unused shared ones."""
     return frozenset((set(SHARED_TABLES) - shared_fields(cls)) | cls.other_tables)
-
