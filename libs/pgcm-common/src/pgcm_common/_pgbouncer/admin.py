@@ -29,7 +29,6 @@ from pgcm_common._pgbouncer.wire import (
     SimpleQueryConnection,
     close_quietly,
     connect_simple_query,
-    open_simple_query,
 )
 from pgcm_common.errors import PgBouncerError
 
@@ -164,14 +163,11 @@ class PgBouncerAdmin:
 
     @asynccontextmanager
     async def _show_connection(self) -> AsyncIterator[SimpleQueryConnection]:
-        async with open_simple_query(
-            self._endpoint,
-            user=self._settings.user,
-            password=self._password(),
-            database=self._settings.database,
-            connect_timeout=self._settings.connect_timeout,
-        ) as connection:
+        connection = await self._connect()
+        try:
             yield connection
+        finally:
+            await close_quietly(connection)
 
     async def pause(self) -> None:
         """Send PAUSE and wait until every server connection is released.

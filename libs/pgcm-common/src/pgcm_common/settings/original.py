@@ -80,6 +80,18 @@ def original_env_name(key: str) -> str:
     return "PGCM_" + key.upper().replace("-", "_")
 
 
+def _read_not_declared(read: str, declared: str, *, flag: bool) -> tuple[OriginalKey, ...]:
+    """Return a duration the original's code read under another name than its flag's.
+
+    Both names set the setting; the one the code read wins (it comes first).
+    """
+    note = f"the name the original read (its flag {declared} was never read)"
+    return (
+        OriginalKey(read, "duration", note=note, flag=flag),
+        OriginalKey(declared, "duration", read_instead=read),
+    )
+
+
 _K = OriginalKey
 ORIGINAL_KEYS: tuple[OriginalKey, ...] = (
     _K("etcd-namespace"),
@@ -87,20 +99,8 @@ ORIGINAL_KEYS: tuple[OriginalKey, ...] = (
     _K("etcd-endpoints", "list"),
     _K("etcd-dial-timeout", "duration"),
     _K("etcd-timeout", "duration"),
-    _K(
-        "etcd-dial-keep-alive-time",
-        "duration",
-        note="the name the original read (its flag etcd-keep-alive-time was never read)",
-        flag=False,
-    ),
-    _K("etcd-keep-alive-time", "duration", read_instead="etcd-dial-keep-alive-time"),
-    _K(
-        "etcd-dial-keep-alive-timeout",
-        "duration",
-        note="the name the original read (its flag etcd-keep-alive-timeout was never read)",
-        flag=False,
-    ),
-    _K("etcd-keep-alive-timeout", "duration", read_instead="etcd-dial-keep-alive-timeout"),
+    *_read_not_declared("etcd-dial-keep-alive-time", "etcd-keep-alive-time", flag=False),
+    *_read_not_declared("etcd-dial-keep-alive-timeout", "etcd-keep-alive-timeout", flag=False),
     _K("pgbouncer-user"),
     _K("pgbouncer-password", "secret", note="empty (the original's default) means no password"),
     _K("pgbouncer-database"),
@@ -110,12 +110,8 @@ ORIGINAL_KEYS: tuple[OriginalKey, ...] = (
     _K("pgbouncer-config-file"),
     _K("pgbouncer-config-template-file"),
     _K("etcd-stream-poll-interval", "duration"),
-    _K(
-        "pgbouncer-retry-timeout",
-        "duration",
-        note="the name the original read (its flag pgbouncer-retry-interval was never read)",
-    ),
-    _K("pgbouncer-retry-interval", "duration", read_instead="pgbouncer-retry-timeout"),
+    # pgcm has long taken this one as a flag too.
+    *_read_not_declared("pgbouncer-retry-timeout", "pgbouncer-retry-interval", flag=True),
     _K("bind-address"),
     _K("host-key-update-retry-interval", "duration"),
     _K("pacemaker-poll-interval", "duration"),
