@@ -19,6 +19,7 @@ import pytest
 import tomli_w
 
 from pgcm_common.settings import PgcmSettings, load_settings
+from pgcm_common.settings.convert import installed_services
 from pgcm_failover.cli import main as failover_main
 from pgcm_failover.settings import FailoverSettings
 from pgcm_proxy.cli import main as proxy_main
@@ -251,6 +252,11 @@ def test_the_converted_file_gives_the_same_settings_as_the_original(
     assert from_converted == from_original
     assert loaded is not None
     assert not loaded.original_format
+
+
+def test_every_service_names_its_settings_model_for_convert_config() -> None:
+    # Installed together (the workspace), convert-config converts every service's keys.
+    assert installed_services() == (FailoverSettings, ProxySettings, SuperviseSettings)
 
 
 def test_convert_config_refuses_a_file_that_is_not_the_originals(

@@ -25,7 +25,7 @@ from typing import Final
 import pytest
 from pydantic import BaseModel
 
-from pgcm_common.original_config import ORIGINAL_KEYS, original_env_name
+from pgcm_common.settings.original import ORIGINAL_KEYS, original_env_name
 
 ROOT: Final = Path(__file__).parents[2]
 SOURCE_TREES: Final = (*sorted(ROOT.glob("services/*/src")), *sorted(ROOT.glob("libs/*/src")))

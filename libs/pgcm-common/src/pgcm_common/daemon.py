@@ -23,8 +23,8 @@ from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.fasthelp import help_formatter
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
-from pgcm_common.original_config import convert_original_file
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
+from pgcm_common.settings.convert import convert_original_file
 from pgcm_common.version import add_version_argument
 
 __all__ = [

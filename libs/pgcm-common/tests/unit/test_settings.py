@@ -42,6 +42,7 @@ class FakeEtcd(BaseModel):
 @final
 class DemoSettings(PgcmSettings):
     section: ClassVar[str] = "proxy"
+    other_tables: ClassVar[frozenset[str]] = frozenset({"supervise", "failover"})
     original_keys: ClassVar[dict[str, str]] = {
         "etcd-endpoints": "etcd.endpoints",
         "pause-timeout-original": "pause_timeout",

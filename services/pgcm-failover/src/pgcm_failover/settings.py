@@ -32,8 +32,15 @@ class FailoverSettings(PgcmSettings):
     """Everything pgcm-failover needs, parsed once in ``cli.py``."""
 
     section: ClassVar[str] = "failover"
+    other_tables: ClassVar[frozenset[str]] = frozenset({"proxy", "supervise"})
     original_keys: ClassVar[Mapping[str, str]] = {
         "failover-api-endpoints": "endpoints",
+        "health-check-timeout": "health_check_timeout",
+        "lock-timeout": "lock_timeout",
+        "pause-timeout": "pause_timeout",
+        "pause-expiry": "pause_expiry",
+        "resume-timeout": "resume_timeout",
+        "pacemaker-timeout": "pacemaker_timeout",
     }
 
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)

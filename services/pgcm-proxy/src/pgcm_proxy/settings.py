@@ -33,7 +33,10 @@ class ProxySettings(PgcmSettings):
     """Everything pgcm-proxy needs, parsed once in ``cli.py``."""
 
     section: ClassVar[str] = "proxy"
+    other_tables: ClassVar[frozenset[str]] = frozenset({"supervise", "failover"})
     original_keys: ClassVar[Mapping[str, str]] = {
+        "pgbouncer-config-file": "pgbouncer_config_file",
+        "pgbouncer-config-template-file": "pgbouncer_config_template_file",
         "etcd-stream-poll-interval": "poll_interval",
         # The original declared pgbouncer-retry-interval but read pgbouncer-retry-timeout
         # (so the flag did nothing); both spellings now set the backoff cap.

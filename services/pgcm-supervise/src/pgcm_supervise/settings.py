@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal, Self, final
@@ -47,10 +47,20 @@ class SuperviseSettings(PgcmSettings):
     """Everything pgcm-supervise needs, parsed once in ``cli.py``."""
 
     section: ClassVar[str] = "supervise"
+    other_tables: ClassVar[frozenset[str]] = frozenset({"proxy", "failover"})
     original_keys: ClassVar[Mapping[str, str]] = {
+        "bind-address": "bind_address",
         "pacemaker-poll-interval": "crm_mon_interval",
         "pacemaker-get-timeout": "crm_mon_timeout",
         "host-key-update-retry-interval": "retry_interval",
+    }
+    conversion_notes: ClassVar[Mapping[str, Sequence[str]]] = {
+        "bind_address": (
+            "The original's API had no authentication. pgcm-supervise refuses a non-loopback",
+            "bind_address without TLS (tls_cert_file/tls_key_file) or a token, unless",
+            "insecure = true: keep that only while the original's `pgcm failover` still calls it.",
+            "insecure = true",
+        ),
     }
 
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)

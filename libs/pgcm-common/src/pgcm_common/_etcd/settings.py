@@ -78,7 +78,9 @@ class EtcdSettings(BaseModel):
         "etcd-endpoints": "endpoints",
         "etcd-dial-timeout": "dial_timeout",
         "etcd-timeout": "request_timeout",
+        "etcd-dial-keep-alive-time": "keepalive_time",
         "etcd-keep-alive-time": "keepalive_time",
+        "etcd-dial-keep-alive-timeout": "keepalive_timeout",
         "etcd-keep-alive-timeout": "keepalive_timeout",
     }
 

@@ -1,8 +1,7 @@
 """The PgBouncer admin console client: PAUSE, RESUME, RELOAD, DISABLE/ENABLE and SHOW.
 
-Commands go through asyncpg's ``execute()``, which uses the simple query protocol the
-console requires. SHOW rows come through :mod:`._pgbouncer.wire` because no asyncpg
-call that returns rows uses the simple protocol (ADR 0003). Each operation opens its own
+Every command goes through the simple-query client of :mod:`._pgbouncer.wire`, the one
+protocol stack pgcm speaks to the console (ADR 0005). Each operation opens its own
 short connection: admin commands are rare, and a fresh connection cannot inherit a
 half-finished conversation from an earlier cancelled call.
 
@@ -20,18 +19,17 @@ from contextlib import asynccontextmanager
 from typing import Protocol, final
 
 import anyio
-import asyncpg
 import structlog
 
-from pgcm_common._pgbouncer.errors import (
-    PgBouncerAuthError,
-    PgBouncerCommandRefused,
-    PgBouncerUnreachable,
-)
+from pgcm_common._pgbouncer.errors import PgBouncerCommandRefused
 from pgcm_common._pgbouncer.events import logged_reload
 from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
-from pgcm_common._pgbouncer.wire import SimpleQueryConnection, open_simple_query
+from pgcm_common._pgbouncer.wire import (
+    SimpleQueryConnection,
+    close_quietly,
+    connect_simple_query,
+)
 from pgcm_common.errors import PgBouncerError
 
 __all__ = ["PgBouncerAdmin", "PgBouncerAdminProtocol", "admins_for"]
@@ -127,77 +125,49 @@ class PgBouncerAdmin:
         password = self._settings.password
         return None if password is None else password.get_secret_value()
 
-    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
-        endpoint = self._endpoint
-        try:
-            return await asyncpg.connect(
-                host=endpoint.host,
-                port=endpoint.port,
-                user=self._settings.user,
-                # Never None: asyncpg would then read ~/.pgpass (a blocking file read
-                # and a credential source outside our settings).
-                password=self._password() or "",
-                database=self._settings.database,
-                timeout=self._settings.connect_timeout.total_seconds(),
-                # The console has no prepared statements to cache, and TLS is not used
-                # towards it (ADR 0003): the wire reader must reach the same listener.
-                statement_cache_size=0,
-                ssl=False,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc!r}") from exc
-        except asyncpg.PostgresError as exc:
-            raise PgBouncerAuthError(f"{endpoint} refused login: {exc}") from exc
-        except asyncpg.InterfaceError as exc:
-            raise PgBouncerUnreachable(f"cannot connect to {endpoint}: {exc}") from exc
-
-    @asynccontextmanager
-    async def _command_connection(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
-        connection = await self._connect()
-        try:
-            yield connection
-        except BaseException:
-            # Dropping the socket is synchronous and ends our side of any pending
-            # command at once; a polite close could wait on the very PAUSE we abandon.
-            connection.terminate()
-            raise
-        with anyio.move_on_after(self._settings.cleanup_timeout.total_seconds(), shield=True):
-            await connection.close()
-        if not connection.is_closed():
-            connection.terminate()
-
-    async def _execute(
-        self,
-        connection: asyncpg.Connection[asyncpg.Record],
-        command: str,
-        tolerated: re.Pattern[str] | None = None,
-    ) -> bool:
-        """Run ``command``; return False when PgBouncer said the state already holds."""
-        try:
-            await connection.execute(command)
-        except asyncpg.PostgresError as exc:
-            message = str(exc)
-            if tolerated is not None and tolerated.search(message):
-                return False
-            raise PgBouncerCommandRefused(command, exc.sqlstate or "", message) from exc
-        except (OSError, asyncpg.InterfaceError) as exc:
-            raise PgBouncerUnreachable(f"lost {self._endpoint} during {command}: {exc}") from exc
-        return True
-
-    async def _run(self, command: str, tolerated: re.Pattern[str] | None = None) -> bool:
-        async with self._command_connection() as connection:
-            return await self._execute(connection, command, tolerated)
-
-    @asynccontextmanager
-    async def _show_connection(self) -> AsyncIterator[SimpleQueryConnection]:
-        async with open_simple_query(
+    async def _connect(self) -> SimpleQueryConnection:
+        return await connect_simple_query(
             self._endpoint,
             user=self._settings.user,
             password=self._password(),
             database=self._settings.database,
             connect_timeout=self._settings.connect_timeout,
-        ) as connection:
+        )
+
+    async def _execute(
+        self,
+        connection: SimpleQueryConnection,
+        command: str,
+        tolerated: re.Pattern[str] | None = None,
+    ) -> bool:
+        """Run ``command``; return False when PgBouncer said the state already holds."""
+        try:
+            await connection.query(command)
+        except PgBouncerCommandRefused as exc:
+            if tolerated is not None and tolerated.search(exc.server_message):
+                return False
+            raise
+        return True
+
+    async def _run(self, command: str, tolerated: re.Pattern[str] | None = None) -> bool:
+        connection = await self._connect()
+        try:
+            done = await self._execute(connection, command, tolerated)
+        except BaseException:
+            # Dropping the socket ends our side of any pending command at once; a polite
+            # goodbye would queue behind the very PAUSE we abandon.
+            await connection.abort()
+            raise
+        await close_quietly(connection)
+        return done
+
+    @asynccontextmanager
+    async def _show_connection(self) -> AsyncIterator[SimpleQueryConnection]:
+        connection = await self._connect()
+        try:
             yield connection
+        finally:
+            await close_quietly(connection)
 
     async def pause(self) -> None:
         """Send PAUSE and wait until every server connection is released.
@@ -223,7 +193,7 @@ class PgBouncerAdmin:
         try:
             first = await self._execute(connection, "PAUSE", _ALREADY_PAUSED)
         except BaseException as exc:
-            connection.terminate()
+            await connection.abort()
             if not isinstance(exc, PgBouncerCommandRefused):
                 self._log.warning(
                     "clients.pgbouncer.pause",
@@ -244,10 +214,7 @@ class PgBouncerAdmin:
                         outcome="timeout",
                     )
             raise
-        with anyio.move_on_after(self._settings.cleanup_timeout.total_seconds(), shield=True):
-            await connection.close()
-        if not connection.is_closed():
-            connection.terminate()
+        await close_quietly(connection)
         self._log.info(
             "clients.pgbouncer.pause",
             msg="PgBouncer paused" if first else "PgBouncer was already paused",

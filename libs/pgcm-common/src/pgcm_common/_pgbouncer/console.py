@@ -6,8 +6,9 @@ about 0.5 ms. pgcm-proxy sends both for every primary change, and the switchover
 for every proxy's acknowledgement, which comes after them. :class:`RoutingConsole`
 keeps one connection per PgBouncer and reuses it.
 
-PAUSE, RESUME and the other commands stay with :class:`PgBouncerAdmin`, one connection
-each: dropping that connection is how an abandoned PAUSE is undone (ADR 0003).
+PAUSE, RESUME and the other commands stay with :class:`PgBouncerAdmin`, on the same
+simple-query client (ADR 0005) but one connection each: dropping that connection is the
+first step of undoing an abandoned PAUSE (ADR 0003).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""A minimal PostgreSQL simple-query client, just enough to read the admin console's SHOW rows.
+"""A minimal PostgreSQL simple-query client: pgcm's one way to talk to the admin console.
 
-Why this exists (ADR 0003): PgBouncer's admin console speaks only the simple query
-protocol. asyncpg's ``execute()`` uses it but returns only the command tag; every
-asyncpg call that returns rows (``fetch``, ``fetchrow``, cursors, ``copy``) uses the
-extended protocol, which the console refuses with "extended query protocol not supported
-by admin console". So the rows of ``SHOW DATABASES`` and friends are read here: the
-startup message, trust / cleartext / md5 / SCRAM-SHA-256 authentication, and one
-``Query`` message at a time whose text-format rows are returned as strings.
+PgBouncer's admin console speaks only the simple query protocol (ADR 0003), so this is
+all pgcm needs for every command, PAUSE to SHOW (ADR 0005): the startup message, trust /
+cleartext / md5 / SCRAM-SHA-256 authentication, and one ``Query`` message at a time
+whose text-format rows are returned as strings.
 
 Nothing else of the protocol is implemented: no TLS, no extended protocol, no COPY.
 """
@@ -267,6 +264,17 @@ class SimpleQueryConnection:
         if error is not None:
             raise PgBouncerCommandRefused(sql, error.sqlstate, error.message)
         return SimpleQueryResult(tag, columns, tuple(rows), tuple(notices))
+
+    async def abort(self) -> None:
+        """Close the socket without a goodbye, also while the caller is being cancelled.
+
+        For a connection left in the middle of a command (an abandoned PAUSE): the
+        server sees the client go; nothing more is sent on it.
+        """
+        # Closing a socket stream does not wait on the peer; the bound only guards
+        # against a backend that would.
+        with anyio.move_on_after(1, shield=True):
+            await self._stream.aclose()
 
     async def aclose(self) -> None:
         """Say goodbye (Terminate) and close the socket; never raises for a dead peer."""
