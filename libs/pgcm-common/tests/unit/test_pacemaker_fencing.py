@@ -15,6 +15,7 @@ from pgcm_common.pacemaker import (
     FenceAction,
     FenceStatus,
     PacemakerError,
+    Role,
     parse_crm_mon,
 )
 
@@ -198,3 +199,73 @@ def test_a_fence_event_with_an_entity_reference_is_refused() -> None:
 
 def test_the_reader_asks_crm_mon_for_the_latest_success_of_each_node() -> None:
     assert CrmMonOptions().argv(CrmMonOptions().dialect)[-1] == "--fence-history=2"
+
+
+# -- real crm_mon output from the lab (Pacemaker 2.1.5, fencing on) -------------------
+
+
+def load(name: str) -> ClusterState:
+    return parse_crm_mon((FIXTURES / name).read_bytes(), resource_id="pgsqld")
+
+
+def test_real_pending_fencing_of_a_hung_primary() -> None:
+    # n1's PostgreSQL SIGSTOPped: its monitor timed out, n3 (the DC) fences n1.
+    state = load("40-fencing-pending-n1-postgres-hung.xml")
+    [pending] = state.pending_fencing
+    assert (pending.target, pending.action, pending.origin, pending.delegate) == (
+        "n1",
+        "off",
+        "n3",
+        None,
+    )
+    assert pending.client.startswith("pacemaker-controld")
+    assert pending.completed is None
+    n1 = state.node("n1")
+    assert n1 is not None
+    assert n1.unclean
+    [failed] = state.troubled_instances
+    assert (failed.node, failed.failed, failed.blocked) == ("n1", True, False)
+    assert state.needs_attention() == (
+        "pgsqld (Promoted) on n1 is failed",
+        "fencing (off) of n1 pending, requested by n3",
+    )
+
+
+def test_real_history_after_the_node_was_fenced() -> None:
+    # crm_mon -1 --output-as=xml --fence-history=2, as supervise runs it.
+    state = load("41-fenced-n1-n2-promoted.xml")
+    [done] = state.fencing
+    assert (done.target, done.action, done.status, done.origin, done.delegate) == (
+        "n1",
+        "off",
+        FenceStatus.SUCCESS,
+        "n3",
+        "n3",
+    )
+    assert done.completed == "2026-12-07 04:45:42Z"
+    assert done.completed_time == datetime(2026, 12, 7, 4, 45, 42, tzinfo=UTC)
+    assert state.primary_node == "n2"
+    assert (state.pending_fencing, state.failed_fencing, state.troubled_instances) == ((), (), ())
+    assert state.needs_attention() == ()
+
+
+@pytest.mark.parametrize(
+    "name", ["42-blocked-n2-stonith-disabled.xml", "42b-blocked-n2-view-from-n2.xml"]
+)
+def test_real_blocked_primary_with_fencing_disabled(name: str) -> None:
+    # stonith-enabled=false, n2's PostgreSQL SIGSTOPped: demote and stop time out, and
+    # Pacemaker, unable to fence, leaves the instance failed, blocked and unmanaged.
+    state = load(name)
+    [blocked] = state.troubled_instances
+    assert (blocked.node, blocked.role, blocked.failed, blocked.blocked, blocked.managed) == (
+        "n2",
+        Role.PROMOTED,
+        True,
+        True,
+        False,
+    )
+    [stop] = [f for f in state.failures if f.task == "stop"]
+    assert stop.node == "n2"
+    # The earlier fencing of n1 is history, not trouble.
+    assert [(f.target, f.status) for f in state.fencing] == [("n1", FenceStatus.SUCCESS)]
+    assert state.needs_attention() == ("pgsqld (Promoted) on n2 is failed, blocked",)

@@ -30,6 +30,7 @@ from pgcm_common.etcd import EtcdLeaseExpired, EtcdStore
 from pgcm_common.pacemaker import (
     ClusterState,
     FenceAction,
+    FenceStatus,
     NodeAddressResolver,
     NodeAddressUnknown,
     ResourceInstance,
@@ -273,7 +274,14 @@ def _trouble(instance: ResourceInstance) -> InstanceTrouble:
 
 
 def _fencing(action: FenceAction) -> FencingRecord:
-    reason = " ".join(filter(None, (action.extended_status, action.exit_reason))) or None
+    # Pacemaker 2.1 prints extended-status="0" on pending actions: only a failure's
+    # words explain anything.
+    words = (action.extended_status, action.exit_reason)
+    reason = (
+        " ".join(w for w in words if w and not w.isdigit()) or None
+        if action.status is FenceStatus.FAILED
+        else None
+    )
     return FencingRecord(
         target=action.target,
         action=action.action,

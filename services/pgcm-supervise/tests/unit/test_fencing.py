@@ -107,3 +107,30 @@ def test_unexported_gauges_accept_an_observation() -> None:
     metrics = SuperviseMetrics(export=False)
     metrics.observe_pacemaker(troubled_state())
     assert metrics.exposition() == b""
+
+
+def test_real_blocked_primary_is_published_as_such() -> None:
+    state = parse_crm_mon(
+        (FIXTURES / "42-blocked-n2-stonith-disabled.xml").read_bytes(), resource_id="pgsqld"
+    )
+    status = status_of(state)
+    assert [t.describe() for t in status.troubled_instances] == [
+        "pgsqld (Promoted) on n2: failed, blocked, unmanaged"
+    ]
+    assert [(f.target, f.state, f.completed) for f in status.fencing] == [
+        ("n1", "success", "2026-12-07 04:45:42Z")
+    ]
+
+
+def test_real_pending_fencing_is_published_and_counted() -> None:
+    state = parse_crm_mon(
+        (FIXTURES / "40-fencing-pending-n1-postgres-hung.xml").read_bytes(), resource_id="pgsqld"
+    )
+    status = status_of(state)
+    assert [f.describe() for f in status.pending_fencing] == ["off of n1 pending; requested by n3"]
+    metrics = SuperviseMetrics()
+    metrics.observe_pacemaker(state)
+    assert metrics.registry is not None
+    assert metrics.registry.get_sample_value("pgcm_supervise_pacemaker_fencing_pending") == 1
+    assert metrics.registry.get_sample_value("pgcm_supervise_pacemaker_failed_instances") == 1
+    assert metrics.registry.get_sample_value("pgcm_supervise_pacemaker_blocked_instances") == 0

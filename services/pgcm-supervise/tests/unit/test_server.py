@@ -203,6 +203,33 @@ async def test_health_check_names_a_blocked_instance_and_pending_fencing() -> No
         ]
 
 
+@pytest.mark.parametrize(
+    ("fixture", "reason"),
+    [
+        (
+            "42-blocked-n2-stonith-disabled.xml",
+            "pacemaker: pgsqld (Promoted) on n2 is failed, blocked",
+        ),
+        (
+            "40-fencing-pending-n1-postgres-hung.xml",
+            (
+                "pacemaker: pgsqld (Promoted) on n1 is failed; "
+                "fencing (off) of n1 pending, requested by n3"
+            ),
+        ),
+    ],
+)
+async def test_health_check_is_unhealthy_in_real_blocked_or_fencing_states(
+    fixture: str, reason: str
+) -> None:
+    async with open_world() as world:
+        world.crm.set_state(state_from_file(FIXTURES / fixture, resource_id="pgsqld"))
+        with anyio.fail_after(5):
+            response = await world.stub.health_check(Empty())
+        assert response.status is HealthCheckResponseStatus.UNHEALTHY
+        assert response.reasons == [reason]
+
+
 async def test_health_check_is_unhealthy_when_crm_mon_fails() -> None:
     async with open_world() as world:
         world.crm.fail_with(PacemakerCommandFailed(("crm_mon",), 102, "not connected"))

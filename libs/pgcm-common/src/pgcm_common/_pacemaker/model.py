@@ -217,8 +217,9 @@ class FenceStatus(enum.Enum):
     SUCCESS = "success"
 
 
-# crm_mon 2.1 prints completion times as "2026-12-07 04:40:12 +00:00" (older: no zone).
-_FENCE_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%d %H:%M:%S")
+# crm_mon 2.1.5 prints completion times in UTC as "2026-12-07 04:45:42Z"; other
+# versions print an offset, with or without a space before it, or no zone at all.
+_FENCE_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S %z", "%Y-%m-%d %H:%M:%S")
 
 
 @final
@@ -236,7 +237,8 @@ class FenceAction:
         delegate: the node that ran the fence device, when known.
         completed: when it finished, as crm_mon prints it; None while pending.
         exit_reason: why it failed, when the agent or fencer said.
-        extended_status: Pacemaker's words for a failure (``No fence device``, ...).
+        extended_status: Pacemaker's words for a failure (``No fence device``, ...);
+            2.1 prints ``0`` on pending actions.
     """
 
     target: str
