@@ -75,7 +75,8 @@ def unresolved_failed_fencing(fencing: tuple[FencingRecord, ...]) -> tuple[Fenci
 
 def what_to_do(attention: PacemakerAttention) -> tuple[str, ...]:
     """Return the operator's next steps, one line each (empty when nothing is wrong)."""
-    steps = [_instance_step(instance) for instance in attention.instances]
+    fencing_targets = {r.target for r in attention.fencing if r.state == _PENDING}
+    steps = [_instance_step(i, being_fenced=i.node in fencing_targets) for i in attention.instances]
     steps += [
         f"Pacemaker is fencing {record.target} ({record.action}): wait for it. If it "
         f"does not finish, check the fence device (stonith_admin --history "
@@ -96,7 +97,7 @@ def what_to_do(attention: PacemakerAttention) -> tuple[str, ...]:
     return tuple(steps)
 
 
-def _instance_step(instance: InstanceTrouble) -> str:
+def _instance_step(instance: InstanceTrouble, *, being_fenced: bool) -> str:
     where = instance.node or "its node"
     cleanup = f"crm_resource --cleanup --resource {instance.resource}" + (
         f" --node {instance.node}" if instance.node else ""
@@ -113,6 +114,11 @@ def _instance_step(instance: InstanceTrouble) -> str:
             f"fail it over by itself. Fix the cause (that node's PostgreSQL and Pacemaker "
             f"logs; a hung PostgreSQL, a full disk), then {cleanup}.{confirm} Fencing "
             f"configured and working (stonith-enabled=true) avoids this state."
+        )
+    if being_fenced:
+        return (
+            f"{instance.resource} on {where} failed and {where} is being fenced: Pacemaker "
+            f"recovers the resource on another node once the fencing completes."
         )
     return (
         f"{instance.resource} on {where} failed: Pacemaker is recovering it. If it stays "

@@ -195,3 +195,12 @@ async def test_a_healthy_status_has_no_fencing_lines() -> None:
     assert "what to do" not in text
     data = status_to_dict(status)
     assert (data["troubled_instances"], data["fencing"], data["what_to_do"]) == ([], [], [])
+
+
+def test_a_failed_instance_on_a_node_being_fenced_waits_for_the_fencing() -> None:
+    on_fenced_node = FAILED.model_copy(update={"node": "n1"})
+    first, _ = what_to_do(PacemakerAttention(instances=(on_fenced_node,), fencing=(PENDING,)))
+    assert first == (
+        "pgsqld on n1 failed and n1 is being fenced: Pacemaker recovers the resource on "
+        "another node once the fencing completes."
+    )
