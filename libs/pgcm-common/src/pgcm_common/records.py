@@ -30,7 +30,9 @@ from pgcm_common._etcd.lock import lock_key
 from pgcm_common.errors import PgcmError
 
 __all__ = [
+    "FencingRecord",
     "HoldRecord",
+    "InstanceTrouble",
     "KeyLayout",
     "MaintenanceRecord",
     "NodeRole",
@@ -202,6 +204,58 @@ class PostgresStatus(_Record):
 
 
 @final
+class InstanceTrouble(_Record):
+    """An instance of the promotable resource that Pacemaker marks failed or blocked.
+
+    A blocked instance (typically a stop that failed while fencing is off or failing)
+    is left alone by Pacemaker: no recovery, no failover, until a human acts.
+    """
+
+    resource: str
+    node: str | None
+    role: str
+    failed: bool
+    blocked: bool
+    managed: bool = True
+
+    def describe(self) -> str:
+        """Return one line naming the instance and what is wrong with it."""
+        flags = [
+            text
+            for text, on in (
+                ("failed", self.failed),
+                ("blocked", self.blocked),
+                ("unmanaged", not self.managed),
+            )
+            if on
+        ]
+        return f"{self.resource} ({self.role}) on {self.node or 'no node'}: {', '.join(flags)}"
+
+
+@final
+class FencingRecord(_Record):
+    """One fencing action from Pacemaker's fencing history, as crm_mon printed it."""
+
+    target: str
+    action: str
+    state: str = Field(description="pending, failed or success")
+    origin: str = Field(description="the node whose request started it")
+    client: str | None = Field(default=None, description="the requesting daemon or tool")
+    delegate: str | None = Field(default=None, description="the node that ran the device")
+    completed: str | None = Field(default=None, description="when it finished (crm_mon's text)")
+    reason: str | None = Field(default=None, description="why it failed, when known")
+
+    def describe(self) -> str:
+        """Return one line: what, on whom, by whom, where it stands."""
+        by = f"requested by {self.origin}"
+        if self.delegate:
+            by += f", run by {self.delegate}"
+        when = f" at {self.completed}" if self.completed else ""
+        why = f" ({self.reason})" if self.reason else ""
+        return f"{self.action} of {self.target} {self.state}{when}{why}; {by}"
+
+
+@final
 class NodeStatus(_Record):
     """One supervise's view: Pacemaker, its PgBouncer and (optionally) its PostgreSQL."""
 
@@ -221,6 +275,24 @@ class NodeStatus(_Record):
         description="agent of the promotable resource, e.g. ocf:heartbeat:pgsqlms (PAF) or "
         "ocf:heartbeat:pgsql (legacy); None when the writer does not say",
     )
+    troubled_instances: tuple[InstanceTrouble, ...] = Field(
+        default=(),
+        description="instances of the promotable resource Pacemaker marks failed or blocked; "
+        "empty when there are none or the writer predates the field",
+    )
+    fencing: tuple[FencingRecord, ...] = Field(
+        default=(),
+        description="Pacemaker's fencing history as crm_mon prints it (pending, failed and "
+        "the latest success per node), newest first",
+    )
+    fencing_unknown: str | None = Field(
+        default=None, description="why the fencing history could not be read, when it could not"
+    )
+
+    @property
+    def pending_fencing(self) -> tuple[FencingRecord, ...]:
+        """Return the fencing actions still under way."""
+        return tuple(f for f in self.fencing if f.state == "pending")
 
 
 @final

@@ -240,6 +240,8 @@ def test_state_is_immutable() -> None:
         ("bad-boolean.xml", "'present' is 'maybe', not true or false"),
         ("truncated.xml", "not well-formed XML"),
         ("crm-mon-not-connected.xml", r"crm_mon status 102 \(Not connected\)"),
+        ("fence-event-unknown-status.xml", "<fence_event> status 'exploded'"),
+        ("fence-event-without-target.xml", "<fence_event> lacks the 'target' attribute"),
     ],
 )
 def test_malformed_sample_raises_a_clear_parse_error(name: str, message: str) -> None:

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgcm_common.records import (
+    FencingRecord,
+    InstanceTrouble,
     KeyLayout,
     NodeRole,
     NodeStatus,
@@ -103,3 +105,55 @@ def test_postgres_status_timeline_and_lag_seconds_are_optional_and_round_trip() 
     )
     again = PostgresStatus.from_json("k", new.to_json())
     assert (again.timeline, again.replication[0].lag_s) == (4, 0.25)
+
+
+_OLD_NODE_STATUS = (
+    b'{"node":"n1","address":"10.0.0.11","observed_at":"2026-12-07T04:40:00Z",'
+    b'"with_quorum":true,"dc":"n2","primary":"n1"}'
+)
+
+
+def test_a_node_status_without_fencing_fields_reads_as_no_trouble() -> None:
+    status = NodeStatus.from_json("k", _OLD_NODE_STATUS)
+    assert (status.troubled_instances, status.fencing, status.fencing_unknown) == ((), (), None)
+    assert status.pending_fencing == ()
+
+
+def test_troubled_instances_and_fencing_round_trip_and_describe_themselves() -> None:
+    trouble = InstanceTrouble(
+        resource="pgsqld", node="n1", role="Promoted", failed=True, blocked=True, managed=False
+    )
+    pending = FencingRecord(target="n1", action="off", state="pending", origin="n2")
+    done = FencingRecord(
+        target="n3",
+        action="reboot",
+        state="success",
+        origin="n2",
+        delegate="n1",
+        completed="2026-12-07 04:40:12 +00:00",
+    )
+    status = NodeStatus.from_json("k", _OLD_NODE_STATUS).model_copy(
+        update={"troubled_instances": (trouble,), "fencing": (pending, done)}
+    )
+    again = NodeStatus.from_json("k", status.to_json())
+    assert again == status
+    assert again.pending_fencing == (pending,)
+    assert trouble.describe() == "pgsqld (Promoted) on n1: failed, blocked, unmanaged"
+    assert pending.describe() == "off of n1 pending; requested by n2"
+    assert done.describe() == (
+        "reboot of n3 success at 2026-12-07 04:40:12 +00:00; requested by n2, run by n1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        (b',"fencing":[{"target":"n1","action":"off","state":"pending"}]', "fencing.0.origin"),
+        (b',"fencing":"n1"', "fencing"),
+        (b',"troubled_instances":[{"resource":"pgsqld","node":"n1"}]', "troubled_instances.0"),
+    ],
+)
+def test_malformed_fencing_or_trouble_is_a_record_error(extra: bytes, where: str) -> None:
+    raw = _OLD_NODE_STATUS[:-1] + extra + b"}"
+    with pytest.raises(RecordError, match=where):
+        NodeStatus.from_json("k", raw)

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         ("crm-mon", "print crm_mon XML as node N sees it"),
     ):
         sub.add_parser(name, help=text).add_argument("node")
+    hang = sub.add_parser(
+        "hang", help="SIGSTOP every process of node N (or only those named --only COMM)"
+    )
+    hang.add_argument("node")
+    hang.add_argument("--only", metavar="COMM", help="only processes with this command name")
+    sub.add_parser("unhang", help="SIGCONT every process of node N").add_argument("node")
     exe = sub.add_parser("exec", help="run a command inside node N: exec N -- CMD")
     exe.add_argument("node")
     exe.add_argument("argv", nargs=argparse.REMAINDER)
@@ -173,6 +179,11 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915
         await lab.heal(args.node)
     elif command == "rejoin":
         await lab.rejoin(args.node)
+    elif command == "hang":
+        stopped = await lab.hang(lab.topology.node(args.node).name, only=args.only)
+        sys.stdout.write(" ".join(map(str, stopped)) + "\n")
+    elif command == "unhang":
+        await lab.unhang(args.node)
     elif command == "crm-mon":
         sys.stdout.write(await lab.crm_mon_xml(lab.topology.node(args.node).name))
     elif command == "exec":

@@ -168,8 +168,9 @@ def render_cib(
     With ``fence_socket`` (the netns lab) fencing is on: ``stonith-enabled=true``, the
     ``fence_pgcmlab`` device is pre-seeded (it disturbs no bootstrap), fencing powers a
     node off and leaves it off (``pgcm-lab rejoin`` brings it back as a standby), and a
-    failed monitor of the primary fences its node. Without it (the compose cluster,
-    which has no fence agent yet) fencing stays off.
+    failed monitor of the primary fences its node. Without it (the compose cluster:
+    ``fence_docker`` would need the Docker engine's API reachable from every node, root
+    on the host for each; see compose/README.md) fencing stays off.
     """
     fencing = fence_socket is not None
     resources = [render_fence_device(topology, fence_socket)] if fence_socket else []

@@ -25,6 +25,7 @@ from pgcm_common.records import (
     RecordError,
     now_utc,
 )
+from pgcm_failover.advice import pacemaker_attention
 from pgcm_failover.client import ClientTls, SuperviseEndpoint, make_ssl_context
 from pgcm_failover.cluster import (
     ClusterSnapshot,
@@ -374,6 +375,7 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
         problems=tuple(problems),
         replication=node_replication(snapshot),
         maintenance=maintenance,
+        attention=pacemaker_attention(view, tuple(snapshot.statuses.values())),
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "is_legacy_pgsql",
     "is_promoted",
     "is_standby",
+    "pacemaker_trouble",
     "read_snapshot",
     "settle_problems",
 ]
@@ -238,7 +239,8 @@ class NodeStatusCluster:
 
         Raises:
             FailoverAborted: maintenance mode is on, no fresh view, no quorum, no single
-                primary, a leftover move constraint, no usable target, a target not
+                primary, a failed or blocked instance or pending fencing, a leftover move
+                constraint, no usable target, a target not
                 streaming or behind, or a transaction on the primary older than
                 ``max_transaction_age``.
             EtcdError: etcd cannot be read.
@@ -267,6 +269,21 @@ class NodeStatusCluster:
                 log.info("failover.pacemaker.wait", target=target_node, problems=problems)
                 last = problems
             await anyio.sleep(self._poll_s)
+
+
+def pacemaker_trouble(snapshot: ClusterSnapshot) -> list[str]:
+    """Return the failed or blocked instances and pending fencing any fresh record shows.
+
+    Every fresh record counts, not only the trusted view: fencing history and instance
+    flags are cluster-wide facts, and the freshest writer may not have seen them yet.
+    """
+    found: dict[str, None] = {}
+    for status in snapshot.statuses.values():
+        for trouble in status.troubled_instances:
+            found[f"instance {trouble.describe()}"] = None
+        for fencing in status.pending_fencing:
+            found[f"fencing {fencing.describe()}"] = None
+    return list(found)
 
 
 def _choose_target(snapshot: ClusterSnapshot, target_node: str | None) -> tuple[NodeRole, str]:
@@ -322,6 +339,15 @@ def check_preflight(
     view = snapshot.view
     if view is None:  # pragma: no cover - fresh records all have quorum here
         raise FailoverAborted("no fresh NodeStatus with quorum")
+    # Before the primary checks: a blocked primary or a node being fenced is the
+    # reason the primary looks wrong, and the operator must hear that one.
+    trouble = pacemaker_trouble(snapshot)
+    if trouble:
+        raise FailoverAborted(
+            "Pacemaker needs a human first: "
+            + "; ".join(trouble)
+            + " (see 'pgcm-failover status' for what to do)"
+        )
     primary = view.primary
     promoted = [n.name for n in view.nodes if is_promoted(n)]
     if primary is None or promoted != [primary]:

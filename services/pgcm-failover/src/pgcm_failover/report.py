@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TextIO, final
 
 from pgcm_common.records import MaintenanceRecord, NodeRole, ProxyAck, SwitchoverRecord
+from pgcm_failover.advice import PacemakerAttention, what_to_do
 from pgcm_failover.pipeline import Phase, Report
 from pgcm_failover.terminal import printable
 
@@ -358,6 +359,7 @@ class Status:
     problems: tuple[str, ...] = field(default=())
     replication: Mapping[str, NodeReplication] = field(default_factory=dict)
     maintenance: MaintenanceRecord | None = None
+    attention: PacemakerAttention = field(default_factory=PacemakerAttention)
 
 
 def maintenance_to_dict(record: MaintenanceRecord | None) -> JsonValue:
@@ -436,6 +438,33 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
         "maintenance": maintenance_to_dict(status.maintenance),
         "stale": list(status.stale),
         "problems": list(status.problems),
+        "troubled_instances": [
+            {
+                "resource": i.resource,
+                "node": i.node,
+                "role": i.role,
+                "failed": i.failed,
+                "blocked": i.blocked,
+                "managed": i.managed,
+            }
+            for i in status.attention.instances
+        ],
+        "fencing": [
+            {
+                "target": f.target,
+                "action": f.action,
+                "state": f.state,
+                "origin": f.origin,
+                "client": f.client,
+                "delegate": f.delegate,
+                "completed": f.completed,
+                "reason": f.reason,
+            }
+            for f in status.attention.fencing
+        ],
+        "fencing_from": status.attention.fencing_from,
+        "fencing_unknown": status.attention.fencing_unknown,
+        "what_to_do": list(what_to_do(status.attention)),
     }
 
 
@@ -500,7 +529,28 @@ def render_status(status: Status) -> str:
     if status.stale:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)
+    lines.extend(_attention_lines(status.attention))
     return _text(lines)
+
+
+def _attention_lines(attention: PacemakerAttention) -> list[str]:
+    """Return the failed/blocked instances, fencing history and next steps, if any."""
+    lines: list[str] = []
+    for instance in attention.instances:
+        word = "BLOCKED" if instance.blocked else "FAILED"
+        lines.append(f"{word} instance: {instance.describe()}")
+    if attention.fencing:
+        lines.append(f"fencing (as {attention.fencing_from} sees it, newest first):")
+        for record in attention.fencing:
+            marker = {"pending": "PENDING", "failed": "FAILED"}.get(record.state, record.state)
+            lines.append(f"  {marker}: {record.describe()}")
+    if attention.fencing_unknown:
+        lines.append(f"fencing history unknown: {attention.fencing_unknown}")
+    steps = what_to_do(attention)
+    if steps:
+        lines.append("what to do:")
+        lines.extend(f"  - {step}" for step in steps)
+    return lines
 
 
 def _replication_cells(facts: NodeReplication | None) -> list[str]:

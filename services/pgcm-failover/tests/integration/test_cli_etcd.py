@@ -15,6 +15,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pgcm_common.etcd import open_etcd
 from pgcm_common.records import (
+    FencingRecord,
+    InstanceTrouble,
     KeyLayout,
     NodeRole,
     NodeStatus,
@@ -197,3 +199,57 @@ async def test_history_is_bounded_and_read_newest_first_from_real_etcd(
     table = await cli("history", "-n", "1", *common)
     assert table.returncode == 0, table.stderr
     assert table.stdout.decode().count("ops@host") == 1
+
+
+async def test_status_shows_a_blocked_instance_fencing_and_what_to_do_from_real_etcd(
+    etcd: EtcdMember,
+) -> None:
+    namespace = random_key("fenced").decode()
+    keys = KeyLayout(namespace, "/master")
+    blocked = InstanceTrouble(
+        resource="pgsqld", node="n1", role="Promoted", failed=True, blocked=True, managed=False
+    )
+    fencing = (
+        FencingRecord(target="n1", action="off", state="pending", origin="n2"),
+        FencingRecord(
+            target="n3",
+            action="off",
+            state="success",
+            origin="n2",
+            delegate="n1",
+            completed="2026-12-07 04:40:12 +00:00",
+        ),
+    )
+    async with open_etcd(etcd.settings()) as store:
+        status = NodeStatus(
+            node="n2",
+            address=None,
+            observed_at=now_utc(),
+            with_quorum=True,
+            dc="n2",
+            primary="n1",
+            nodes=(
+                NodeRole(name="n1", online=True, role="Promoted", promotion_score=1001),
+                NodeRole(name="n2", online=True, role="Unpromoted", promotion_score=1000),
+            ),
+            troubled_instances=(blocked,),
+            fencing=fencing,
+        )
+        await store.put(keys.node_status("n2"), status.to_json())
+    common = ["--etcd-endpoints", etcd.endpoint, "--cluster-namespace", namespace,
+              "--status-max-age", "10m"]  # fmt: skip
+
+    table = await cli("status", *common)
+    assert table.returncode == 0, table.stderr
+    text = table.stdout.decode()
+    assert "BLOCKED instance: pgsqld (Promoted) on n1: failed, blocked, unmanaged" in text
+    assert "  PENDING: off of n1 pending; requested by n2" in text
+    assert "crm_resource --cleanup --resource pgsqld --node n1" in text
+    assert "stonith_admin --confirm n1" in text
+
+    as_json = await cli("status", "--json", *common)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["troubled_instances"][0]["blocked"] is True
+    assert [f["state"] for f in data["fencing"]] == ["pending", "success"]
+    assert len(data["what_to_do"]) == 2

@@ -26,11 +26,20 @@ from pgcm_common.proto.failover import (
     ResumeResponse,
     UnmigrateResponse,
 )
-from pgcm_common.records import KeyLayout, NodeRole, NodeStatus, ProxyAck, now_utc
+from pgcm_common.records import (
+    FencingRecord,
+    InstanceTrouble,
+    KeyLayout,
+    NodeRole,
+    NodeStatus,
+    ProxyAck,
+    now_utc,
+)
 from pgcm_failover.app import pipeline_options
 from pgcm_failover.client import SuperviseEndpoint
 from pgcm_failover.cluster import NodeStatusCluster
 from pgcm_failover.coordinator import EtcdCoordinator
+from pgcm_failover.errors import FailoverAborted
 from pgcm_failover.pipeline import Pipeline
 from pgcm_failover.settings import FailoverSettings
 from pgcm_testkit.etcd import EtcdMember, random_key
@@ -159,6 +168,8 @@ class World:
     settled: bool = True
     events: list[str] = field(default_factory=list)
     doubles: dict[str, SuperviseDouble] = field(default_factory=dict)
+    troubled: tuple[InstanceTrouble, ...] = ()
+    fencing: tuple[FencingRecord, ...] = ()
 
     def roles(self) -> tuple[NodeRole, ...]:
         # Right after the move PAF still gives the old primary the top score (docs/lab.md).
@@ -185,6 +196,8 @@ class World:
                 nodes=self.roles(),
                 move_constraints=("cli-prefer-pgsql-ha",) if self.constraint else (),
                 pgbouncer_paused=double.paused,
+                troubled_instances=self.troubled,
+                fencing=self.fencing,
             )
             await self.store.put(self.keys.node_status(node), record.to_json(), lease=self.lease)
 
@@ -291,4 +304,78 @@ async def test_full_switchover_against_real_etcd_and_grpc_servers(etcd: EtcdMemb
         assert await store.get(keys.lock) is None
         assert seen_tokens
         assert set(seen_tokens) == {f"Bearer {TOKEN}"}
+        await store.revoke_lease(lease.id)
+
+
+@pytest.mark.parametrize(
+    ("troubled", "fencing", "named"),
+    [
+        (
+            (
+                InstanceTrouble(
+                    resource="pgsqld",
+                    node="n1",
+                    role="Promoted",
+                    failed=True,
+                    blocked=True,
+                    managed=False,
+                ),
+            ),
+            (),
+            "instance pgsqld (Promoted) on n1: failed, blocked, unmanaged",
+        ),
+        (
+            (),
+            (FencingRecord(target="n3", action="off", state="pending", origin="n2"),),
+            "fencing off of n3 pending; requested by n2",
+        ),
+    ],
+)
+async def test_switchover_refuses_before_pausing_while_pacemaker_needs_a_human(
+    etcd: EtcdMember,
+    troubled: tuple[InstanceTrouble, ...],
+    fencing: tuple[FencingRecord, ...],
+    named: str,
+) -> None:
+    # The doubles answer HEALTHY like a supervise that predates the health reason: the
+    # pre-flight, reading the records in etcd, must still refuse.
+    keys = layout()
+    async with open_etcd(etcd.settings()) as store:
+        lease = await store.grant_lease(timedelta(seconds=30))
+        world = World(store, keys, lease.id, troubled=troubled, fencing=fencing)
+        for node in ADDRESSES:
+            world.doubles[node] = SuperviseDouble(node, store, keys, world)
+        await world.publish()
+        await store.put(keys.master, ADDRESSES["n1"].encode())
+        async with (
+            grpc_server(world.doubles["n1"], []) as p1,
+            grpc_server(world.doubles["n2"], []) as p2,
+        ):
+            settings = FailoverSettings(
+                endpoints=[f"127.0.0.1:{p}" for p in (p1, p2)], lock_ttl=timedelta(seconds=2)
+            )
+            clients = [SuperviseEndpoint(ep, token=TOKEN) for ep in settings.endpoints]
+            try:
+                async with EtcdCoordinator(store, keys, lock_ttl=TTL) as coordinator:
+                    pipeline = Pipeline(
+                        clients,
+                        coordinator,
+                        NodeStatusCluster(
+                            store,
+                            keys,
+                            max_age=timedelta(seconds=10),
+                            poll_interval=settings.poll_interval,
+                            max_lag_bytes=settings.max_lag_bytes,
+                        ),
+                        pipeline_options(settings, None),
+                    )
+                    with pytest.raises(FailoverAborted) as refused, anyio.fail_after(30):
+                        await pipeline.run()
+            finally:
+                for client in clients:
+                    client.close()
+        assert "Pacemaker needs a human first" in str(refused.value)
+        assert named in str(refused.value)
+        assert world.events == []  # nothing paused, nothing moved
+        assert await store.get(keys.lock) is None
         await store.revoke_lease(lease.id)

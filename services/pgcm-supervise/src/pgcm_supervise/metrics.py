@@ -21,6 +21,8 @@ from pgcm_common.metrics import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+    from pgcm_common.pacemaker import ClusterState
+
 __all__ = ["Discarded", "SuperviseMetrics"]
 
 # Read here, at import, because it reads package metadata from disk (never on the loop).
@@ -41,6 +43,10 @@ class SuperviseMetrics:
     last_publication: OptionalGauge | Discarded
     nudges: Counter | Discarded
     pgbouncer_paused: OptionalGauge | Discarded
+    failed_instances: OptionalGauge | Discarded
+    blocked_instances: OptionalGauge | Discarded
+    fencing_pending: OptionalGauge | Discarded
+    fencing_failed: OptionalGauge | Discarded
 
     def __init__(self, registry: CollectorRegistry | None = None, *, export: bool = True) -> None:
         """Create the metrics in ``registry`` (a fresh one by default).
@@ -55,6 +61,8 @@ class SuperviseMetrics:
             self.conflicts = self.etcd_errors = self.nudges = discarded
             self.crm_mon_duration = discarded
             self.published_primary = self.last_publication = self.pgbouncer_paused = discarded
+            self.failed_instances = self.blocked_instances = discarded
+            self.fencing_pending = self.fencing_failed = discarded
             return
         # Imported here so a supervise without metrics_address never loads it.
         from prometheus_client import (  # noqa: PLC0415
@@ -125,6 +133,38 @@ class SuperviseMetrics:
             "(before the first node status).",
             registry=r,
         )
+        # Absent until the first successful crm_mon read; a failed read keeps the last
+        # values, so an alert does not resolve because crm_mon stopped answering.
+        self.failed_instances = OptionalGauge(
+            "pgcm_supervise_pacemaker_failed_instances",
+            "Instances of the promotable resource crm_mon marks failed (last successful read).",
+            registry=r,
+        )
+        self.blocked_instances = OptionalGauge(
+            "pgcm_supervise_pacemaker_blocked_instances",
+            "Instances of the promotable resource crm_mon marks blocked: Pacemaker will not "
+            "recover or move them until a human acts (last successful read).",
+            registry=r,
+        )
+        self.fencing_pending = OptionalGauge(
+            "pgcm_supervise_pacemaker_fencing_pending",
+            "Fencing actions under way, from crm_mon's fencing history (last successful read).",
+            registry=r,
+        )
+        self.fencing_failed = OptionalGauge(
+            "pgcm_supervise_pacemaker_fencing_failed",
+            "Failed fencing actions not followed by a successful fencing of the same node "
+            "(last successful read).",
+            registry=r,
+        )
+
+    def observe_pacemaker(self, state: ClusterState) -> None:
+        """Set the instance and fencing gauges from one successful crm_mon read."""
+        instances = state.instances
+        self.failed_instances.set(sum(1 for i in instances if i.failed))
+        self.blocked_instances.set(sum(1 for i in instances if i.blocked))
+        self.fencing_pending.set(len(state.pending_fencing))
+        self.fencing_failed.set(len(state.failed_fencing))
 
     def set_published_primary(self, node: str, address: str) -> None:
         """Make ``(node, address)`` the only labelled series of the primary gauge."""

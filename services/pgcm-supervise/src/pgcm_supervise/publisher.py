@@ -205,6 +205,7 @@ async def read_observation(
             metrics.crm_mon_duration.observe(time.monotonic() - started)
     if metrics is not None:
         metrics.crm_mon_reads.labels("ok").inc()
+        metrics.observe_pacemaker(state)
     return Observation(state, None, observed_at)
 
 

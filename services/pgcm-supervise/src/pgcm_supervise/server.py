@@ -487,7 +487,10 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
 
         async def pacemaker() -> str | None:
             state = await self._crm.read_cluster_state()
-            return None if state.with_quorum else "no quorum"
+            # A blocked instance or pending fencing makes this node unfit for a
+            # switchover even with quorum: Pacemaker will not (or not yet) act on a move.
+            problems = ([] if state.with_quorum else ["no quorum"]) + list(state.needs_attention())
+            return "; ".join(problems) or None
 
         async def etcd() -> str | None:
             await self._etcd_probe()

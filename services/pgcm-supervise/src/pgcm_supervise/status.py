@@ -27,9 +27,19 @@ from pydantic import SecretStr
 
 from pgcm_common.errors import EtcdError, PgBouncerError
 from pgcm_common.etcd import EtcdLeaseExpired, EtcdStore
-from pgcm_common.pacemaker import ClusterState, NodeAddressResolver, NodeAddressUnknown, Role
+from pgcm_common.pacemaker import (
+    ClusterState,
+    FenceAction,
+    FenceStatus,
+    NodeAddressResolver,
+    NodeAddressUnknown,
+    ResourceInstance,
+    Role,
+)
 from pgcm_common.pgbouncer import PgBouncerAdminProtocol
 from pgcm_common.records import (
+    FencingRecord,
+    InstanceTrouble,
     KeyLayout,
     NodeRole,
     NodeStatus,
@@ -244,6 +254,43 @@ def build_node_status(
         postgres=postgres,
         problem="; ".join(notes) or None,
         resource_agent=state.resource_agent,
+        troubled_instances=tuple(_trouble(i) for i in state.troubled_instances),
+        fencing=tuple(_fencing(f) for f in state.fencing),
+        fencing_unknown=None
+        if state.fence_history_error is None
+        else f"crm_mon could not read the fencing history (status {state.fence_history_error})",
+    )
+
+
+def _trouble(instance: ResourceInstance) -> InstanceTrouble:
+    return InstanceTrouble(
+        resource=instance.resource_id,
+        node=instance.node,
+        role=instance.role.value,
+        failed=instance.failed,
+        blocked=instance.blocked,
+        managed=instance.managed,
+    )
+
+
+def _fencing(action: FenceAction) -> FencingRecord:
+    # Pacemaker 2.1 prints extended-status="0" on pending actions: only a failure's
+    # words explain anything.
+    words = (action.extended_status, action.exit_reason)
+    reason = (
+        " ".join(w for w in words if w and not w.isdigit()) or None
+        if action.status is FenceStatus.FAILED
+        else None
+    )
+    return FencingRecord(
+        target=action.target,
+        action=action.action,
+        state=action.status.value,
+        origin=action.origin,
+        client=action.client,
+        delegate=action.delegate,
+        completed=action.completed,
+        reason=reason,
     )
 
 
@@ -279,6 +326,9 @@ def _pacemaker_part(status: NodeStatus) -> tuple[object, ...]:
         status.move_constraints,
         status.address,
         status.problem,
+        status.troubled_instances,
+        status.fencing,
+        status.fencing_unknown,
     )
 
 

@@ -76,6 +76,11 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "20-one-node-stateful.xml": ("stateful", "pcmk1"),
     "21-one-node-stateful-legacy-as-xml.xml": ("stateful", "pcmk1"),
     "30-synthetic-pacemaker-1.1-master-slave.xml": ("pgsqld", "n1"),
+    # A failed or blocked primary is never published, fencing pending or not.
+    "40-fencing-pending-n1-postgres-hung.xml": ("pgsqld", "primary_unhealthy"),
+    "41-fenced-n1-n2-promoted.xml": ("pgsqld", "n2"),
+    "42-blocked-n2-stonith-disabled.xml": ("pgsqld", "primary_unhealthy"),
+    "42b-blocked-n2-view-from-n2.xml": ("pgsqld", "primary_unhealthy"),
 }
 
 

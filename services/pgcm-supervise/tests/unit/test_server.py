@@ -22,6 +22,7 @@ from pgcm_common.pacemaker import (
     PromotionScore,
     Role,
     StaticNodeAddresses,
+    parse_crm_mon,
 )
 from pgcm_common.pgbouncer import PgBouncerEndpoint, PgBouncerUnreachable
 from pgcm_common.proto.failover import (
@@ -171,6 +172,62 @@ async def test_health_check_reports_every_failing_dependency_with_reasons() -> N
         assert [e["reasons"] for e in logs if e["event"] == "health_check.unhealthy"] == [
             response.reasons
         ]
+
+
+async def test_health_check_names_a_blocked_instance_and_pending_fencing() -> None:
+    blocked = (
+        (FIXTURES / "01-healthy-n1-primary.xml")
+        .read_text()
+        .replace(
+            'role="Promoted" active="true" orphaned="false" blocked="false" managed="true" '
+            'failed="false"',
+            'role="Promoted" active="true" orphaned="false" blocked="true" managed="false" '
+            'failed="true"',
+        )
+    )
+    fencing = (
+        '<fence_history><fence_event status="pending" action="reboot" target="n1" '
+        'client="pacemaker-controld.1" origin="n2"/></fence_history></pacemaker-result>'
+    )
+    state = parse_crm_mon(blocked.replace("</pacemaker-result>", fencing), resource_id="pgsqld")
+    async with open_world() as world:
+        world.crm.set_state(state)
+        with anyio.fail_after(5):
+            response = await world.stub.health_check(Empty())
+        assert response.status is HealthCheckResponseStatus.UNHEALTHY
+        assert response.reasons == [
+            (
+                "pacemaker: pgsqld (Promoted) on n1 is failed, blocked; "
+                "fencing (reboot) of n1 pending, requested by n2"
+            )
+        ]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "reason"),
+    [
+        (
+            "42-blocked-n2-stonith-disabled.xml",
+            "pacemaker: pgsqld (Promoted) on n2 is failed, blocked",
+        ),
+        (
+            "40-fencing-pending-n1-postgres-hung.xml",
+            (
+                "pacemaker: pgsqld (Promoted) on n1 is failed; "
+                "fencing (off) of n1 pending, requested by n3"
+            ),
+        ),
+    ],
+)
+async def test_health_check_is_unhealthy_in_real_blocked_or_fencing_states(
+    fixture: str, reason: str
+) -> None:
+    async with open_world() as world:
+        world.crm.set_state(state_from_file(FIXTURES / fixture, resource_id="pgsqld"))
+        with anyio.fail_after(5):
+            response = await world.stub.health_check(Empty())
+        assert response.status is HealthCheckResponseStatus.UNHEALTHY
+        assert response.reasons == [reason]
 
 
 async def test_health_check_is_unhealthy_when_crm_mon_fails() -> None:

@@ -17,6 +17,8 @@ __all__ = [
     "Ban",
     "ClusterState",
     "Failure",
+    "FenceAction",
+    "FenceStatus",
     "InTransition",
     "LegacyPgsqlAttributes",
     "NoPrimary",
@@ -207,6 +209,68 @@ class Failure:
     exitcode: int | None
 
 
+class FenceStatus(enum.Enum):
+    """Where one fencing action stands (``fence_event/@status``)."""
+
+    PENDING = "pending"
+    FAILED = "failed"
+    SUCCESS = "success"
+
+
+# crm_mon 2.1.5 prints completion times in UTC as "2026-12-07 04:45:42Z"; other
+# versions print an offset, with or without a space before it, or no zone at all.
+_FENCE_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S %z", "%Y-%m-%d %H:%M:%S")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FenceAction:
+    """One entry of crm_mon's ``<fence_history>``: a fencing action and where it stands.
+
+    Attributes:
+        target: the node being (or that was) fenced.
+        action: ``off``, ``reboot`` or ``on``.
+        status: pending, failed or success.
+        origin: the node whose request started it.
+        client: the requesting daemon or tool (``pacemaker-controld.1234``,
+            ``stonith_admin.5678``).
+        delegate: the node that ran the fence device, when known.
+        completed: when it finished, as crm_mon prints it; None while pending.
+        exit_reason: why it failed, when the agent or fencer said.
+        extended_status: Pacemaker's words for a failure (``No fence device``, ...);
+            2.1 prints ``0`` on pending actions.
+    """
+
+    target: str
+    action: str
+    status: FenceStatus
+    origin: str
+    client: str
+    delegate: str | None = None
+    completed: str | None = None
+    exit_reason: str | None = None
+    extended_status: str | None = None
+
+    @property
+    def completed_time(self) -> datetime | None:
+        """Return :attr:`completed` parsed (aware when crm_mon printed a zone), or None."""
+        if self.completed is None:
+            return None
+        for pattern in _FENCE_TIME_FORMATS:
+            try:
+                return datetime.strptime(self.completed, pattern)  # noqa: DTZ007 - the zone is in the text when crm_mon prints one
+            except ValueError:
+                continue
+        return None
+
+
+def _resolves(success: FenceAction, failure: FenceAction, *, other_first: bool) -> bool:
+    succeeded, failed = success.completed_time, failure.completed_time
+    if succeeded is None or failed is None or (succeeded.tzinfo is None) != (failed.tzinfo is None):
+        return other_first
+    return succeeded >= failed
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Ban:
@@ -297,6 +361,59 @@ class ClusterState:
     same CIB version shows the same value on every node; crm_mon prints no CIB epoch."""
     resource_agent: str | None = None
     """The promotable primitive's agent (``ocf:heartbeat:pgsqlms``), when crm_mon says."""
+    fencing: tuple[FenceAction, ...] = ()
+    """crm_mon's ``<fence_history>`` in its order (newest first): pending and failed
+    actions, and the latest success per target with ``--fence-history=2``."""
+    fence_history_error: int | None = None
+    """``fence_history/@status`` when crm_mon could not read the fencing history (the
+    fencer's error code); None when it could, or printed no history at all."""
+
+    @property
+    def troubled_instances(self) -> tuple[ResourceInstance, ...]:
+        """Return the instances Pacemaker marks failed or blocked (needing a human)."""
+        return tuple(i for i in self.instances if i.failed or i.blocked)
+
+    @property
+    def pending_fencing(self) -> tuple[FenceAction, ...]:
+        """Return the fencing actions still under way."""
+        return tuple(f for f in self.fencing if f.status is FenceStatus.PENDING)
+
+    def needs_attention(self) -> tuple[str, ...]:
+        """Return one line per failed or blocked instance and pending fencing action.
+
+        These stop Pacemaker from recovering on its own (a blocked instance) or mean it
+        is about to power a node off (pending fencing): no switchover should start.
+        """
+        lines = [
+            f"{i.resource_id} ({i.role.value}) on {i.node or 'no node'} is "
+            + ", ".join(t for t, on in (("failed", i.failed), ("blocked", i.blocked)) if on)
+            for i in self.troubled_instances
+        ]
+        lines += [
+            f"fencing ({f.action}) of {f.target} pending, requested by {f.origin}"
+            for f in self.pending_fencing
+        ]
+        return tuple(lines)
+
+    @property
+    def failed_fencing(self) -> tuple[FenceAction, ...]:
+        """Return the failed fencing actions not followed by a success on the same target.
+
+        A later success (any action: ``off`` after a failed ``reboot`` powers the node
+        down as well) resolves a failure. "Later" is by completion time; when either
+        time is missing or unreadable, by crm_mon's order, which lists the newest first.
+        """
+        failed: list[FenceAction] = []
+        for index, action in enumerate(self.fencing):
+            if action.status is not FenceStatus.FAILED:
+                continue
+            if not any(
+                _resolves(other, action, other_first=other_index < index)
+                for other_index, other in enumerate(self.fencing)
+                if other.status is FenceStatus.SUCCESS and other.target == action.target
+            ):
+                failed.append(action)
+        return tuple(failed)
 
     @property
     def last_change_time(self) -> datetime | None:

@@ -23,6 +23,8 @@ from pgcm_common._pacemaker.model import (
     Ban,
     ClusterState,
     Failure,
+    FenceAction,
+    FenceStatus,
     LegacyPgsqlAttributes,
     Node,
     NodeAttributes,
@@ -71,7 +73,14 @@ def parse_crm_mon(text: str | bytes, *, resource_id: str) -> ClusterState:
     _check_status(root)
     # crm_mon prints each section once; a second copy (damaged or forged output) could
     # contradict the first, and reading only one of them would be a guess.
-    for path in ("summary", "summary/current_dc", "nodes", "resources", "node_attributes"):
+    for path in (
+        "summary",
+        "summary/current_dc",
+        "nodes",
+        "resources",
+        "node_attributes",
+        "fence_history",
+    ):
         if len(root.findall(path)) > 1:
             raise CrmMonParseError(f"<{path}> is printed more than once")
     summary = _child(root, "summary")
@@ -83,6 +92,7 @@ def parse_crm_mon(text: str | bytes, *, resource_id: str) -> ClusterState:
     nodes = _parse_nodes(_child(root, "nodes"))
     primitive, clone_id, instances = _parse_clone(root.find("resources"), resource_id)
     attributes = _parse_node_attributes(root.find("node_attributes"))
+    fence_history = root.find("fence_history")
     return ClusterState(
         output_format=output_format,
         pacemaker_version=_pacemaker_version(root, dc_element, output_format),
@@ -99,6 +109,8 @@ def parse_crm_mon(text: str | bytes, *, resource_id: str) -> ClusterState:
         bans=_parse_bans(root.find("bans")),
         last_change=_last_change(summary),
         resource_agent=_resource_agent(root.find("resources"), primitive),
+        fencing=_parse_fencing(fence_history),
+        fence_history_error=_fence_history_error(fence_history),
     )
 
 
@@ -340,6 +352,42 @@ def _parse_failures(element: Element | None) -> tuple[Failure, ...]:
         )
         for failure in element.findall("failure")
     )
+
+
+_FENCE_STATUSES = {status.value: status for status in FenceStatus}
+
+
+def _parse_fencing(element: Element | None) -> tuple[FenceAction, ...]:
+    if element is None:
+        return ()
+    return tuple(_fence_action(event) for event in element.findall("fence_event"))
+
+
+def _fence_action(event: Element) -> FenceAction:
+    status_text = _attr(event, "status")
+    status = _FENCE_STATUSES.get(status_text)
+    if status is None:
+        raise CrmMonParseError(
+            f"<fence_event> status {status_text!r} is not pending, failed or success"
+        )
+    return FenceAction(
+        target=_attr(event, "target"),
+        action=_attr(event, "action"),
+        status=status,
+        origin=_attr(event, "origin"),
+        client=_attr(event, "client"),
+        delegate=event.get("delegate"),
+        completed=event.get("completed"),
+        exit_reason=event.get("exit-reason"),
+        extended_status=event.get("extended-status"),
+    )
+
+
+def _fence_history_error(element: Element | None) -> int | None:
+    if element is None:
+        return None
+    code = _optional(element, "status", _int_of(element, "status"))
+    return None if code in (None, 0) else code
 
 
 def _parse_bans(element: Element | None) -> tuple[Ban, ...]:

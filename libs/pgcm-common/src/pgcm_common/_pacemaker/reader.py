@@ -85,7 +85,16 @@ class CrmMonOptions:
         if dialect is CrmMonDialect.LEGACY_AS_XML:
             # 1.1 prints node attributes in its XML only when asked with -A.
             return (*self.command_prefix, self.executable, "-1", "-A", "--as-xml")
-        return (*self.command_prefix, self.executable, "-1", "--output-as=xml")
+        # --fence-history=2 adds the latest successful fencing of each node to the pending
+        # and failed actions crm_mon prints by default: an operator wants to see that a
+        # node was fenced, not only that fencing is under way.
+        return (
+            *self.command_prefix,
+            self.executable,
+            "-1",
+            "--output-as=xml",
+            "--fence-history=2",
+        )
 
 
 class CrmMonReader(Protocol):
