@@ -666,6 +666,10 @@ class Lab:
             return None, f"not online: {', '.join(missing)}"
         if primary is None:
             return None, "no promoted node"
+        if primary not in wanted:
+            # A partitioned primary still answers through its own namespace, and its
+            # standbys' streams take a while to time out: only the expected nodes count.
+            return None, f"the promoted node {primary} is not one of {', '.join(wanted)}"
         if negative := {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0}:
             return None, f"negative or missing promotion scores: {negative}"
         try:
