@@ -645,47 +645,40 @@ class Lab:
         primary, _ = await self.health(expect)
         return primary
 
-    async def health(  # noqa: PLR0911
-        self, expect: Sequence[str] | None = None
-    ) -> tuple[str | None, str]:
+    async def health(self, expect: Sequence[str] | None = None) -> tuple[str | None, str]:
         """Return ``(primary, "")`` when the cluster is healthy, else ``(None, why not)``.
 
-        Healthy: every expected node online with quorum, exactly one promoted node which
-        accepts writes, every other expected node streaming from it (one ``sync``), and
-        no negative promotion score (otherwise a later failure promotes nobody).
+        Healthy: every expected node online with quorum, exactly one promoted node,
+        among them, which accepts writes, every other expected node streaming from it
+        (one ``sync``), and no negative promotion score (otherwise a later failure
+        promotes nobody).
         """
         wanted = list(expect or [n.name for n in self.topology.nodes])
         try:
             view = await self.view(wanted[0] if self.init_pid(wanted[0]) else None)
         except LabError as exc:
             return None, f"no cluster view: {exc}"
-        primary = view.primary
-        if not view.quorum:
-            return None, "no quorum"
-        if missing := sorted(set(wanted) - view.online):
-            return None, f"not online: {', '.join(missing)}"
+        primary, why = _view_health(view, wanted)
         if primary is None:
-            return None, "no promoted node"
-        if primary not in wanted:
-            # A partitioned primary still answers through its own namespace, and its
-            # standbys' streams take a while to time out: only the expected nodes count.
-            return None, f"the promoted node {primary} is not one of {', '.join(wanted)}"
-        if negative := {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0}:
-            return None, f"negative or missing promotion scores: {negative}"
+            return None, why
+        why = await self._postgres_health(primary, [n for n in wanted if n != primary])
+        return (None, why) if why else (primary, "")
+
+    async def _postgres_health(self, primary: str, standbys: Sequence[str]) -> str:
+        """PostgreSQL's part of :meth:`health`: "" or why it is not healthy."""
         try:
             if await self.psql(primary, "select pg_is_in_recovery()", check=False) != "f":
-                return None, f"{primary} does not accept writes"
+                return f"{primary} does not accept writes"
             repl = await self.replication(primary)
         except (LabError, ValueError) as exc:
-            return None, f"{primary} cannot be asked: {exc}"
-        standbys = [n for n in wanted if n != primary]
+            return f"{primary} cannot be asked: {exc}"
         if lagging := {n: repl.get(n, ("absent", ""))[0] for n in standbys
                        if repl.get(n, ("", ""))[0] != "streaming"}:  # fmt: skip
-            return None, f"standbys not streaming from {primary}: {lagging}"
+            return f"standbys not streaming from {primary}: {lagging}"
         syncs = [n for n in standbys if repl[n][1] == "sync"]
         if standbys and len(syncs) != 1:
-            return None, f"{len(syncs)} synchronous standbys instead of 1: {repl}"
-        return primary, ""
+            return f"{len(syncs)} synchronous standbys instead of 1: {repl}"
+        return ""
 
     async def wait_healthy(self, expect: Sequence[str] | None = None) -> str:
         """Wait (caller bounds it) until :meth:`healthy`; return the primary.
@@ -1361,3 +1354,24 @@ def _require_root() -> None:
 def quote(argv: Sequence[str]) -> str:
     """``argv`` as a shell line (for messages)."""
     return shlex.join(argv)
+
+
+def _view_health(view: ClusterView, wanted: Sequence[str]) -> tuple[str | None, str]:
+    """Pacemaker's part of :meth:`Lab.health`: ``(primary, "")`` or ``(None, why not)``."""
+    primary = view.primary
+    problems = {
+        "no quorum": not view.quorum,
+        f"not online: {', '.join(sorted(set(wanted) - view.online))}": not set(wanted)
+        <= view.online,
+        "no promoted node": primary is None,
+        # A partitioned primary still answers through its own namespace, and its
+        # standbys' streams take a while to time out: only the expected nodes count.
+        f"the promoted node {primary} is not one of {', '.join(wanted)}": primary is not None
+        and primary not in wanted,
+        f"negative or missing promotion scores: "
+        f"{ {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0} }": any(
+            view.scores.get(n, -1) < 0 for n in wanted
+        ),
+    }
+    why = next((text for text, bad in problems.items() if bad), "")
+    return (None, why) if why else (primary, "")
