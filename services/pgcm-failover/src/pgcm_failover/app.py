@@ -19,6 +19,7 @@ import structlog
 from pgcm_common.errors import EtcdError
 from pgcm_common.etcd import EtcdStore, open_etcd, read_lock_status
 from pgcm_common.records import (
+    HoldRecord,
     KeyLayout,
     MaintenanceRecord,
     PrimaryRecord,
@@ -345,6 +346,12 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
         maintenance = await read_maintenance(store, layout)
     except RecordError as exc:
         problems.append(str(exc))
+    hold = None
+    if (hold_kv := await store.get(layout.hold)) is not None:
+        try:
+            hold = HoldRecord.from_json(hold_kv.key, hold_kv.value)
+        except RecordError as exc:
+            problems.append(str(exc))
     holder = None
     if lock is not None and lock.holder is not None:
         h = lock.holder
@@ -376,6 +383,7 @@ async def collect_status(adapters: Adapters, settings: FailoverSettings) -> Stat
         replication=node_replication(snapshot),
         maintenance=maintenance,
         attention=pacemaker_attention(view, tuple(snapshot.statuses.values())),
+        hold=hold,
     )
 
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO, final
 
-from pgcm_common.records import MaintenanceRecord, NodeRole, ProxyAck, SwitchoverRecord
+from pgcm_common.records import (
+    HoldRecord,
+    MaintenanceRecord,
+    NodeRole,
+    ProxyAck,
+    SwitchoverRecord,
+)
 from pgcm_failover.advice import PacemakerAttention, what_to_do
 from pgcm_failover.pipeline import Phase, Report
 from pgcm_failover.terminal import printable
@@ -360,6 +366,33 @@ class Status:
     replication: Mapping[str, NodeReplication] = field(default_factory=dict)
     maintenance: MaintenanceRecord | None = None
     attention: PacemakerAttention = field(default_factory=PacemakerAttention)
+    hold: HoldRecord | None = None
+
+
+def hold_to_dict(record: HoldRecord | None) -> JsonValue:
+    """Return the hold record as JSON-able data (None: no hold)."""
+    if record is None:
+        return None
+    return {
+        "lost_node": record.lost_node,
+        "lost_address": record.lost_address,
+        "reason": record.reason,
+        "since": record.since.isoformat(),
+        "deadline": record.deadline.isoformat(),
+        "writer": record.writer,
+    }
+
+
+def render_hold(record: HoldRecord | None) -> str | None:
+    """Return one line about clients held while the primary is lost, or None."""
+    if record is None:
+        return None
+    return (
+        f"hold: proxies routed to {record.lost_address} hold new transactions "
+        f"since {record.since.isoformat(timespec='seconds')} (primary "
+        f"{record.lost_node} lost: {record.reason}; at most until "
+        f"{record.deadline.isoformat(timespec='seconds')})"
+    )
 
 
 def maintenance_to_dict(record: MaintenanceRecord | None) -> JsonValue:
@@ -436,6 +469,7 @@ def status_to_dict(status: Status) -> dict[str, JsonValue]:
         else {"holder": status.lock_holder, "fencing_token": status.lock_token},
         "move_constraints": list(status.move_constraints),
         "maintenance": maintenance_to_dict(status.maintenance),
+        "hold": hold_to_dict(status.hold),
         "stale": list(status.stale),
         "problems": list(status.problems),
         "troubled_instances": [
@@ -526,6 +560,8 @@ def render_status(status: Status) -> str:
     constraints = ", ".join(status.move_constraints) or "none"
     lines.append(f"move constraints: {constraints}")
     lines.append(render_maintenance(status.maintenance))
+    if (hold := render_hold(status.hold)) is not None:
+        lines.append(hold)
     if status.stale:
         lines.append(f"stale supervise records (ignored): {', '.join(status.stale)}")
     lines.extend(f"problem: {p}" for p in status.problems)
