@@ -47,7 +47,7 @@ from pgcm_lab.testing import (
     run_failover,
     service_events,
 )
-from pgcm_lab.topology import APP_NODE
+from pgcm_lab.topology import APP_NODE, CLONE, PGDATA
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -719,3 +719,18 @@ async def test_primary_node_crash_under_reconnecting_clients(lab: Lab) -> None:
 async def test_partitioned_primary_under_reconnecting_clients(lab: Lab) -> None:
     """The primary's node cut off at the bridge: the majority fences it and promotes."""
     await fenced_failover(lab, "partition", lab.partition)
+
+
+async def test_a_stop_that_fails_gets_the_node_fenced_and_a_standby_promoted(lab: Lab) -> None:
+    """The primary is moved away but its PostgreSQL cannot be stopped: fencing ends it.
+
+    Without its postmaster.pid, ``pg_ctl stop`` (PAF's demote, then the stop of the
+    recovery) fails although PostgreSQL runs on: only fencing the node can stop it.
+    """
+
+    async def unstoppable_then_moved(primary: str) -> None:
+        lab.host_path(primary, f"{PGDATA}/postmaster.pid").unlink()
+        await lab.exec(primary, ["crm_resource", "--resource", CLONE, "--ban", "--node",
+                                 primary, "--lifetime", "PT10M"])  # fmt: skip
+
+    await fenced_failover(lab, "failed_stop", unstoppable_then_moved)
