@@ -34,7 +34,6 @@ from pgcm_proxy.metrics import ProxyMetrics
 from pgcm_proxy.reconcile import (
     DesiredState,
     Reconciler,
-    Target,
     offer_and_log,
     sync_config,
 )
@@ -148,6 +147,12 @@ async def _run(
         settings.pgbouncer_config_file,
         new_file_mode=await _template_mode(settings.pgbouncer_config_template_file),
     )
+    holder = Holder(
+        PauseController(admins_for(settings.pgbouncer)),
+        limit=settings.hold_limit,
+        published_host=partial(_published_host, store, layout.master),
+        metrics=metrics,
+    )
     reconciler = Reconciler(
         proxy_id=settings.proxy_id,
         template=template,
@@ -155,12 +160,7 @@ async def _run(
         admins=admins,
         acks=acks,
         metrics=metrics,
-    )
-    holder = Holder(
-        PauseController(admins_for(settings.pgbouncer)),
-        limit=settings.hold_limit,
-        published_host=partial(_published_host, store, layout.master),
-        metrics=metrics,
+        on_routed=holder.applied,
     )
     log.info(
         "proxy.start",
@@ -185,7 +185,6 @@ async def _run(
                     metrics,
                     backoff=_backoff(settings),
                     apply_timeout_s=settings.apply_timeout.total_seconds(),
-                    holder=holder,
                 )
             )
             await tg.start(
@@ -228,7 +227,6 @@ async def _sync_config(
     *,
     backoff: Backoff,
     apply_timeout_s: float,
-    holder: Holder,
 ) -> None:
     await sync_config(
         state,
@@ -236,16 +234,15 @@ async def _sync_config(
         metrics,
         backoff=backoff,
         apply_timeout_s=apply_timeout_s,
-        on_success=_ready_once(holder),
+        on_success=_ready_once(),
     )
 
 
-def _ready_once(holder: Holder) -> Callable[[Target], None]:
+def _ready_once() -> Callable[[], None]:
     ready = False
 
-    def on_success(target: Target) -> None:
+    def on_success() -> None:
         nonlocal ready
-        holder.applied(target.address.host)
         if not ready:
             ready = True
             sd_notify("READY=1")

@@ -266,11 +266,14 @@ class Reconciler:
         acks: AckSink,
         metrics: ProxyMetrics,
         clock: Callable[[], datetime] = now_utc,
+        on_routed: Callable[[str], None] = lambda _host: None,
     ) -> None:
         """Render ``template`` into ``config`` for the PgBouncers behind ``admins``.
 
         The replacement is made durable while the PgBouncers reload (see
-        :mod:`pgcm_proxy.writer`).
+        :mod:`pgcm_proxy.writer`). ``on_routed(host)`` runs as soon as every PgBouncer
+        is confirmed to route to ``host``, before the acknowledgement is written: a
+        hold (:mod:`pgcm_proxy.hold`) is lifted then, not after the etcd round trip.
         """
         self._proxy_id = proxy_id
         self._template = template
@@ -283,6 +286,7 @@ class Reconciler:
         self._unsynced = False
         self._announced: int | None = None  # revision of the last proxy.primary.change
         self._clock = clock
+        self._on_routed = on_routed
         self._databases = template.routed_databases()
 
     async def apply(self, target: Target) -> None:
@@ -324,6 +328,7 @@ class Reconciler:
                 revision=target.revision,
             )
         reloaded = await self._route_all_and_sync(host, reload_first=changed)
+        self._on_routed(host)
         applied_at = self._clock()
         await self._acks.publish(
             ProxyAck(
@@ -476,7 +481,7 @@ async def sync_config(
     *,
     backoff: Backoff,
     apply_timeout_s: float,
-    on_success: Callable[[Target], None] = lambda _target: None,
+    on_success: Callable[[], None] = lambda: None,
 ) -> None:
     """Apply the newest target until cancelled; retry failures with backoff.
 
@@ -518,7 +523,7 @@ async def sync_config(
             continue
         backoff.reset()
         applied = generation
-        on_success(target)
+        on_success()
 
 
 async def _attempt(

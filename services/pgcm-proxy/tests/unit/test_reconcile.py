@@ -235,6 +235,30 @@ async def test_change_rewrites_reloads_confirms_and_acknowledges(ini: Path) -> N
     assert (ack.proxy_id, ack.host, ack.revision) == ("p1", "10.0.0.2", 7)
 
 
+async def test_on_routed_runs_once_pgbouncer_routes_there_before_the_ack(ini: Path) -> None:
+    bouncer = FileBackedBouncer(ini)
+    events: list[str] = []
+
+    class RecordingAcks:
+        async def publish(self, ack: ProxyAck) -> None:
+            events.append(f"ack {ack.host}")
+
+    def on_routed(host: str) -> None:
+        events.append(f"routed {host} after {' + '.join(bouncer.fake.commands)}")
+
+    reconciler = Reconciler(
+        proxy_id="p1",
+        template=TEMPLATE,
+        config=ConfigFile(ini),
+        admins=[bouncer],
+        acks=RecordingAcks(),
+        metrics=ProxyMetrics(),
+        on_routed=on_routed,
+    )
+    await reconciler.apply(target(b"10.0.0.2", 7))
+    assert events == ["routed 10.0.0.2 after RELOAD + SHOW DATABASES", "ack 10.0.0.2"]
+
+
 async def test_clients_held_back_by_a_failed_login_are_connected_after_the_reload(
     ini: Path,
 ) -> None:
@@ -357,7 +381,7 @@ async def test_sync_retries_with_backoff_and_newest_target_wins(ini: Path) -> No
                 metrics,
                 backoff=Backoff(timedelta(milliseconds=5), timedelta(milliseconds=20)),
                 apply_timeout_s=5,
-                on_success=lambda _target: ready.append(True),
+                on_success=lambda: ready.append(True),
             )
         )
         with structlog.testing.capture_logs() as logs:
