@@ -68,6 +68,17 @@ def primary_lost(state: ClusterState, node_name: str) -> str | None:
     return next((text for text, lost in problems.items() if lost), None)
 
 
+def _something_lost(state: ClusterState) -> bool:
+    """Whether ``state`` could make any published primary lost (cheap, no etcd)."""
+    if not state.with_quorum:
+        return False
+    return (
+        isinstance(state.primary, NoPrimary)
+        or any(not node.online or node.unclean for node in state.nodes)
+        or any(instance.failed for instance in state.instances)
+    )
+
+
 @final
 class HoldKeeper:
     """Create ``<ns>/hold`` when the published primary is lost; delete it once published.
@@ -128,6 +139,8 @@ class HoldKeeper:
         self._maybe_held = False
 
     async def _hold_if_lost(self, state: ClusterState) -> None:
+        if not _something_lost(state):
+            return  # a switchover's transition, say: no etcd request on that path
         record_kv = await self._store.get(self._layout.master_record)
         if record_kv is None:
             return
@@ -138,6 +151,8 @@ class HoldKeeper:
         self._maybe_held = True
         if await self._store.get(self._layout.lock) is not None:
             return  # a switchover: pgcm-failover pauses the clients itself
+        if await self._store.get(self._layout.hold) is not None:
+            return  # held already (by us or another supervise): one loss, one hold
         since = self._now()
         record = HoldRecord(
             lost_node=published.node,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
+from structlog.testing import capture_logs
 
 from pgcm_common.pacemaker import ClusterState, parse_crm_mon
 from pgcm_common.records import HoldRecord, KeyLayout, PrimaryRecord
@@ -160,3 +161,13 @@ async def test_a_malformed_published_record_holds_nobody() -> None:
     await store.put(LAYOUT.master_record, b"{not json")
     await keeper(store).observe(lost_n1(), PublishOutcome.REFUSED)
     assert await store.get(LAYOUT.hold) is None
+
+
+async def test_a_switchover_transition_costs_no_etcd_request() -> None:
+    """In transition with every node online and nothing failed: etcd is not asked."""
+    store = FakeEtcdStore()
+    store.unavailable = True  # any request would fail and be logged
+    transition = Observation(view("02-during-switchover.xml"), None, T0)
+    with capture_logs() as logs:
+        await keeper(store).observe(transition, PublishOutcome.REFUSED)
+    assert [entry["event"] for entry in logs] == []
