@@ -15,7 +15,8 @@ reads its own ``/proc/self/smaps_rollup`` before and after importing:
 
 RSS counts every page mapped, USS only the process's private ones (what stopping the
 daemon would free; a shared library's text is private while no other process maps it).
-Times are the median of ``RUNS`` probes. Numbers only: nothing is asserted.
+Times are the median of ``RUNS`` probes. The last row repeats the whole import set
+without the unit's ``PYTHONOPTIMIZE=2``. Numbers only: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ print(json.dumps(rows))
 """
 
 
-def _probe(service: str, names: Sequence[str]) -> list[tuple[str, int, int, float]]:
-    """Import ``names`` in order in a fresh interpreter; return (name, rss, uss KiB, s)."""
+def _probe(
+    service: str, names: Sequence[str], *, optimize: bool = True
+) -> list[tuple[str, int, int, float]]:
+    """Import ``names`` in order in a fresh interpreter; return (name, rss, uss KiB, s).
+
+    ``optimize=False`` drops the unit's ``PYTHONOPTIMIZE``, for comparison.
+    """
     python = installed_command(service)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PGCM_"))}
     env |= unit_environment(service) | {"PYTHONDONTWRITEBYTECODE": "1"}
+    if not optimize:
+        env.pop("PYTHONOPTIMIZE", None)
     out = subprocess.run(
         [python, "-c", _PROBE, *names], env=env, capture_output=True, text=True, check=True
     ).stdout
@@ -90,9 +98,11 @@ def _mb(kib: float) -> float:
     return round(kib / 1024, 1)
 
 
-def _median_probes(service: str, names: Sequence[str]) -> list[tuple[str, float, float, float]]:
+def _median_probes(
+    service: str, names: Sequence[str], *, optimize: bool = True
+) -> list[tuple[str, float, float, float]]:
     """Return per row the median over ``RUNS`` probes of (rss, uss KiB, s)."""
-    runs = [_probe(service, names) for _ in range(RUNS)]
+    runs = [_probe(service, names, optimize=optimize) for _ in range(RUNS)]
     return [
         (
             runs[0][i][0],
@@ -133,6 +143,15 @@ def measure(service: str) -> dict[str, object]:
         "rss_mb": _mb(last[1]),
         "uss_mb": _mb(last[2]),
         "ms": round(sum(r[3] for r in ordered) * 1000),
+    }
+    # The unit's -OO finds no optimized bytecode of Debian's standard library (Debian
+    # compiles only the plain one, and the sandbox cannot write any): every start
+    # compiles it from source. The same import set without -OO shows that cost.
+    plain = _median_probes(service, ORDER[service], optimize=False)
+    table["all, without PYTHONOPTIMIZE"] = {
+        "rss_mb": _mb(plain[-1][1]),
+        "uss_mb": _mb(plain[-1][2]),
+        "ms": round(sum(r[3] for r in plain) * 1000),
     }
     return table
 
