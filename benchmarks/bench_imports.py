@@ -59,7 +59,7 @@ OPTIONAL: Final = {
 
 
 _PROBE: Final = """
-import importlib, json, sys, time
+import importlib, sys, time
 def memory():
     fields = {}
     with open("/proc/self/smaps_rollup") as rollup:
@@ -72,6 +72,7 @@ for name in sys.argv[1:]:
     started = time.perf_counter()
     importlib.import_module(name)
     rows.append([name, *memory(), time.perf_counter() - started])
+import json
 print(json.dumps(rows))
 """
 
