@@ -75,3 +75,34 @@ def test_version_prints_the_installed_distribution_version(
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"pgcm-proxy {version('pgcm-proxy')}\n"
+
+
+def test_the_console_script_answers_version_without_importing_the_service() -> None:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    probe = (
+        "import sys\n"
+        "from pgcm_proxy._entry import main\n"
+        "sys.argv = ['pgcm-proxy', '--version']\n"
+        "code = main()\n"
+        "heavy = [m for m in ('pgcm_proxy.cli', 'pydantic', 'grpc') if m in sys.modules]\n"
+        "print(code, heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == f"pgcm-proxy {version('pgcm-proxy')}\n0 []\n"
+
+
+def test_the_service_does_not_load_what_it_never_calls() -> None:
+    # asyncpg is PgBouncerAdmin's (supervise's PAUSE/RESUME); the proxy talks to PgBouncer
+    # through RoutingConsole only. prometheus_client waits for metrics to be enabled.
+    probe = (
+        "import sys\n"
+        "import pgcm_proxy.cli, pgcm_proxy.app\n"
+        "print([m for m in ('asyncpg', 'prometheus_client') if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == "[]\n"
