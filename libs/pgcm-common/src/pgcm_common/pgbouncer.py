@@ -1,14 +1,12 @@
 """PgBouncer admin console: settings, clients, their Protocol seam, typed SHOW rows and errors.
 
-:class:`PgBouncerAdmin` (and its Protocol, :func:`admins_for`) are loaded on first use:
-they need asyncpg, which pgcm-proxy, a user of :class:`RoutingConsole` only, would
-otherwise keep in memory on every application node without ever calling it.
+Both clients speak the simple query protocol through ``_pgbouncer/wire.py`` (ADR 0005):
+importing this module loads no PostgreSQL driver.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from pgcm_common._pgbouncer.admin import PgBouncerAdmin, PgBouncerAdminProtocol, admins_for
 from pgcm_common._pgbouncer.console import RoutingConsole, routing_consoles_for
 from pgcm_common._pgbouncer.errors import (
     PgBouncerAuthError,
@@ -19,9 +17,6 @@ from pgcm_common._pgbouncer.errors import (
 from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
 from pgcm_common.errors import PgBouncerError
-
-if TYPE_CHECKING:
-    from pgcm_common._pgbouncer.admin import PgBouncerAdmin, PgBouncerAdminProtocol, admins_for
 
 __all__ = [
     "DatabaseRow",
@@ -41,17 +36,3 @@ __all__ = [
     "admins_for",
     "routing_consoles_for",
 ]
-
-
-_ADMIN_NAMES = frozenset({"PgBouncerAdmin", "PgBouncerAdminProtocol", "admins_for"})
-
-
-def __getattr__(name: str) -> object:
-    """Import the asyncpg-based admin client when one of its names is first asked for."""
-    if name not in _ADMIN_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from pgcm_common._pgbouncer import admin  # noqa: PLC0415 - the point: only when used
-
-    value: object = getattr(admin, name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
