@@ -36,6 +36,7 @@ from pgcm_lab.pgcm import (
     MASTER_KEY,
     NAMESPACE,
     etcd_get,
+    etcd_get_prefix,
     failover_argv,
     venv_script,
     wait_pgcm_ready,
@@ -622,6 +623,26 @@ def _stamp(event: dict[str, object]) -> float:
     return datetime.fromisoformat(str(event["ts"])).timestamp()
 
 
+async def first_commit_after_last_ack(
+    lab: Lab, log: ClientsLog, at: float, new: str
+) -> float | None:
+    """Seconds from the last proxy's acknowledgement of ``new`` to the first commit.
+
+    Negative when a client committed before the slowest proxy acknowledged (clients use
+    the app node's proxy only). None when either is missing.
+    """
+    first = log.first_success_after(at)
+    host = address(lab, new)
+    acks = [
+        json.loads(raw) for raw in (await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/")).values()
+    ]
+    applied = [datetime.fromisoformat(a["applied_at"]).timestamp() for a in acks
+               if isinstance(a, dict) and a.get("host") == host]  # fmt: skip
+    if first is None or not applied:
+        return None
+    return round(at + first - max(applied), 3)
+
+
 def hold_seen(lab: Lab, log: ClientsLog, at: float) -> dict[str, object]:
     """When the app node's proxy held clients after the fault at ``at``, and who failed.
 
@@ -692,6 +713,7 @@ async def fenced_failover(
         "old_primary": primary,
         "new_primary": new,
         **hold_seen(lab, log, at),
+        "first_commit_after_last_ack_s": await first_commit_after_last_ack(lab, log, at, new),
     }
     print(f"\n[faults] {case}: {json.dumps(result)}")  # noqa: T201
     assert {"fenced", "promoted"} <= set(marks), f"Pacemaker's logs lack steps: {marks}"
