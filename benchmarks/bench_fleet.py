@@ -12,7 +12,7 @@ SIGSTOPped right after its ack lease was renewed and a switchover runs: the repo
 ``proxies_late`` and paused seconds show what ``proxy_ack_timeout`` bounds, a query
 through that pair's PgBouncer shows what its clients reach meanwhile, and after
 SIGCONT the time until it acknowledges the new primary. The fleet and the lab are
-always torn down. Needs root and the lab lock.
+always torn down, also on failure. Needs root; one lab per machine.
 """
 
 from __future__ import annotations
