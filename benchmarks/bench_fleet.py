@@ -8,8 +8,10 @@ through the app node's PgBouncer, twice: (a) with the lab's own four proxies, (b
 Per run: the paused seconds, the ``wait_for_proxies`` phase, and from etcd the spread of
 the acknowledgements (``applied_at`` minus the new primary record's ``observed_at``).
 The fleet's RSS and PSS come from ``/proc/PID/smaps_rollup``. Then (c) one fleet proxy is
-SIGSTOPped right after its ack lease was renewed and a switchover runs: the report's
-``proxies_late`` and paused seconds show what ``proxy_ack_timeout`` bounds, a query
+SIGSTOPped right after its ack lease was renewed and a switchover runs, once for a pair
+as deployed (ack lease 10 s) and once for a pair whose lease outlives the switchover: the
+report's ``proxies_late`` and paused seconds show what ``proxy_ack_timeout`` (or the
+lease) bounds, a query
 through that pair's PgBouncer shows what its clients reach meanwhile, and after
 SIGCONT the time until it acknowledges the new primary. The fleet and the lab are
 always torn down, also on failure. Needs root; one lab per machine.
@@ -21,7 +23,7 @@ import json
 import statistics
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -40,14 +42,19 @@ DESCRIPTION = (
     "(2 clients) with the lab's 4 proxies, then with 100 extra pgcm-proxy + PgBouncer "
     "pairs in the app node (paused s, wait_for_proxies s, ack spread after the etcd "
     "record, fleet RSS/PSS), then one of the 100 proxies SIGSTOPped during a switchover "
-    "(proxy_ack_timeout 5 s)."
+    "(proxy_ack_timeout 5 s), with the default 10 s ack lease and with a 60 s one."
 )
 STATE_DIR: Final = Path("/var/tmp/pgcm-lab-fleet")  # noqa: S108  # postgres must traverse it
 FLEET_SIZE: Final = 100
 RUNS: Final = 3
 CLIENTS: Final = 2
 LOAD_S: Final = 20
+# Frozen during a switchover: a pair as deployed, and one whose ack lease (60 s) outlives
+# the switchover, so only proxy_ack_timeout can end the wait for it.
 FROZEN: Final = Member(FLEET_SIZE // 2)
+FROZEN_LONG_LEASE: Final = Member(FLEET_SIZE // 2 + 1)
+LONG_LEASE: Final = '"60s"'
+IDLE_S: Final = 20
 _RENEWED_TTL_S: Final = 9  # a lease of 10 s reading this much was renewed < 1 s ago
 
 
@@ -94,11 +101,11 @@ async def _ack_spread_ms(lab: Lab, fleet: Fleet, address: str) -> dict[str, obje
             delays[proxy_id] = round((applied - observed).total_seconds() * 1000, 1)
     fleet_ms = [v for k, v in delays.items() if k.startswith("app-")]
     lab_ms = [v for k, v in delays.items() if not k.startswith("app-")]
-    out: dict[str, object] = {"acks": len(delays)}
+    out: dict[str, object] = {"acks": len(delays), "observed_at": observed.isoformat()}
     if fleet_ms:
-        out["fleet_ack_ms"] = spread(fleet_ms)
+        out["fleet_proxies_ack_ms"] = spread(fleet_ms)
     if lab_ms:
-        out["lab_ack_ms"] = spread(lab_ms)
+        out["lab_proxies_ack_ms"] = spread(lab_ms)
     return out
 
 
@@ -119,24 +126,23 @@ async def _lease_ttl(lab: Lab, key: str) -> int | None:
     return int(json.loads(ttl.stdout).get("ttl", -1))
 
 
-async def _freeze_after_renewal(lab: Lab, fleet: Fleet) -> int | None:
-    """SIGSTOP :data:`FROZEN` just after its ack lease was renewed; return the TTL seen.
+async def _freeze_after_renewal(lab: Lab, fleet: Fleet, member: Member) -> int | None:
+    """SIGSTOP ``member``'s proxy just after its ack lease was renewed; return the TTL seen.
 
-    Otherwise its ack could expire during the switchover, and the wait would end on the
-    lease instead of on ``proxy_ack_timeout``.
+    So its ack lives as long as it can into the switchover.
     """
-    key = f"{NAMESPACE}/proxies/{FROZEN.proxy_id}"
+    key = f"{NAMESPACE}/proxies/{member.proxy_id}"
     ttl: int | None = None
     with anyio.move_on_after(15):
         while (ttl := await _lease_ttl(lab, key)) is None or ttl < _RENEWED_TTL_S:
             await anyio.sleep(0.05)
-    fleet.freeze(FROZEN.proxy_id)
+    fleet.freeze(member.proxy_id)
     return ttl
 
 
-async def _through_frozen_pair(lab: Lab) -> str:
+async def _through_frozen_pair(lab: Lab, member: Member) -> str:
     """What a client of the frozen pair's PgBouncer reaches: server address, recovery."""
-    argv = ["timeout", "10", "psql", "-X", "-h", "127.0.0.1", "-p", str(FROZEN.port), "-U",
+    argv = ["timeout", "10", "psql", "-X", "-h", "127.0.0.1", "-p", str(member.port), "-U",
             "postgres", "-d", "postgres", "-qAt", "-c",
             "select inet_server_addr(), pg_is_in_recovery()"]  # fmt: skip
     result = await lab.exec(APP_NODE, argv, check=False)
@@ -145,7 +151,7 @@ async def _through_frozen_pair(lab: Lab) -> str:
     return result.stdout.strip()
 
 
-async def _switchover(lab: Lab, fleet: Fleet, *, freeze: bool = False) -> dict[str, object]:
+async def _switchover(lab: Lab, fleet: Fleet, *, freeze: Member | None = None) -> dict[str, object]:
     """One switchover to the next node under pgbench; return its measurements."""
     names = [n.name for n in lab.topology.nodes]
     with anyio.fail_after(180):
@@ -166,21 +172,22 @@ async def _switchover(lab: Lab, fleet: Fleet, *, freeze: bool = False) -> dict[s
             while await _pgbench_clients(lab) < CLIENTS:
                 await anyio.sleep(0.1)
         if freeze:
-            extra["frozen_lease_ttl_at_stop_s"] = await _freeze_after_renewal(lab, fleet)
+            extra["frozen_lease_ttl_at_stop_s"] = await _freeze_after_renewal(lab, fleet, freeze)
+            stopped_at = datetime.now(UTC)
         argv = failover_argv(lab, ["--yes", "--target", target, "--json"])
         result = await lab.run(argv, check=False)
         if freeze:
-            extra["frozen_pair_query"] = await _through_frozen_pair(lab)
-            ini = fleet.host_dir / FROZEN.proxy_id / "pgbouncer.ini"
+            extra["frozen_pair_query"] = await _through_frozen_pair(lab, freeze)
+            ini = fleet.host_dir / freeze.proxy_id / "pgbouncer.ini"
             extra["frozen_pair_routes_to_new_primary"] = f"host={address} " in ini.read_text()
     if result.returncode != 0:
         raise RuntimeError(f"pgcm-failover failed: {result.stdout[-1500:]} {result.stderr[-1500:]}")
     report = _dict(json.loads(result.stdout))
     if freeze:
         thawed = time.monotonic()
-        fleet.thaw(FROZEN.proxy_id)
+        fleet.thaw(freeze.proxy_id)
         with anyio.fail_after(60):
-            await fleet.wait_acked(address, [FROZEN])
+            await fleet.wait_acked(address, [freeze])
         extra["frozen_acked_after_sigcont_s"] = round(time.monotonic() - thawed, 2)
     with anyio.fail_after(180):
         await wait_pgcm_ready(lab, target)
@@ -190,6 +197,10 @@ async def _switchover(lab: Lab, fleet: Fleet, *, freeze: bool = False) -> dict[s
         for p in _list(report["phases"])
     }
     clients = box["load"]
+    spread_ms = await _ack_spread_ms(lab, fleet, address)
+    if freeze:
+        observed = datetime.fromisoformat(str(spread_ms["observed_at"]))
+        extra["frozen_stop_to_etcd_s"] = round((observed - stopped_at).total_seconds(), 2)
     return {
         "target": target,
         "paused_s": round(_float(report["paused_seconds"]), 3),
@@ -200,7 +211,7 @@ async def _switchover(lab: Lab, fleet: Fleet, *, freeze: bool = False) -> dict[s
         "failed_transactions": clients.failed_transactions,
         "aborted_clients": clients.aborted_clients,
         "max_latency_ms": clients.latency_max_ms,
-        **await _ack_spread_ms(lab, fleet, address),
+        **spread_ms,
         **extra,
     }
 
@@ -216,7 +227,7 @@ def _summary(prefix: str, runs: list[dict[str, object]]) -> dict[str, object]:
         ),
         f"{prefix}_aborted_clients_total": sum(int(_float(r["aborted_clients"])) for r in runs),
     }
-    for group in ("lab_ack_ms", "fleet_ack_ms"):
+    for group in ("lab_proxies_ack_ms", "fleet_proxies_ack_ms"):
         if all(group in r for r in runs):
             for point in ("first", "median", "p99", "last"):
                 values = [_float(_dict(r[group])[point]) for r in runs]
@@ -254,35 +265,48 @@ async def _bench(lab: Lab, fleet: Fleet) -> dict[str, object]:
     free_before = fleet.check_memory(FLEET_SIZE)
     started = time.monotonic()
     with anyio.fail_after(max(300, 6 * FLEET_SIZE)):
-        await fleet.start(FLEET_SIZE, str(lab.topology.node(current).address))
+        await fleet.start(
+            FLEET_SIZE,
+            str(lab.topology.node(current).address),
+            {FROZEN_LONG_LEASE.index: {"ack_lease_ttl": LONG_LEASE}},
+        )
     fleet_start_s = time.monotonic() - started
     memory = _memory(fleet)
+    cpu_before = fleet.cpu_seconds()
+    await anyio.sleep(IDLE_S)
+    idle_cpu = (fleet.cpu_seconds() - cpu_before) / IDLE_S * 100
     with_fleet = []
     for _ in range(RUNS):
         with_fleet.append(await _switchover(lab, fleet))
         sys.stderr.write(f"fleet run {len(with_fleet)}: {json.dumps(with_fleet[-1])}\n")
-    frozen = await _switchover(lab, fleet, freeze=True)
-    sys.stderr.write(f"frozen run: {json.dumps(frozen)}\n")
-    return {
+    frozen: dict[str, dict[str, object]] = {}
+    for name, member in (("frozen", FROZEN), ("frozen_long_lease", FROZEN_LONG_LEASE)):
+        frozen[name] = await _switchover(lab, fleet, freeze=member)
+        sys.stderr.write(f"{name} run: {json.dumps(frozen[name])}\n")
+    out: dict[str, object] = {
         "fleet_size": FLEET_SIZE,
         "runs_each": RUNS,
         "load": f"pgbench -c {CLIENTS} -T {LOAD_S} (TPC-B, scale 1) via app PgBouncer",
         **_summary("lab_only", baseline),
-        **_summary("fleet", with_fleet),
+        **_summary("with_fleet", with_fleet),
         "fleet_start_s": round(fleet_start_s, 1),
         "mem_available_before_fleet_mb": free_before,
         **memory,
-        "frozen_proxy": FROZEN.proxy_id,
-        "frozen_paused_s": frozen["paused_s"],
-        "frozen_wait_for_proxies_s": frozen["wait_for_proxies_s"],
-        "frozen_proxies_late": frozen["proxies_late"],
-        "frozen_lease_ttl_at_stop_s": frozen.get("frozen_lease_ttl_at_stop_s"),
-        "frozen_pair_query": frozen.get("frozen_pair_query"),
-        "frozen_pair_routes_to_new_primary": frozen.get("frozen_pair_routes_to_new_primary"),
-        "frozen_acked_after_sigcont_s": frozen.get("frozen_acked_after_sigcont_s"),
+        "fleet_idle_cpu_percent_of_one_core": round(idle_cpu, 1),
+    }
+    for name, member in (("frozen", FROZEN), ("frozen_long_lease", FROZEN_LONG_LEASE)):
+        run = frozen[name]
+        out[f"{name}_proxy"] = member.proxy_id
+        for key in ("paused_s", "wait_for_proxies_s", "proxies_late"):
+            out[f"{name}_{key}"] = run[key]
+        for key in ("lease_ttl_at_stop_s", "stop_to_etcd_s", "pair_query",
+                    "pair_routes_to_new_primary", "acked_after_sigcont_s"):  # fmt: skip
+            out[f"{name}_{key}"] = run.get(f"frozen_{key}")
+    return {
+        **out,
         "per_run_lab_only": baseline,
-        "per_run_fleet": with_fleet,
-        "frozen_run": frozen,
+        "per_run_with_fleet": with_fleet,
+        "frozen_runs": frozen,
     }
 
 
@@ -306,6 +330,6 @@ def run() -> dict[str, object]:
         anyio.run(_teardown, lab, fleet)
     results["targets"] = {
         "fleet_failed_transactions_total": "0",
-        "frozen_paused_s": "about the fleet's paused time + proxy_ack_timeout (5 s), at most",
+        "frozen_long_lease_paused_s": "<= the fleet's paused time + proxy_ack_timeout (5 s)",
     }
     return results

@@ -151,10 +151,18 @@ def member_pgbouncer_template(topology: Topology, member: Member) -> str:
     )
 
 
-def member_toml(topology: Topology, member: Member) -> str:
-    """The app node's pgcm.toml, for this pair's proxy id, PgBouncer and files."""
+def member_toml(topology: Topology, member: Member, proxy: Mapping[str, str] | None = None) -> str:
+    """The app node's pgcm.toml, for this pair's proxy id, PgBouncer and files.
+
+    ``proxy`` adds ``[proxy]`` keys (TOML values as written), e.g. a longer
+    ``ack_lease_ttl`` for one pair.
+    """
+    text = render_pgcm_toml(topology, topology.app)
+    if proxy:
+        added = "".join(f"{key} = {value}\n" for key, value in proxy.items())
+        text = text.replace("[proxy]\n", f"[proxy]\n{added}", 1)
     text = set_keys(
-        render_pgcm_toml(topology, topology.app),
+        text,
         "pgbouncer",
         {"host": json.dumps(member.inner_dir), "port": str(member.port)},
     )
@@ -270,7 +278,12 @@ class Fleet:
             )
         return free
 
-    async def start(self, size: int, primary_address: str) -> None:
+    async def start(
+        self,
+        size: int,
+        primary_address: str,
+        proxy_settings: Mapping[int, Mapping[str, str]] | None = None,
+    ) -> None:
         """Start ``size`` pairs and wait until every proxy acknowledged ``primary_address``.
 
         The pairs start :data:`BATCH` at a time, each batch once the previous one has
@@ -278,6 +291,8 @@ class Fleet:
         cluster on one machine: a hundred Python interpreters starting at once on two
         cores kept PAF's monitor of the primary from finishing within its 10 s timeout,
         and Pacemaker fenced the primary. The caller bounds the wait (minutes for 100).
+        ``proxy_settings`` maps a pair's index to extra ``[proxy]`` keys (see
+        :func:`member_toml`).
 
         Raises:
             LabError: a fleet exists already, memory is short or a process did not start.
@@ -291,7 +306,8 @@ class Fleet:
         for first in range(0, size, BATCH):
             batch = members[first : first + BATCH]
             for member in batch:
-                self._write_files(member, primary_address)
+                extra = (proxy_settings or {}).get(member.index)
+                self._write_files(member, primary_address, extra)
                 await self._lab.spawn(
                     APP_NODE,
                     [*_NICE, "pgbouncer", member.inner("pgbouncer.ini")],
@@ -304,13 +320,15 @@ class Fleet:
             await self.wait_acked(primary_address, batch)
         self._lab.progress(f"fleet: {size} proxies acknowledged {primary_address}")
 
-    def _write_files(self, member: Member, primary_address: str) -> None:
+    def _write_files(
+        self, member: Member, primary_address: str, proxy: Mapping[str, str] | None
+    ) -> None:
         directory = self._host(member, "")
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "postgres", "postgres")
         topology = self._lab.topology
         config = self._host(member, "pgcm.toml")
-        config.write_text(member_toml(topology, member), encoding="utf-8")
+        config.write_text(member_toml(topology, member, proxy), encoding="utf-8")
         config.chmod(0o600)  # holds the lab's token, as the node's own pgcm.toml
         template = member_pgbouncer_template(topology, member)
         for name, text in (
@@ -375,6 +393,19 @@ class Fleet:
                     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
                     out[f"{proxy_id}/{kind}"] = parse_smaps_rollup(rollup)
         return out
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the live pairs have used so far (``/proc/PID/stat``)."""
+        ticks = 0
+        for pair in self.pids().values():
+            for pid in pair:
+                if pid is None:
+                    continue
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    # utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+                    ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def freeze(self, proxy_id: str) -> int:
         """SIGSTOP the proxy ``proxy_id``; return its host PID.

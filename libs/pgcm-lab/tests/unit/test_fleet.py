@@ -116,3 +116,12 @@ def test_spread_is_first_median_p99_last() -> None:
     values = [float(v) for v in range(100, 0, -1)]
     assert spread(values) == {"first": 1.0, "median": 50.5, "p99": 99.0, "last": 100.0}
     assert spread([3.0]) == {"first": 3.0, "median": 3.0, "p99": 3.0, "last": 3.0}
+
+
+def test_member_toml_adds_extra_proxy_keys_for_one_pair() -> None:
+    topology = Topology()
+    longer = tomllib.loads(member_toml(topology, Member(3), {"ack_lease_ttl": '"60s"'}))
+    plain = tomllib.loads(member_toml(topology, Member(4)))
+    assert longer["proxy"]["ack_lease_ttl"] == "60s"
+    assert longer["proxy"]["proxy_id"] == "app-3"
+    assert "ack_lease_ttl" not in plain["proxy"]
