@@ -16,7 +16,7 @@ with its own:
 The processes are stopped by PID (:meth:`Fleet.stop`), read from the pidfiles and
 translated to host PIDs through the app node's PID namespace; ``Lab.down`` ends them
 too, with every other process of the node. Memory is checked before anything starts:
-each pair costs about 50 MB, mostly the proxy's Python interpreter.
+a pair's memory is mostly the proxy's Python interpreter (docs/scale.md has the figures).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ __all__ = [
 
 FLEET_DIR: Final = "/run/pgcm-fleet"
 BASE_PORT: Final = 7000
-# Measured: a lab proxy's RSS is 45-55 MB, a PgBouncer's about 5 MB; rounded up.
+# Above a pair's measured share of memory (docs/scale.md), with room for growth.
 PAIR_BUDGET_MB: Final = 70
 # Left free for the lab itself and whatever else the machine runs.
 RESERVE_MB: Final = 2048
