@@ -15,6 +15,7 @@ import anyio
 
 from pgcm_lab.clientrun import check_commits, reconnecting_clients
 from pgcm_lab.errors import LabError
+from pgcm_lab.fleet import Fleet
 from pgcm_lab.lab import DEFAULT_STATE_DIR, Lab, Service
 from pgcm_lab.pgcm import failover_argv, start_pgcm
 from pgcm_lab.probe import NO_ANSWER, PROBE_TIMEOUT_S
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         "pgcm-failover", help="run pgcm-failover in the app node: pgcm-failover -- [ARGS]"
     )
     fail.add_argument("argv", nargs=argparse.REMAINDER)
+    fleet = sub.add_parser(
+        "fleet",
+        help="replace the app node's extra pgcm-proxy + PgBouncer pairs by N of them "
+        "(0 stops them); needs the lab with pgcm",
+    )
+    fleet.add_argument("size", type=int)
     load = sub.add_parser("load", help="pgbench through the app node's PgBouncer")
     load.add_argument("--seconds", type=float, default=10)
     load.add_argument("--clients", type=int, default=4)
@@ -150,7 +157,7 @@ def _yes(value: object) -> str:
     return "-" if value is None else ("ok" if value else "FAIL")
 
 
-async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915
+async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0911, PLR0912, PLR0915
     lab = Lab(args.state_dir)
     command: str = args.command
     if command == "up":
@@ -202,6 +209,8 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915
             failover_argv(lab, argv), stdout=None, stderr=None, check=False
         )
         return done.returncode
+    elif command == "fleet":
+        return await _fleet(lab, args.size)
     elif command == "load":
         report = await lab.load(args.seconds, args.clients)
         if args.json:
@@ -216,6 +225,26 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915
         else:
             _print_clients(seen)
         return 1 if seen["lost"] else 0
+    return 0
+
+
+async def _fleet(lab: Lab, size: int) -> int:
+    if size < 0:
+        sys.stderr.write("pgcm-lab fleet N: N must be 0 or more\n")
+        return 2
+    fleet = Fleet(lab)
+    await fleet.stop()
+    if size == 0:
+        return 0
+    primary = await lab.primary()
+    if primary is None:
+        raise LabError("no primary: the fleet's proxies would have nothing to acknowledge")
+    with anyio.fail_after(max(120, 6 * size)):  # ~2 s a proxy on a loaded 2-core machine
+        await fleet.start(size, str(lab.topology.node(primary).address))
+    usage = fleet.memory()
+    rss = sum(m.rss_kb for m in usage.values()) // 1024
+    pss = sum(m.pss_kb for m in usage.values()) // 1024
+    sys.stdout.write(f"fleet: {size} pairs running; RSS {rss} MB, PSS {pss} MB in total\n")
     return 0
 
 
