@@ -32,6 +32,8 @@ __all__ = ["AckState", "EtcdCoordinator", "default_holder", "read_acks"]
 
 log = structlog.get_logger("pgcm_failover.coordinator")
 
+_NAMES_LOGGED = 10
+
 
 def default_holder() -> str:
     """Return the lock holder identity of this process: ``pgcm-failover@<host>``."""
@@ -99,6 +101,8 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
         self._primary_revision: int | None = None
         self._pending: tuple[str, ...] = ()
         self._confirmed: tuple[str, ...] = ()
+        self._gone: list[str] = []
+        self._last_logged = 0
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
@@ -197,6 +201,8 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
             async for event in events:
                 if isinstance(event, Deleted):
                     gone = acks.pop(event.key, None)
+                    if gone is not None and not gone.confirms(address, revision):
+                        self._gone.append(gone.proxy_id)
                     if gone is not None:
                         log.warning(
                             "failover.proxy.gone",
@@ -215,6 +221,11 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
         return self._pending
 
     @property
+    def gone_proxies(self) -> Sequence[str]:
+        """Return the proxies whose ack vanished (lease expired) before they confirmed."""
+        return tuple(self._gone)
+
+    @property
     def confirmed_proxies(self) -> Sequence[str]:
         """Return the live proxies that had confirmed at the last check of the wait."""
         return self._confirmed
@@ -224,8 +235,12 @@ class EtcdCoordinator(anyio.AsyncContextManagerMixin):
         pending = sorted(s.proxy_id for s in states if not s.confirms(address, revision))
         self._pending = tuple(pending)
         self._confirmed = tuple(sorted(s.proxy_id for s in states if s.confirms(address, revision)))
-        if pending:
-            log.info("failover.proxy.wait", pending=pending, address=address)
+        if pending and len(pending) != self._last_logged:
+            # Once per change of the count, at most ten names: with a hundred proxies a
+            # list per acknowledgement would log thousands of names per switchover.
+            self._last_logged = len(pending)
+            log.info("failover.proxy.wait", pending_count=len(pending),
+                     pending=pending[:_NAMES_LOGGED], address=address)  # fmt: skip
         return not pending
 
     @staticmethod

@@ -151,6 +151,11 @@ class Coordinator(Protocol):
         """The live proxies that had acknowledged when the wait last looked."""
         ...
 
+    @property
+    def gone_proxies(self) -> Sequence[str]:
+        """The proxies whose acknowledgement vanished (lease expired) before they confirmed."""
+        ...
+
 
 class Cluster(Protocol):
     """The Pacemaker/PostgreSQL side, as observed through supervise."""
@@ -525,6 +530,14 @@ class Pipeline:
             log.warning("failover.proxy.late", proxies=late, waited_s=bound,
                         msg="resuming without these proxies' acknowledgement")  # fmt: skip
         self.report.proxies_acknowledged = list(acked)
+        if gone := [p for p in self._coordinator.gone_proxies if p not in self.report.proxies_late]:
+            # Frozen long enough for its lease to expire: no longer waited for, but just
+            # as late as one still silent at proxy_ack_timeout.
+            self.report.proxies_late.extend(gone)
+            self.report.notes.append(
+                f"{len(gone)} pgcm-proxy stopped renewing its acknowledgement during the "
+                f"switchover and was not waited for: {', '.join(gone)}"
+            )
         if not acked:
             self.report.notes.append(
                 "no pgcm-proxy is registered in etcd: resumed as soon as etcd named the new primary"

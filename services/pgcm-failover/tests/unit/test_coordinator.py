@@ -137,6 +137,7 @@ async def test_a_vanished_proxy_is_no_longer_waited_for() -> None:
             assert result == []
             store.expire_lease(lease.id)
         assert result == ["app1"]
+        assert coordinator.gone_proxies == ("gone",)  # reported late by the pipeline
 
 
 async def test_no_proxies_at_all_returns_an_empty_list() -> None:

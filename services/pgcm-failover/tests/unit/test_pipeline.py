@@ -118,6 +118,7 @@ class RecordingCoordinator:
     journal: Journal
     acks_hang: bool = False
     proxies: tuple[str, ...] = ("app1", "n1")
+    gone: tuple[str, ...] = ()
 
     async def acquire_lock(self) -> None:
         self.journal.calls.append("acquire_lock")
@@ -142,6 +143,10 @@ class RecordingCoordinator:
     @property
     def confirmed_proxies(self) -> Sequence[str]:
         return self.proxies[:-1] if self.acks_hang else self.proxies
+
+    @property
+    def gone_proxies(self) -> Sequence[str]:
+        return self.gone
 
 
 @dataclass
@@ -314,6 +319,18 @@ async def test_a_silent_proxy_is_reported_and_clients_resumed_after_proxy_ack_ti
         "unmigrate",
         "release_lock",
     ]
+
+
+async def test_a_proxy_whose_ack_vanished_during_the_wait_is_reported_late() -> None:
+    journal = Journal()
+    coordinator = RecordingCoordinator(journal, proxies=("app1",), gone=("app2",))
+    pipeline = Pipeline(
+        [RecordingClient("s1", journal)], coordinator, RecordingCluster(journal), FAST
+    )
+    report = await pipeline.run()
+    assert report.proxies_acknowledged == ["app1"]
+    assert report.proxies_late == ["app2"]
+    assert any("app2" in note and "not waited for" in note for note in report.notes)
 
 
 async def test_a_failing_undo_does_not_stop_the_others_and_is_reported() -> None:
