@@ -80,13 +80,6 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-async def _pgbench_clients(lab: Lab) -> int:
-    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
-            "pgbouncer", "-qAt", "-c", "SHOW CLIENTS"]  # fmt: skip
-    out = await lab.exec(APP_NODE, argv, user="postgres")
-    return sum(1 for line in out.stdout.splitlines() if "pgbench" in line.split("|"))
-
-
 async def _ack_spread_ms(lab: Lab, fleet: Fleet, address: str) -> dict[str, object]:
     """Each ack of ``address``: ms from the etcd primary record's ``observed_at``."""
     raw = await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json")
@@ -169,7 +162,7 @@ async def _switchover(lab: Lab, fleet: Fleet, *, freeze: Member | None = None) -
     async with anyio.create_task_group() as tg:
         tg.start_soon(load)
         with anyio.fail_after(30):
-            while await _pgbench_clients(lab) < CLIENTS:
+            while await lab.pgbench_clients() < CLIENTS:
                 await anyio.sleep(0.1)
         if freeze:
             extra["frozen_lease_ttl_at_stop_s"] = await _freeze_after_renewal(lab, fleet, freeze)

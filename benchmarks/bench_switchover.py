@@ -31,7 +31,6 @@ from pgcm_lab.pgcm import (
     wait_pgcm_ready,
 )
 from pgcm_lab.testing import promotion_latencies
-from pgcm_lab.topology import APP_NODE
 
 DESCRIPTION = (
     "P1/P3/P6: 10 pgcm-failover switchovers in the 3-node lab under pgbench "
@@ -64,13 +63,6 @@ def _float(value: object) -> float:
     return float(value)
 
 
-async def _pgbench_clients(lab: Lab) -> int:
-    argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
-            "pgbouncer", "-qAt", "-c", "SHOW CLIENTS"]  # fmt: skip
-    out = await lab.exec(APP_NODE, argv, user="postgres")
-    return sum(1 for line in out.stdout.splitlines() if "pgbench" in line.split("|"))
-
-
 async def _one_run(lab: Lab, target: str) -> dict[str, object]:
     """One switchover to ``target`` under load; return its measurements."""
     box: dict[str, object] = {}
@@ -81,7 +73,7 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(load)
         with anyio.fail_after(30):
-            while await _pgbench_clients(lab) < CLIENTS:
+            while await lab.pgbench_clients() < CLIENTS:
                 await anyio.sleep(0.1)
         argv = failover_argv(lab, ["--yes", "--target", target, "--json"])
         result = await lab.run(argv, check=False)

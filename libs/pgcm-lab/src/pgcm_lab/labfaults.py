@@ -138,6 +138,13 @@ class LabFaults(LabStart):
         await self.run(["ip", "-n", BRIDGE_NS, "link", "set", f"v{node.name}", "up"])
         self.progress(f"{node.name} healed")
 
+    async def pgbench_clients(self) -> int:
+        """How many pgbench clients the app node's PgBouncer has now (``SHOW CLIENTS``)."""
+        argv = ["psql", "-X", "-h", "/run/pgbouncer", "-p", "6432", "-U", "postgres", "-d",
+                "pgbouncer", "-qAt", "-c", "SHOW CLIENTS"]  # fmt: skip
+        out = await self.exec(APP_NODE, argv, user="postgres")
+        return sum(1 for line in out.stdout.splitlines() if "pgbench" in line.split("|"))
+
     async def load(self, seconds: float = 10, clients: int = 4) -> LoadReport:
         """Run pgbench through the app node's PgBouncer and report what clients saw."""
         primary = await self.primary()
