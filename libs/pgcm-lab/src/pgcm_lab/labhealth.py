@@ -17,7 +17,7 @@ from pgcm_lab.labcore import (
     LabCore,
 )
 from pgcm_lab.probe import NO_ANSWER, bounded
-from pgcm_lab.topology import APP_NODE
+from pgcm_lab.topology import APP_NODE, CLONE
 
 __all__ = ["LabHealth", "status_role"]
 
@@ -94,21 +94,52 @@ class LabHealth(LabCore):
             return f"{len(syncs)} synchronous standbys instead of 1: {repl}"
         return ""
 
-    async def wait_healthy(self, expect: Sequence[str] | None = None) -> str:
+    async def wait_healthy(
+        self, expect: Sequence[str] | None = None, *, clean_up_after: float | None = None
+    ) -> str:
         """Wait (caller bounds it) until :meth:`healthy`; return the primary.
 
         Each new reason the cluster is not healthy is reported on the progress line, so
         a wait that runs out says what it waited for.
+
+        ``clean_up_after``: once this many seconds passed, clean up (once) the instance
+        of every expected node that is online but runs no instance. Pacemaker keeps an
+        instance stopped once it failed ``migration-threshold`` times, and a crash can
+        get there without any fault of the node: PAF refuses to promote a standby that
+        has less WAL than another ("is the best candidate to promote, aborting"), and
+        Pacemaker may ask it again until that limit. An operator cleans up then; so do
+        the tests that wait for a cluster to recover.
         """
+        wanted = list(expect or [n.name for n in self.topology.nodes])
+        started = anyio.current_time()
+        cleaned = clean_up_after is None
         last = ""
         while True:
-            primary, why = await self.health(expect)
+            primary, why = await self.health(wanted)
             if primary is not None:
                 return primary
             if why != last:
                 self.progress(f"not healthy yet: {why}")
                 last = why
+            if not cleaned and anyio.current_time() - started >= (clean_up_after or 0.0):
+                cleaned = await self._clean_up_stopped(wanted)
             await anyio.sleep(POLL)
+
+    async def _clean_up_stopped(self, wanted: Sequence[str]) -> bool:
+        """Clean up the instance of each online expected node that runs none.
+
+        Returns whether the view could be read (then this is done).
+        """
+        try:
+            view = await self.view()
+        except LabError:
+            return False
+        running = {*view.promoted, *view.unpromoted}
+        for name in sorted(set(wanted) & view.online - running):
+            self.progress(f"{name} runs no instance: crm_resource --cleanup on it")
+            await self.exec(name, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+                                   name], check=False)  # fmt: skip
+        return True
 
     async def primary(self) -> str | None:
         """The promoted node as the first live node sees it."""
