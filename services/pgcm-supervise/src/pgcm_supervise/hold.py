@@ -119,7 +119,7 @@ class HoldKeeper:
         try:
             if outcome in _PUBLISHED:
                 if self._maybe_held:
-                    await self._release()
+                    await self._release(observation)
                 return
             await self._hold_if_lost(observation.state)
         except EtcdError as exc:
@@ -127,9 +127,31 @@ class HoldKeeper:
         except RecordError as exc:
             log.warning("etcd.master_record.malformed", error=str(exc), msg="no hold")
 
-    async def _release(self) -> None:
-        # A plain delete: a hold created between this cycle's publication and now
-        # would be for a loss the next cycle sees again, and re-creates.
+    async def _release(self, observation: Observation) -> None:
+        """Delete the hold once a primary is published again, judged from a fresh view.
+
+        Every supervise reads crm_mon on its own clock, and the CIB reaches each node a
+        moment apart: right after a loss, one supervise may still see the old primary
+        healthy while another already held. Such a stale view must not lift the hold
+        (the proxies would resume onto the lost primary), so the record goes only when
+        etcd names another address than the lost one (a new primary), or when this
+        view was read after the hold began (the same primary came back).
+        """
+        current = await self._store.get(self._layout.hold)
+        if current is None:
+            self._maybe_held = False
+            return
+        try:
+            hold = HoldRecord.from_json(current.key, current.value)
+        except RecordError as exc:
+            log.warning("etcd.hold.malformed", error=str(exc), msg="deleting it")
+        else:
+            master = await self._store.get(self._layout.master)
+            published = None if master is None else master.value.decode(errors="replace")
+            if published == hold.lost_address and observation.observed_at <= hold.since:
+                return  # our view may predate the loss: keep the hold, look again
+        # A plain delete: a hold created since this read is for a loss the next cycle of
+        # its writer sees again, and re-creates.
         if await self._store.delete(self._layout.hold):
             log.info(
                 "etcd.hold.release",

@@ -96,13 +96,29 @@ async def test_a_lost_primary_is_held_once_on_a_lease_until_its_deadline() -> No
     assert again.mod_revision == first.mod_revision
 
 
-async def test_the_hold_goes_once_a_primary_is_published() -> None:
+async def test_the_hold_goes_once_a_new_primary_is_published() -> None:
     store = FakeEtcdStore()
     await publish_record(store, "n1", "10.0.0.11")
     holds = keeper(store)
     await holds.observe(lost_n1(), PublishOutcome.REFUSED)
     assert await store.get(LAYOUT.hold) is not None
+    await publish_record(store, "n3", "10.0.0.13")
     await holds.observe(lost_n1(), PublishOutcome.WROTE)
+    assert await store.get(LAYOUT.hold) is None
+
+
+async def test_the_same_primary_back_lifts_the_hold_only_from_a_view_read_after_it() -> None:
+    store = FakeEtcdStore()
+    await publish_record(store, "n1", "10.0.0.11")
+    holds = keeper(store)
+    await holds.observe(lost_n1(), PublishOutcome.REFUSED)  # the hold begins at T0
+    healthy = view("01-healthy-n1-primary.xml")
+    # Another supervise's crm_mon read began before the loss reached its CIB: stale.
+    await holds.observe(Observation(healthy, None, T0 - timedelta(seconds=1)),
+                        PublishOutcome.NOT_CHECKED)  # fmt: skip
+    assert await store.get(LAYOUT.hold) is not None
+    await holds.observe(Observation(healthy, None, T0 + timedelta(seconds=2)),
+                        PublishOutcome.NOT_CHECKED)  # fmt: skip
     assert await store.get(LAYOUT.hold) is None
 
 
