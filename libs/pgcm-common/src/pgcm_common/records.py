@@ -354,3 +354,8 @@ class HoldRecord(_Record):
     since: AwareDatetime
     deadline: AwareDatetime
     writer: str = Field(max_length=255, description="node name of the supervise that wrote it")
+    pacemaker_last_change: str | None = Field(
+        default=None,
+        max_length=64,
+        description="crm_mon's summary/last_change time of the view that saw the loss",
+    )

@@ -37,7 +37,7 @@ from pgcm_common.etcd import Absent, EtcdStore
 from pgcm_common.pacemaker import ClusterState, NoPrimary
 from pgcm_common.records import HoldRecord, KeyLayout, PrimaryRecord, RecordError, now_utc
 from pgcm_supervise.metrics import SuperviseMetrics
-from pgcm_supervise.publisher import Observation, PublishOutcome
+from pgcm_supervise.publisher import Observation, PublishOutcome, cib_time
 
 __all__ = ["HoldKeeper", "primary_lost"]
 
@@ -66,6 +66,19 @@ def primary_lost(state: ClusterState, node_name: str) -> str | None:
         f"no instance of {state.clone_id} is promoted": isinstance(state.primary, NoPrimary),
     }
     return next((text for text, lost in problems.items() if lost), None)
+
+
+def _view_after(observation: Observation, hold: HoldRecord) -> bool:
+    """Whether ``observation`` shows a newer Pacemaker state than the one that held.
+
+    By the CIB's ``last_change`` when both are known (the same value on every node for
+    one CIB version: no clock skew), else by when the reads began.
+    """
+    ours = observation.state.last_change_time if observation.state is not None else None
+    theirs = cib_time(hold.pacemaker_last_change)
+    if ours is not None and theirs is not None:
+        return ours > theirs
+    return observation.observed_at > hold.since
 
 
 def _something_lost(state: ClusterState) -> bool:
@@ -148,7 +161,7 @@ class HoldKeeper:
         else:
             master = await self._store.get(self._layout.master)
             published = None if master is None else master.value.decode(errors="replace")
-            if published == hold.lost_address and observation.observed_at <= hold.since:
+            if published == hold.lost_address and not _view_after(observation, hold):
                 return  # our view may predate the loss: keep the hold, look again
         # A plain delete: a hold created since this read is for a loss the next cycle of
         # its writer sees again, and re-creates.
@@ -183,6 +196,7 @@ class HoldKeeper:
             since=since,
             deadline=since + self._timeout,
             writer=self._writer,
+            pacemaker_last_change=state.last_change,
         )
         lease = await self._store.grant_lease(self._timeout)
         created = await self._store.put_if(

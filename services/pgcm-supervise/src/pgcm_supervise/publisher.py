@@ -65,6 +65,7 @@ __all__ = [
     "RefusalReason",
     "Refuse",
     "StatusSink",
+    "cib_time",
     "decide",
     "read_observation",
     "serve_publisher",
@@ -461,13 +462,14 @@ def _newer(record: PrimaryRecord, observation: Observation) -> bool:
     nodes remains a risk there).
     """
     ours = observation.state.last_change_time if observation.state is not None else None
-    theirs = _cib_time(record.pacemaker_last_change)
+    theirs = cib_time(record.pacemaker_last_change)
     if ours is not None and theirs is not None and ours != theirs:
         return theirs > ours
     return record.observed_at > observation.observed_at
 
 
-def _cib_time(text: str | None) -> datetime | None:
+def cib_time(text: str | None) -> datetime | None:
+    """Parse crm_mon's ``last_change`` time (local, whole seconds); None when unknown."""
     if text is None:
         return None
     try:

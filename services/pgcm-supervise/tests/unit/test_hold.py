@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -107,13 +108,35 @@ async def test_the_hold_goes_once_a_new_primary_is_published() -> None:
     assert await store.get(LAYOUT.hold) is None
 
 
-async def test_the_same_primary_back_lifts_the_hold_only_from_a_view_read_after_it() -> None:
+def healthy_changed_at(when: str) -> ClusterState:
+    """The healthy n1 view with the CIB last written at ``when`` (crm_mon's format)."""
+    text = (FIXTURES / "01-healthy-n1-primary.xml").read_text()
+    text = text.replace('last_change time="Wed Nov 25 17:08:11 2026"', f'last_change time="{when}"')
+    return parse_crm_mon(text, resource_id="pgsqld")
+
+
+async def test_the_same_primary_back_lifts_the_hold_only_from_a_newer_pacemaker_state() -> None:
+    store = FakeEtcdStore()
+    await publish_record(store, "n1", "10.0.0.11")
+    holds = keeper(store)
+    await holds.observe(lost_n1(), PublishOutcome.REFUSED)  # its CIB: 17:18:15
+    # Another supervise read crm_mon later, but its CIB did not have the loss yet.
+    stale = healthy_changed_at("Wed Nov 25 17:18:14 2026")
+    await holds.observe(Observation(stale, None, T0 + timedelta(seconds=2)),
+                        PublishOutcome.NOT_CHECKED)  # fmt: skip
+    assert await store.get(LAYOUT.hold) is not None
+    recovered = healthy_changed_at("Wed Nov 25 17:18:20 2026")
+    await holds.observe(Observation(recovered, None, T0 + timedelta(seconds=3)),
+                        PublishOutcome.NOT_CHECKED)  # fmt: skip
+    assert await store.get(LAYOUT.hold) is None
+
+
+async def test_without_cib_times_the_view_must_be_read_after_the_hold_began() -> None:
     store = FakeEtcdStore()
     await publish_record(store, "n1", "10.0.0.11")
     holds = keeper(store)
     await holds.observe(lost_n1(), PublishOutcome.REFUSED)  # the hold begins at T0
-    healthy = view("01-healthy-n1-primary.xml")
-    # Another supervise's crm_mon read began before the loss reached its CIB: stale.
+    healthy = dataclasses.replace(view("01-healthy-n1-primary.xml"), last_change=None)
     await holds.observe(Observation(healthy, None, T0 - timedelta(seconds=1)),
                         PublishOutcome.NOT_CHECKED)  # fmt: skip
     assert await store.get(LAYOUT.hold) is not None
