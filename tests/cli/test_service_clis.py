@@ -6,9 +6,12 @@ Service-specific options and run behaviour stay in each service's own tests/unit
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -148,3 +151,30 @@ def test_an_empty_token_is_refused_by_every_command_naming_the_key(
     assert capsys.readouterr().err == (
         f"{service.prog}: invalid setting 'token': must not be empty (leave it unset instead)\n"
     )
+
+
+def test_version_prints_the_installed_distribution_version(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        service.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"{service.prog} {version(service.prog)}\n"
+
+
+def test_the_console_script_answers_version_without_importing_the_service(
+    service: Service,
+) -> None:
+    package = service.prog.replace("-", "_")
+    probe = (
+        "import sys\n"
+        f"from {package}._entry import main\n"
+        f"sys.argv = [{service.prog!r}, '--version']\n"
+        "code = main()\n"
+        f"heavy = [m for m in ({package + '.cli'!r}, 'pydantic', 'grpc') if m in sys.modules]\n"
+        "print(code, heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == f"{service.prog} {version(service.prog)}\n0 []\n"

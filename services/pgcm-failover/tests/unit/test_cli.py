@@ -654,31 +654,3 @@ def test_maintenance_fails_with_exit_1_when_no_endpoint_answers(
     assert "set_maintenance failed on 2 endpoint(s)" in err
     assert not world.maintenance
     assert anyio.run(world.store.get, LAYOUT.maintenance) is None
-
-
-def test_version_prints_the_installed_distribution_version(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--version"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out == f"pgcm-failover {version('pgcm-failover')}\n"
-
-
-def test_the_console_script_answers_version_without_importing_the_service() -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    probe = (
-        "import sys\n"
-        "from pgcm_failover._entry import main\n"
-        "sys.argv = ['pgcm-failover', '--version']\n"
-        "code = main()\n"
-        "heavy = [m for m in ('pgcm_failover.cli', 'pydantic', 'grpc') if m in sys.modules]\n"
-        "print(code, heavy)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout == f"pgcm-failover {version('pgcm-failover')}\n0 []\n"

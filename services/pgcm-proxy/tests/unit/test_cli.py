@@ -66,34 +66,6 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert "[proxy]" in result.stdout
 
 
-def test_version_prints_the_installed_distribution_version(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--version"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out == f"pgcm-proxy {version('pgcm-proxy')}\n"
-
-
-def test_the_console_script_answers_version_without_importing_the_service() -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    probe = (
-        "import sys\n"
-        "from pgcm_proxy._entry import main\n"
-        "sys.argv = ['pgcm-proxy', '--version']\n"
-        "code = main()\n"
-        "heavy = [m for m in ('pgcm_proxy.cli', 'pydantic', 'grpc') if m in sys.modules]\n"
-        "print(code, heavy)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout == f"pgcm-proxy {version('pgcm-proxy')}\n0 []\n"
-
-
 def test_the_service_does_not_load_what_it_never_calls() -> None:
     # asyncpg is PgBouncerAdmin's (supervise's PAUSE/RESUME); the proxy talks to PgBouncer
     # through RoutingConsole only. prometheus_client waits for metrics to be enabled.

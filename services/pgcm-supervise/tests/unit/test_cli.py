@@ -58,31 +58,3 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "[supervise]" in result.stdout
-
-
-def test_version_prints_the_installed_distribution_version(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--version"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out == f"pgcm-supervise {version('pgcm-supervise')}\n"
-
-
-def test_the_console_script_answers_version_without_importing_the_service() -> None:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    probe = (
-        "import sys\n"
-        "from pgcm_supervise._entry import main\n"
-        "sys.argv = ['pgcm-supervise', '--version']\n"
-        "code = main()\n"
-        "heavy = [m for m in ('pgcm_supervise.cli', 'pydantic', 'grpc') if m in sys.modules]\n"
-        "print(code, heavy)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout == f"pgcm-supervise {version('pgcm-supervise')}\n0 []\n"
