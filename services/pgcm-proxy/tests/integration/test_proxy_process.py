@@ -237,18 +237,16 @@ class RunningProxy:
         return await self.process.wait()
 
 
-@pytest.fixture
-def rig(
-    backends: Backends, etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def proxy_rig(
+    backends: Backends, etcd: EtcdMember, base: Path, pool_mode: str, settings: dict[str, str]
 ) -> Iterator[ProxyRig]:
-    """A fresh PgBouncer routing ``app`` to alpha, and a proxy config for it."""
-    base = tmp_path_factory.mktemp("proxy-rig")
+    """A PgBouncer in ``base`` routing ``app`` to alpha, and a proxy config for it."""
     with start_pgbouncer(
         base / "pgbouncer",
         databases={"app": f"host={HOST_A} port={backends.port} dbname=postgres"},
-        pool_mode="session",
-        # A RELOAD line in the log is how tests see that a RELOAD happened.
-        extra_settings={"log_connections": "0", "log_disconnections": "0"},
+        pool_mode=pool_mode,
+        extra_settings=settings,
     ) as bouncer:
         template_path = base / "pgbouncer.ini.template"
         template_path.write_text(template_for(bouncer, backends))
@@ -262,6 +260,17 @@ def rig(
             template_path=template_path,
             config_path=base / "pgcm.toml",
         )
+
+
+@pytest.fixture
+def rig(
+    backends: Backends, etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyRig]:
+    """A fresh PgBouncer routing ``app`` to alpha (session pool), and a proxy config for it."""
+    # A RELOAD line in the log is how tests see that a RELOAD happened.
+    quiet = {"log_connections": "0", "log_disconnections": "0"}
+    with proxy_rig(backends, etcd, tmp_path_factory.mktemp("proxy-rig"), "session", quiet) as made:
+        yield made
 
 
 @pytest.fixture
@@ -636,25 +645,10 @@ def slow_retry_rig(
     backends: Backends, etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyRig]:
     """A rig whose PgBouncer waits an hour after a failed server login (transaction pool)."""
+    hour = {"server_login_retry": "3600", "query_wait_timeout": "3600"}
     base = tmp_path_factory.mktemp("proxy-rig-retry")
-    with start_pgbouncer(
-        base / "pgbouncer",
-        databases={"app": f"host={HOST_A} port={backends.port} dbname=postgres"},
-        pool_mode="transaction",
-        extra_settings={"server_login_retry": "3600", "query_wait_timeout": "3600"},
-    ) as bouncer:
-        template_path = base / "pgbouncer.ini.template"
-        template_path.write_text(template_for(bouncer, backends))
-        yield ProxyRig(
-            bouncer=bouncer,
-            backends=backends,
-            etcd=etcd,
-            base=base,
-            namespace=random_key("proxy").decode(),
-            proxy_id="proxy-under-test",
-            template_path=template_path,
-            config_path=base / "pgcm.toml",
-        )
+    with proxy_rig(backends, etcd, base, "transaction", hour) as made:
+        yield made
 
 
 async def test_a_client_waiting_after_a_failed_login_reaches_the_new_primary_at_once(
