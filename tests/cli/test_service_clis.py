@@ -5,7 +5,9 @@ Service-specific options and run behaviour stay in each service's own tests/unit
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -87,6 +89,18 @@ def test_show_config_prints_toml_that_loads_back(
     assert service.main(["show-config", "--config-file", str(path)]) == 0
     # The first line names the file the configuration came from; the rest is identical.
     assert capsys.readouterr().out.split("\n", 1)[1] == text.split("\n", 1)[1]
+
+
+def test_help_names_the_tables_the_service_reads(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        service.main(["--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    named = re.search(r"--config-file \(tables (.*?); other services' tables are ignored\)", text)
+    assert named is not None, text
+    assert set(re.findall(r"\[(\w+)\]", named.group(1))) == service.tables
 
 
 def test_flags_after_the_subcommand_override_the_file_and_other_tables_are_ignored(
@@ -178,3 +192,10 @@ def test_the_console_script_answers_version_without_importing_the_service(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout == f"{service.prog} {version(service.prog)}\n0 []\n"
+
+
+@pytest.mark.parametrize("daemon", ["pgcm_proxy", "pgcm_supervise"])
+def test_the_daemon_loads_the_serve_coroutine_it_names(daemon: str) -> None:
+    cli = importlib.import_module(f"{daemon}.cli")
+    app = importlib.import_module(f"{daemon}.app")
+    assert cli.DAEMON.load_serve() is app.serve

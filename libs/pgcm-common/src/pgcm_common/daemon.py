@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import Generic, TypeVar, final
 import structlog
 
 from pgcm_common.errors import ConfigError, PgcmError
-from pgcm_common.fasthelp import help_formatter
+from pgcm_common.fasthelp import HELP_WIDTH, help_formatter
 from pgcm_common.lifecycle import run_until_signalled, systemd_watchdog
 from pgcm_common.logging import bind_role, configure_logging
 from pgcm_common.settings import PgcmSettings, common_arguments, render_toml, settings_from_args
 from pgcm_common.settings.convert import convert_original_file
+from pgcm_common.settings.model import shared_fields
 from pgcm_common.version import add_version_argument
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "add_convert_command",
     "most_telling_error",
     "run_convert_command",
+    "settings_sources_help",
 ]
 
 EXIT_OK = 0
@@ -46,29 +50,74 @@ log = structlog.get_logger("pgcm.daemon")
 
 S = TypeVar("S", bound=PgcmSettings)
 
+# The shared tables in the order the configuration reference lists them.
+_TABLE_ORDER = ("cluster", "etcd", "pgbouncer")
+
+_DAEMON_COMMANDS = """\
+Commands: run (the default) serves until SIGTERM/SIGINT; show-config prints the
+effective configuration as TOML (secrets redacted); convert-config ORIGINAL.toml
+prints the pgcm file equivalent to the original's config.toml.
+"""
+
+_DAEMON_EXIT_CODES = """\
+Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration (the message names the
+key).
+"""
+
+
+def settings_sources_help(settings_cls: type[PgcmSettings]) -> str:
+    """Return the help paragraph on where ``settings_cls``'s values come from.
+
+    It is built from the model, so the tables it names are the ones the service reads.
+    """
+    shared = shared_fields(settings_cls)
+    tables = [settings_cls.section, *(name for name in _TABLE_ORDER if name in shared)]
+    named = ", ".join(f"[{table}]" for table in tables[:-1]) + f" and [{tables[-1]}]"
+    text = (
+        "Settings come from (lowest to highest precedence) the defaults, the TOML file "
+        f"given with --config-file (tables {named}; other services' tables are ignored), "
+        "PGCM_* environment variables, and the flags below. Durations take Go-style "
+        "values such as 500ms, 5s, 1m30s. The original's flat config.toml "
+        "(etcd-endpoints = ...) and its PGCM_* names (PGCM_ETCD_ENDPOINTS) are read too."
+    )
+    return textwrap.fill(text, width=HELP_WIDTH) + "\n"
+
 
 @final
 @dataclass(frozen=True, slots=True)
 class Daemon(Generic[S]):
     """One daemon's command line.
 
-    ``load_serve`` returns the daemon's ``serve(settings, *, watchdog, task_status)``; it
-    is called only for ``run`` so that ``--help`` and ``show-config`` do not import
-    grpclib and aetcd. ``watchdog`` is systemd's watchdog timeout, or None when off.
+    ``serve`` names the daemon's ``serve(settings, *, watchdog, task_status)`` as
+    ``module:attribute``; it is imported only for ``run``, so that ``--help`` and
+    ``show-config`` do not load the clients the service runs with. ``watchdog`` is
+    systemd's watchdog timeout, or None when off. ``description`` is what the daemon
+    does; the help adds the commands, where settings come from and the exit codes.
     """
 
     prog: str
     role: str
     description: str
     settings_cls: type[S]
-    load_serve: Callable[[], Callable[..., Awaitable[None]]]
+    serve: str
+
+    def help_description(self) -> str:
+        """Return the help's text above the options."""
+        sources = settings_sources_help(self.settings_cls)
+        return f"{self.description}\n{_DAEMON_COMMANDS}\n{sources}\n{_DAEMON_EXIT_CODES}"
+
+    def load_serve(self) -> Callable[..., Awaitable[None]]:
+        """Import and return the daemon's ``serve`` coroutine function."""
+        module, _, attribute = self.serve.partition(":")
+        loaded: Callable[..., Awaitable[None]] = getattr(importlib.import_module(module), attribute)
+        return loaded
 
     def build_parser(self) -> argparse.ArgumentParser:
         """Return the argument parser (exposed for tests and docs)."""
         common = common_arguments(self.settings_cls)
         parser = argparse.ArgumentParser(
             prog=self.prog,
-            description=self.description,
+            description=self.help_description(),
             formatter_class=help_formatter,
             parents=[common],
         )

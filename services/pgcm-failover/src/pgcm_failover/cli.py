@@ -27,6 +27,7 @@ from pgcm_common.daemon import (
     add_convert_command,
     most_telling_error,
     run_convert_command,
+    settings_sources_help,
 )
 from pgcm_common.errors import ConfigError, PgcmError
 from pgcm_common.fasthelp import help_formatter
@@ -86,7 +87,7 @@ EXIT_BAD_CONFIG = 2
 EXIT_NEEDS_HUMAN = 3
 
 PROG = "pgcm-failover"
-DESCRIPTION = """\
+_COMMANDS_HELP = """\
 Run a zero-downtime switchover of the PostgreSQL primary (the default command), show
 the cluster's status, or clean up what a killed switchover left.
 
@@ -97,13 +98,9 @@ the cluster's status, or clean up what a killed switchover left.
   pgcm-failover cleanup [--json]
   pgcm-failover show-config
   pgcm-failover convert-config ORIGINAL.toml
+"""
 
-Settings come from (lowest to highest precedence) the defaults, the TOML file given
-with --config-file (tables [failover], [cluster] and [etcd]; other services' tables are
-ignored), PGCM_* environment variables, and the flags below. Durations take Go-style
-values such as 500ms, 5s, 1m30s. The original's flat config.toml (etcd-endpoints = ...)
-and its PGCM_* names are read too; convert-config prints the equivalent pgcm file.
-
+_SWITCHOVER_HELP = """\
 A switchover first shows its plan (from, to and why, replication lag, the oldest
 transaction, the proxies it will wait for) and asks for confirmation on the terminal;
 --yes skips the question (for scripts). Without a terminal and without --yes it
@@ -113,6 +110,8 @@ Exit codes: 0 success, 1 failed and rolled back cleanly (or refused, or not
 confirmed), 2 bad configuration (or no terminal to confirm on and no --yes), 3 failed
 and something needs a human (the report says what).
 """
+
+DESCRIPTION = f"{_COMMANDS_HELP}\n{settings_sources_help(FailoverSettings)}\n{_SWITCHOVER_HELP}"
 
 NOT_CONFIRMED = f"""\
 {PROG}: refusing to start a switchover: it must be confirmed, and stdin is not a
