@@ -199,3 +199,18 @@ def test_the_daemon_loads_the_serve_coroutine_it_names(daemon: str) -> None:
     cli = importlib.import_module(f"{daemon}.cli")
     app = importlib.import_module(f"{daemon}.app")
     assert cli.DAEMON.load_serve() is app.serve
+
+
+@pytest.mark.parametrize("service", ["proxy", "supervise", "failover"])
+def test_python_dash_m_runs_the_cli(service: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", f"pgcm_{service}", "show-config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"[{service}]" in result.stdout

@@ -331,20 +331,6 @@ def test_an_etcd_error_inside_the_lock_block_exits_1_with_a_message(
     assert "Traceback" not in captured.err + captured.out
 
 
-def test_python_dash_m_runs_the_cli() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pgcm_failover", "show-config"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "[failover]" in result.stdout
-
-
 # --------------------------------------------------- confirmation on a pseudo-terminal
 
 

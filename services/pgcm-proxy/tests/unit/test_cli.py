@@ -52,20 +52,6 @@ def test_run_with_a_template_that_routes_nothing_exits_2(
     assert "no [databases] entry uses {{.Host}}" in capsys.readouterr().err
 
 
-def test_python_dash_m_runs_the_cli() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pgcm_proxy", "show-config"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "[proxy]" in result.stdout
-
-
 def test_the_service_does_not_load_what_it_never_calls() -> None:
     # asyncpg is PgBouncerAdmin's (supervise's PAUSE/RESUME); the proxy talks to PgBouncer
     # through RoutingConsole only. prometheus_client waits for metrics to be enabled.

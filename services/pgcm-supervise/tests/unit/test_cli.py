@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,17 +42,3 @@ def test_masked_token_copied_from_show_config_is_refused(
     path.write_text('[supervise.tokens]\nalice = "**********"\n')
     assert main(["show-config", "--config-file", str(path)]) == 2
     assert "masked placeholder" in capsys.readouterr().err
-
-
-def test_python_dash_m_runs_the_cli() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCM_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pgcm_supervise", "show-config"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "[supervise]" in result.stdout
