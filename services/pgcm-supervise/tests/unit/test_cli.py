@@ -58,3 +58,17 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "[supervise]" in result.stdout
+
+
+def test_the_daemon_loads_no_postgres_driver() -> None:
+    # The local PostgreSQL facts go through pgcm's own simple-query client (ADR 0005).
+    # A fresh interpreter: this test process may have imported asyncpg for other tests.
+    probe = (
+        "import sys\n"
+        "import pgcm_supervise.cli, pgcm_supervise.app, pgcm_supervise.status\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'asyncpg', 'psycopg'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == "[]\n"
