@@ -46,14 +46,14 @@ ORDER: Final = {
     ),
     "pgcm-supervise": (
         "asyncio", "tomllib", "structlog", "anyio", "pydantic", "pydantic_settings",
-        "tomli_w", "grpc", "aetcd", "asyncpg", "grpclib", "defusedxml", "betterproto2",
+        "tomli_w", "grpc", "aetcd", "grpclib", "defusedxml", "betterproto2",
         "dateutil.parser", "pgcm_common.daemon", "pgcm_supervise.cli", "pgcm_supervise.app",
     ),
 }  # fmt: skip
 # Not imported by the daemon at steady state (prometheus_client: only with metrics
-# enabled; asyncpg: PgBouncerAdmin, which the proxy never uses): measured alone.
+# enabled): measured alone. asyncpg is no longer installed with either daemon (ADR 0005).
 OPTIONAL: Final = {
-    "pgcm-proxy": ("asyncpg", "prometheus_client"),
+    "pgcm-proxy": ("prometheus_client",),
     "pgcm-supervise": ("prometheus_client",),
 }
 

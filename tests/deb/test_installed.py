@@ -75,6 +75,13 @@ def test_the_proxy_on_an_app_node_carries_no_xml_parser_grpc_server_nor_postgres
     assert "asyncpg" not in site
 
 
+def test_supervise_carries_no_postgres_driver(installed: DebianRoot) -> None:
+    # Its PostgreSQL probe speaks pgcm's own simple-query client (ADR 0005's addendum).
+    site = installed.out("ls /usr/lib/pgcm-supervise/lib/python3.11/site-packages")
+    assert "asyncpg" not in site
+    assert "psycopg" not in site
+
+
 def test_configuration_files_keep_secrets_from_other_users(installed: DebianRoot) -> None:
     # Each service's own file: root and the service's group only (never other users).
     assert _stat(installed, "/etc/pgcm/supervise.toml") == "root:haclient 640 regular file"

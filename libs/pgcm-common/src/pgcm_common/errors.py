@@ -16,6 +16,11 @@ raises them) and never raises a bare ``Exception``::
     │   ├── PgBouncerAuthError       (pgbouncer)
     │   ├── PgBouncerCommandRefused  (pgbouncer) carries command, sqlstate, message
     │   └── PgBouncerProtocolError   (pgbouncer)
+    ├── PostgresError                PostgreSQL refused or could not be reached
+    │   ├── PostgresUnreachable      (postgres)
+    │   ├── PostgresAuthError        (postgres)
+    │   ├── PostgresQueryError       (postgres) carries statement, sqlstate, message
+    │   └── PostgresProtocolError    (postgres)
     ├── PacemakerError               crm_mon / crm_resource failed or printed nonsense
     │   ├── CrmMonParseError         (pacemaker) malformed or untrustworthy XML
     │   ├── PromotableResourceNotFound (pacemaker)
@@ -39,6 +44,7 @@ __all__ = [
     "PgBouncerError",
     "PgcmError",
     "PgcmFatalError",
+    "PostgresError",
 ]
 
 
@@ -69,6 +75,10 @@ class EtcdUnavailable(EtcdError):
 
 class PgBouncerError(PgcmError):
     """A PgBouncer admin console command failed."""
+
+
+class PostgresError(PgcmError):
+    """A connection to PostgreSQL or a statement on it failed."""
 
 
 class PacemakerError(PgcmError):

@@ -1,6 +1,6 @@
 """PgBouncer admin console: settings, clients, their Protocol seam, typed SHOW rows and errors.
 
-Both clients speak the simple query protocol through ``_pgbouncer/wire.py`` (ADR 0005):
+Both clients speak the simple query protocol through ``_pgwire/wire.py`` (ADR 0005):
 importing this module loads no PostgreSQL driver.
 """
 

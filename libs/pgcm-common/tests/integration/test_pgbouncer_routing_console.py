@@ -9,7 +9,8 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from pgcm_common._pgbouncer.wire import open_simple_query
+from pgcm_common._pgbouncer.errors import PGBOUNCER_ERRORS
+from pgcm_common._pgwire.wire import open_simple_query
 from pgcm_common.pgbouncer import (
     PgBouncerAuthError,
     PgBouncerSettings,
@@ -32,6 +33,7 @@ async def admin_connections(settings: PgBouncerSettings) -> int:
         password=None if password is None else password.get_secret_value(),
         database=settings.database,
         connect_timeout=settings.connect_timeout,
+        errors=PGBOUNCER_ERRORS,
     ) as probe:
         clients = (await probe.query("SHOW CLIENTS")).records()
     return sum(1 for client in clients if client["database"] == "pgbouncer") - 1

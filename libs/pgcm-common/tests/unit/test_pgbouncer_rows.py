@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgcm_common._pgbouncer.wire import SimpleQueryResult, parse_data_row, parse_row_description
+from pgcm_common._pgwire.wire import SimpleQueryResult, parse_data_row, parse_row_description
 from pgcm_common.pgbouncer import (
     DatabaseRow,
     PgBouncerProtocolError,

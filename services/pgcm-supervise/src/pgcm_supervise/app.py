@@ -50,7 +50,7 @@ from pgcm_supervise.security import SecurityOptions
 from pgcm_supervise.server import FailoverServer, FailoverServerOptions, SystemClock
 from pgcm_supervise.settings import SuperviseSettings
 from pgcm_supervise.status import (
-    AsyncpgPostgresProbe,
+    LocalPostgresProbe,
     NodeStatusPublisher,
     PostgresProbe,
 )
@@ -248,7 +248,7 @@ async def serve(
     heartbeat = _Heartbeat()
     postgres: PostgresProbe | None = None
     if settings.postgres_dsn is not None:
-        postgres = AsyncpgPostgresProbe(settings.postgres_dsn, timeout=settings.postgres_timeout)
+        postgres = LocalPostgresProbe(settings.postgres_dsn, timeout=settings.postgres_timeout)
     async with open_etcd(settings.etcd) as store, anyio.create_task_group() as tg:
         if settings.metrics_address is not None and metrics.registry is not None:
             await tg.start(serve_metrics, metrics.registry, settings.metrics_address)

@@ -13,11 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal, Self, final
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pgcm_common.etcd import EtcdSettings
 from pgcm_common.hostport import BindAddress, parse_bind_address
 from pgcm_common.pgbouncer import PgBouncerSettings
+from pgcm_common.postgres import parse_dsn
 from pgcm_common.settings import (
     ClusterSettings,
     Duration,
@@ -177,9 +178,11 @@ class SuperviseSettings(PgcmSettings):
     )
     postgres_dsn: SecretStr | None = Field(
         default=None,
-        description="libpq DSN of the local PostgreSQL (e.g. 'postgresql:///postgres?"
-        "host=/run/postgresql&user=postgres'); when set, NodeStatus carries recovery "
-        "state, replication lag and the oldest transaction age.",
+        description="libpq connection string of the local PostgreSQL, URL or key=value "
+        "(e.g. 'postgresql:///postgres?host=/run/postgresql&user=postgres'); when set, "
+        "NodeStatus carries recovery state, replication lag and the oldest transaction "
+        "age. No TLS unless sslmode says so (disable, prefer, require, verify-ca, "
+        "verify-full).",
     )
     postgres_timeout: Duration = Field(
         default=timedelta(seconds=2),
@@ -208,6 +211,14 @@ class SuperviseSettings(PgcmSettings):
         description="host:port for Prometheus metrics, e.g. 127.0.0.1:8517 (pgcm-supervise's "
         "port; the packaged config sets it); unset means no metrics endpoint.",
     )
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_postgres_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused at load, not at the first probe: the message never repeats the string.
+        if value is not None:
+            parse_dsn(value.get_secret_value())
+        return value
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Self:

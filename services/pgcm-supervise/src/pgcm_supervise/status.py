@@ -16,11 +16,9 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Literal, Protocol, final
-from urllib.parse import parse_qs, urlsplit
+from typing import Protocol, TypeVar, final
 
 import anyio
-import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 from pydantic import SecretStr
@@ -37,6 +35,15 @@ from pgcm_common.pacemaker import (
     Role,
 )
 from pgcm_common.pgbouncer import PgBouncerAdminProtocol
+from pgcm_common.postgres import (
+    INSUFFICIENT_PRIVILEGE,
+    PostgresConnector,
+    PostgresProtocolError,
+    PostgresQueryError,
+    SimpleQueryConnection,
+    close_quietly,
+    parse_dsn,
+)
 from pgcm_common.records import (
     FencingRecord,
     InstanceTrouble,
@@ -51,7 +58,7 @@ from pgcm_supervise.metrics import SuperviseMetrics
 from pgcm_supervise.publisher import Observation
 
 __all__ = [
-    "AsyncpgPostgresProbe",
+    "LocalPostgresProbe",
     "NodeStatusPublisher",
     "PausedStateSource",
     "PgBouncerPausedState",
@@ -92,8 +99,8 @@ class PostgresProbe(Protocol):
         """Return the local PostgreSQL's recovery state, replication and oldest transaction.
 
         Raises:
-            OSError: PostgreSQL cannot be reached.
-            asyncpg.PostgresError: a query failed.
+            PostgresError: PostgreSQL cannot be reached, refused the login or a query.
+            TimeoutError: the queries took longer than the probe's bound.
         """
         ...
 
@@ -107,87 +114,96 @@ class PausedStateSource(Protocol):
 
 
 @final
-class AsyncpgPostgresProbe:
-    """The real :class:`PostgresProbe`: one short asyncpg connection per probe."""
+class LocalPostgresProbe:
+    """The real :class:`PostgresProbe`: one short connection per probe.
+
+    It speaks pgcm's own simple-query client (:mod:`pgcm_common.postgres`), so
+    pgcm-supervise loads no PostgreSQL driver.
+    """
 
     def __init__(self, dsn: SecretStr, *, timeout: timedelta) -> None:
-        self._dsn = dsn
+        # The settings checked the string at load; a failure here would be a bug.
+        self._connector = PostgresConnector(
+            parse_dsn(dsn.get_secret_value()), connect_timeout=timeout
+        )
         self._timeout = timeout
 
     async def probe(self) -> PostgresStatus:
         """Connect, read ``pg_is_in_recovery()``, replication rows and the oldest transaction.
 
         Raises:
-            OSError: PostgreSQL cannot be reached.
-            asyncpg.PostgresError: a query failed.
-            TimeoutError: the connection or a query took longer than the timeout.
+            PostgresError: PostgreSQL cannot be reached, refused the login or a query,
+                or answered with something that is not the expected value.
+            TimeoutError: the queries took longer than the timeout.
         """
-        seconds = self._timeout.total_seconds()
-        dsn = self._dsn.get_secret_value()
-        password, ssl = _local_defaults(dsn)
-        connection = await asyncpg.connect(dsn, timeout=seconds, password=password, ssl=ssl)
+        connection = await self._connector.connect()
         try:
-            with anyio.fail_after(seconds):
-                in_recovery = bool(await connection.fetchval("SELECT pg_is_in_recovery()"))
-                peers: tuple[ReplicationPeer, ...] = ()
-                if not in_recovery:
-                    rows = await connection.fetch(_REPLICATION_SQL)
-                    peers = tuple(
-                        ReplicationPeer(
-                            application_name=row["application_name"] or "",
-                            state=row["state"] or "",
-                            sync_state=row["sync_state"] or "",
-                            lag_bytes=row["lag_bytes"],
-                            lag_s=row["lag_s"],
-                        )
-                        for row in rows
-                    )
-                timeline = await _timeline(connection, in_recovery=in_recovery)
-                oldest = await connection.fetchval(_OLDEST_XACT_SQL)
+            with anyio.fail_after(self._timeout.total_seconds()):
+                status = await _read_status(connection)
         except BaseException:
-            # A query cut short leaves the connection mid-operation: close() would
-            # raise InternalClientError ("another operation is in progress").
-            connection.terminate()
+            # A query cut short leaves the conversation mid-answer: drop the socket.
+            await connection.abort()
             raise
-        with anyio.move_on_after(_CLEANUP_S, shield=True):
-            try:
-                await connection.close()
-            except Exception:  # noqa: BLE001 - closing is best effort; terminate never fails
-                connection.terminate()
-        age = None if oldest is None or math.isnan(oldest) else float(oldest)
-        return PostgresStatus(
-            in_recovery=in_recovery,
-            replication=peers,
-            oldest_transaction_age_s=age,
-            timeline=timeline,
+        await close_quietly(connection)
+        return status
+
+
+async def _read_status(connection: SimpleQueryConnection) -> PostgresStatus:
+    in_recovery = await _value(connection, "SELECT pg_is_in_recovery()") == "t"
+    peers: tuple[ReplicationPeer, ...] = ()
+    if not in_recovery:
+        rows = (await connection.query(_REPLICATION_SQL)).records()
+        peers = tuple(
+            ReplicationPeer(
+                application_name=row["application_name"] or "",
+                state=row["state"] or "",
+                sync_state=row["sync_state"] or "",
+                lag_bytes=_number(row["lag_bytes"], int),
+                lag_s=_number(row["lag_s"], float),
+            )
+            for row in rows
         )
+    timeline = await _timeline(connection, in_recovery=in_recovery)
+    oldest = _number(await _value(connection, _OLDEST_XACT_SQL), float)
+    return PostgresStatus(
+        in_recovery=in_recovery,
+        replication=peers,
+        oldest_transaction_age_s=None if oldest is None or math.isnan(oldest) else oldest,
+        timeline=timeline,
+    )
 
 
-async def _timeline(connection: asyncpg.Connection, *, in_recovery: bool) -> int | None:
+async def _value(connection: SimpleQueryConnection, sql: str) -> str | None:
+    """Return the first column of the first row (None: SQL NULL or no row)."""
+    result = await connection.query(sql)
+    return result.rows[0][0] if result.rows and result.rows[0] else None
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(text: str | None, kind: type[_Number]) -> _Number | None:
+    """Return the text value as a number (None for NULL); anything else is a protocol error."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise PostgresProtocolError(f"expected a number, got {text[:40]!r}") from exc
+
+
+async def _timeline(connection: SimpleQueryConnection, *, in_recovery: bool) -> int | None:
     """Return the server's timeline, or None when this role may not read it."""
     try:
-        value = await connection.fetchval(
-            _STANDBY_TIMELINE_SQL if in_recovery else _PRIMARY_TIMELINE_SQL
+        value = await _value(
+            connection, _STANDBY_TIMELINE_SQL if in_recovery else _PRIMARY_TIMELINE_SQL
         )
-    except asyncpg.InsufficientPrivilegeError:
+    except PostgresQueryError as exc:
+        if exc.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
         # A fact for the operator's status view, never a reason to lose the others.
         return None
-    return None if value is None else int(value)
-
-
-def _local_defaults(dsn: str) -> tuple[str | None, Literal[False] | None]:
-    """Return connect arguments that keep asyncpg from reading files on the event loop.
-
-    Without a password in the DSN asyncpg reads ~/.pgpass, and with the default sslmode
-    it looks for client certificates under ~/.postgresql: blocking file system calls,
-    and credential sources outside our settings. The local PostgreSQL is reached over a
-    unix socket or loopback, so TLS is off unless the DSN asks for it.
-    """
-    parts = urlsplit(dsn)
-    query = parse_qs(parts.query)
-    password = "" if parts.password is None and "password" not in query else None
-    ssl: Literal[False] | None = False if "sslmode" not in query and "ssl" not in query else None
-    return password, ssl
+    return _number(value, int)
 
 
 @final
@@ -479,8 +495,8 @@ class NodeStatusPublisher(anyio.AsyncContextManagerMixin):
             self._postgres_status = await self._postgres.probe()
             self._postgres_problem = None
         except Exception as exc:  # noqa: BLE001 - any probe failure is a fact to publish
-            # asyncpg raises more than its documented types (InternalClientError, for
-            # one); a failed probe must never stop supervise in a switchover.
+            # Whatever the probe raises (a bug included), a failed probe must never
+            # stop supervise in a switchover: it is published as the node's problem.
             self._postgres_status = None
             self._postgres_problem = f"postgres: {exc}"
             log.debug("postgres.probe_failed", error=str(exc))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,17 @@ def test_masked_token_copied_from_show_config_is_refused(
     path.write_text('[supervise.tokens]\nalice = "**********"\n')
     assert main(["show-config", "--config-file", str(path)]) == 2
     assert "masked placeholder" in capsys.readouterr().err
+
+
+def test_the_daemon_loads_no_postgres_driver() -> None:
+    # The local PostgreSQL facts go through pgcm's own simple-query client (ADR 0005).
+    # A fresh interpreter: this test process may have imported asyncpg for other tests.
+    probe = (
+        "import sys\n"
+        "import pgcm_supervise.cli, pgcm_supervise.app, pgcm_supervise.status\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'asyncpg', 'psycopg'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == "[]\n"

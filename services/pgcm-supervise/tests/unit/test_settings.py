@@ -103,3 +103,35 @@ def test_original_pacemaker_names_are_accepted(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PGCM_PACEMAKER_POLL_INTERVAL", "200ms")
     s, _ = load_settings(SuperviseSettings)
     assert s.crm_mon_interval == timedelta(milliseconds=200)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql:///postgres?host=/run/postgresql&user=postgres",
+        "host=/run/postgresql user=postgres dbname=postgres",
+        "postgresql://postgres:secret@127.0.0.1:5432/postgres?sslmode=require",
+    ],
+)
+def test_postgres_dsn_accepts_the_documented_forms(dsn: str) -> None:
+    s, _ = load_settings(SuperviseSettings, overrides={"postgres_dsn": dsn})
+    assert s.postgres_dsn is not None
+    assert s.postgres_dsn.get_secret_value() == dsn
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("postgresql://postgres:secret@127.0.0.1/postgres?sslmode=allow", "sslmode 'allow'"),
+        ("postgresql://postgres:secret@127.0.0.1/postgres?sslcrl=/x", "sslcrl not supported"),
+        ("host=a,b password=secret", "more than one host"),
+        ("mysql://postgres:secret@127.0.0.1/postgres", "postgresql://"),
+    ],
+)
+def test_postgres_dsn_is_refused_at_load_without_showing_the_password(
+    dsn: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match="postgres_dsn") as caught:
+        load_settings(SuperviseSettings, overrides={"postgres_dsn": dsn})
+    assert problem in str(caught.value)
+    assert "secret" not in str(caught.value)

@@ -4,8 +4,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import pytest
 
 from pgcm_common.pacemaker import PacemakerCommandFailed, StaticNodeAddresses
+from pgcm_common.postgres import (
+    PostgresAuthError,
+    PostgresProtocolError,
+    PostgresQueryError,
+    PostgresUnreachable,
+)
 from pgcm_common.records import KeyLayout, NodeStatus, PostgresStatus, ReplicationPeer
 from pgcm_supervise.publisher import Observation
 from pgcm_supervise.status import NodeStatusPublisher, build_node_status
@@ -122,3 +129,43 @@ def test_status_carries_the_resource_agent_and_legacy_data_status() -> None:
     )
     assert paf.resource_agent == "ocf:heartbeat:pgsqlms"
     assert all(n.data_status is None for n in paf.nodes)
+
+
+class FailingPostgres:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def probe(self) -> PostgresStatus:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PostgresUnreachable("cannot connect to 127.0.0.1:5432: refused"),
+        PostgresAuthError("127.0.0.1:5432 refused login as 'probe'"),
+        PostgresQueryError("SELECT", "57P01", "terminating connection"),
+        PostgresProtocolError("bad message length 3"),
+        TimeoutError(),
+    ],
+    ids=["unreachable", "auth", "query", "protocol", "timeout"],
+)
+async def test_every_probe_failure_is_published_as_the_nodes_problem(error: Exception) -> None:
+    store = FakeEtcdStore()
+    async with NodeStatusPublisher(
+        store=store,
+        layout=KeyLayout("/pg"),
+        node="n2",
+        resolver=StaticNodeAddresses({"n2": "10.0.0.12"}),
+        lease_ttl=timedelta(seconds=10),
+        interval=timedelta(seconds=1),
+        postgres=FailingPostgres(error),
+        monotonic=Clock(),
+    ) as publisher:
+        with anyio.fail_after(5):
+            await publisher.observe(healthy())
+        kv = await store.get(KEY)
+        assert kv is not None
+        status = NodeStatus.from_json(KEY, kv.value)
+        assert status.postgres is None
+        assert status.problem == f"postgres: {error}"

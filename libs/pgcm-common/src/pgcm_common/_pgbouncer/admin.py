@@ -1,6 +1,6 @@
 """The PgBouncer admin console client: PAUSE, RESUME, RELOAD, DISABLE/ENABLE and SHOW.
 
-Every command goes through the simple-query client of :mod:`._pgbouncer.wire`, the one
+Every command goes through the simple-query client of :mod:`pgcm_common._pgwire.wire`, the one
 protocol stack pgcm speaks to the console (ADR 0005). Each operation opens its own
 short connection: admin commands are rare, and a fresh connection cannot inherit a
 half-finished conversation from an earlier cancelled call.
@@ -21,11 +21,11 @@ from typing import Protocol, final
 import anyio
 import structlog
 
-from pgcm_common._pgbouncer.errors import PgBouncerCommandRefused
+from pgcm_common._pgbouncer.errors import PGBOUNCER_ERRORS, PgBouncerCommandRefused
 from pgcm_common._pgbouncer.events import logged_reload
 from pgcm_common._pgbouncer.rows import DatabaseRow, PgBouncerState, PgBouncerVersion, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
-from pgcm_common._pgbouncer.wire import (
+from pgcm_common._pgwire.wire import (
     SimpleQueryConnection,
     close_quietly,
     connect_simple_query,
@@ -132,6 +132,7 @@ class PgBouncerAdmin:
             password=self._password(),
             database=self._settings.database,
             connect_timeout=self._settings.connect_timeout,
+            errors=PGBOUNCER_ERRORS,
         )
 
     async def _execute(

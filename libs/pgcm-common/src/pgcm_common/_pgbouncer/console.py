@@ -20,6 +20,7 @@ import anyio
 import structlog
 
 from pgcm_common._pgbouncer.errors import (
+    PGBOUNCER_ERRORS,
     PgBouncerCommandRefused,
     PgBouncerProtocolError,
     PgBouncerUnreachable,
@@ -27,7 +28,7 @@ from pgcm_common._pgbouncer.errors import (
 from pgcm_common._pgbouncer.events import logged_reload
 from pgcm_common._pgbouncer.rows import DatabaseRow, PoolRow
 from pgcm_common._pgbouncer.settings import PgBouncerEndpoint, PgBouncerSettings
-from pgcm_common._pgbouncer.wire import (
+from pgcm_common._pgwire.wire import (
     SimpleQueryConnection,
     SimpleQueryResult,
     close_quietly,
@@ -160,6 +161,7 @@ class RoutingConsole:
             password=None if password is None else password.get_secret_value(),
             database=self._settings.database,
             connect_timeout=self._settings.connect_timeout,
+            errors=PGBOUNCER_ERRORS,
         )
         return self._connection
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pgcm_common._pgwire.wire import WireErrors
 from pgcm_common.errors import PgBouncerError
 
 __all__ = [
+    "PGBOUNCER_ERRORS",
     "PgBouncerAuthError",
     "PgBouncerCommandRefused",
     "PgBouncerProtocolError",
@@ -38,3 +40,12 @@ class PgBouncerCommandRefused(PgBouncerError):
 
 class PgBouncerProtocolError(PgBouncerError):
     """The admin console sent something we could not parse."""
+
+
+# What the shared wire client raises when it talks to the admin console.
+PGBOUNCER_ERRORS = WireErrors(
+    unreachable=PgBouncerUnreachable,
+    auth=PgBouncerAuthError,
+    protocol=PgBouncerProtocolError,
+    refused=PgBouncerCommandRefused,
+)

@@ -1,8 +1,8 @@
 """The client side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL uses it.
 
 PostgreSQL sends an empty user name in the SCRAM messages (the startup packet already
-carried it) and does not use channel binding here (``n,,``: the admin console runs
-without TLS in our deployments). Passwords are used as UTF-8 without SASLprep, which is
+carried it). The client announces no channel binding (``n,,``), which PostgreSQL and
+PgBouncer accept also over TLS. Passwords are used as UTF-8 without SASLprep, which is
 exact for ASCII passwords; document non-ASCII passwords as unsupported.
 """
 
@@ -15,13 +15,18 @@ import secrets
 from dataclasses import dataclass, field
 from typing import final
 
-from pgcm_common._pgbouncer.errors import PgBouncerAuthError
-
-__all__ = ["MECHANISM", "ScramClient"]
+__all__ = ["MECHANISM", "ScramClient", "ScramError"]
 
 MECHANISM = "SCRAM-SHA-256"
 _GS2_HEADER = "n,,"
 _NONCE_BYTES = 18
+
+
+class ScramError(Exception):
+    """The server's SCRAM messages are malformed or do not prove it knows the secret.
+
+    The wire client turns it into its caller's authentication error.
+    """
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
@@ -33,7 +38,7 @@ def _parse_attributes(message: str) -> dict[str, str]:
     for part in message.split(","):
         key, sep, value = part.partition("=")
         if not sep or len(key) != 1:
-            raise PgBouncerAuthError(f"malformed SCRAM message from server: {message!r}")
+            raise ScramError(f"malformed SCRAM message from server: {message!r}")
         attributes[key] = value
     return attributes
 
@@ -57,7 +62,7 @@ class ScramClient:
         """Return the client-final-message (with the proof) for the server-first-message.
 
         Raises:
-            PgBouncerAuthError: The server's message is malformed or its nonce is not ours.
+            ScramError: The server's message is malformed or its nonce is not ours.
         """
         text = server_first.decode()
         attributes = _parse_attributes(text)
@@ -66,9 +71,9 @@ class ScramClient:
             salt = base64.b64decode(salt_b64, validate=True)
             rounds = int(iterations)
         except (KeyError, ValueError) as exc:
-            raise PgBouncerAuthError(f"malformed SCRAM server-first-message: {text!r}") from exc
+            raise ScramError(f"malformed SCRAM server-first-message: {text!r}") from exc
         if not server_nonce.startswith(self.nonce):
-            raise PgBouncerAuthError("SCRAM server nonce does not extend the client nonce")
+            raise ScramError("SCRAM server nonce does not extend the client nonce")
         salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), salt, rounds)
         client_key = _hmac(salted, b"Client Key")
         stored_key = hashlib.sha256(client_key).digest()
@@ -84,14 +89,14 @@ class ScramClient:
         """Check the server's signature, so a server that does not know the secret fails.
 
         Raises:
-            PgBouncerAuthError: The signature is missing or wrong.
+            ScramError: The signature is missing or wrong.
         """
         attributes = _parse_attributes(server_final.decode())
         if "e" in attributes:
-            raise PgBouncerAuthError(f"SCRAM authentication failed: {attributes['e']}")
+            raise ScramError(f"SCRAM authentication failed: {attributes['e']}")
         try:
             signature = base64.b64decode(attributes["v"], validate=True)
         except (KeyError, ValueError) as exc:
-            raise PgBouncerAuthError("malformed SCRAM server-final-message") from exc
+            raise ScramError("malformed SCRAM server-final-message") from exc
         if not self._server_signature or not hmac.compare_digest(signature, self._server_signature):
-            raise PgBouncerAuthError("SCRAM server signature does not match")
+            raise ScramError("SCRAM server signature does not match")

@@ -6,9 +6,8 @@ import hmac
 
 import pytest
 
-from pgcm_common._pgbouncer.scram import ScramClient
-from pgcm_common._pgbouncer.wire import md5_password
-from pgcm_common.pgbouncer import PgBouncerAuthError
+from pgcm_common._pgwire.scram import ScramClient, ScramError
+from pgcm_common._pgwire.wire import md5_password
 
 # RFC 7677 section 3, with the user name left empty as PostgreSQL sends it (the user
 # name is not part of the proof's key material, only of the auth message).
@@ -52,7 +51,7 @@ def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
     first = client.client_first().decode()
     final = client.client_final(SERVER_FIRST).decode()
     forged = _server_side("pencil", first.removeprefix("n,,"), SERVER_FIRST.decode(), final)
-    with pytest.raises(PgBouncerAuthError, match="signature"):
+    with pytest.raises(ScramError, match="signature"):
         client.verify_server_final(forged[:-6].encode() + b"AAAAA=")
 
 
@@ -67,7 +66,7 @@ def test_scram_proof_for_a_wrong_password_is_rejected_by_the_server() -> None:
 def test_scram_refuses_a_server_nonce_that_does_not_extend_ours() -> None:
     client = ScramClient("pencil", nonce="abc")
     client.client_first()
-    with pytest.raises(PgBouncerAuthError, match="nonce"):
+    with pytest.raises(ScramError, match="nonce"):
         client.client_final(b"r=xyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
 
 
@@ -77,13 +76,13 @@ def test_scram_refuses_a_server_nonce_that_does_not_extend_ours() -> None:
 def test_scram_malformed_server_first_is_an_auth_error(message: bytes) -> None:
     client = ScramClient("pencil", nonce="abc")
     client.client_first()
-    with pytest.raises(PgBouncerAuthError):
+    with pytest.raises(ScramError):
         client.client_final(message)
 
 
 def test_scram_server_error_is_reported() -> None:
     client = ScramClient("pencil", nonce=NONCE)
-    with pytest.raises(PgBouncerAuthError, match="invalid-proof"):
+    with pytest.raises(ScramError, match="invalid-proof"):
         client.verify_server_final(b"e=invalid-proof")
 
 
