@@ -66,7 +66,13 @@ class EtcdTls:
 
 
 def make_test_tls(directory: Path, *, client_cert_auth: bool = True) -> EtcdTls:
-    """Create a throw-away CA, a server cert for 127.0.0.1 and a client cert with openssl."""
+    """Create a throw-away CA, a server cert for 127.0.0.1 and a client cert with openssl.
+
+    The client certificate's subject has no CommonName: etcd's JSON gateway, which pgcm
+    speaks, refuses client certificates that carry one (it could not apply etcd's
+    CommonName-as-user authentication to them). The CA's key stays as ``ca.key`` beside
+    ``ca.pem``, for tests that sign certificates of their own.
+    """
     openssl = require_binary("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -75,10 +81,13 @@ def make_test_tls(directory: Path, *, client_cert_auth: bool = True) -> EtcdTls:
                  "-days", "2", "-subj", "/CN=pgcm-test-ca"])  # fmt: skip
     san = directory / "san.cnf"
     san.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, extra in (("server", ["-extfile", str(san)]), ("client", [])):
+    for name, subject, extra in (
+        ("server", "/CN=pgcm-server", ["-extfile", str(san)]),
+        ("client", "/O=pgcm-test/OU=client", []),
+    ):
         key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         run_checked([openssl, "req", *ec, "-keyout", str(key), "-out", str(csr),
-                     "-subj", f"/CN=pgcm-{name}"])  # fmt: skip
+                     "-subj", subject])  # fmt: skip
         run_checked([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca),
                      "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
                      "-days", "2", *extra])  # fmt: skip
