@@ -12,10 +12,9 @@ import contextlib
 import json
 import signal
 import ssl
-import threading
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
@@ -23,7 +22,6 @@ from typing import final
 import anyio
 import anyio.to_thread
 import pytest
-from blockbuster import BlockBuster
 
 from pgcm_common.etcd import EtcdSettings
 from pgcm_testkit.process import ServerProcess, free_tcp_port, require_binary, run_checked
@@ -32,7 +30,6 @@ __all__ = [
     "EtcdCluster",
     "EtcdMember",
     "EtcdTls",
-    "allow_grpc_aio_shutdown",
     "etcd",
     "etcd_cluster",
     "make_test_tls",
@@ -296,48 +293,6 @@ def start_etcd(
     finally:
         for member in cluster_members:
             member.stop()
-
-
-# grpc.aio starts a poller thread with its first channel and joins it when the last
-# channel object is garbage-collected: a short block inside grpc, at whatever point the
-# collector runs. Blockbuster is told to accept exactly that join and nothing else.
-_GRPC_POLLER_TARGET = "_poll_wrapper"
-
-
-def _is_grpc_poller_join(lock: object) -> bool:
-    return any(
-        _GRPC_POLLER_TARGET in thread.name
-        and getattr(thread, "_tstate_lock", None) is lock  # what Thread.join waits on
-        for thread in threading.enumerate()
-    )
-
-
-def allow_grpc_aio_shutdown(bb: BlockBuster) -> None:
-    """Let blockbuster accept grpc.aio joining its poller thread (and nothing else)."""
-    for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
-        function = bb.functions.get(name)
-        if function is None:
-            continue
-        original = function.can_block_predicate
-
-        def predicate(
-            lock: object,
-            blocking: bool = True,  # noqa: FBT001, FBT002 - Lock.acquire's own signature
-            timeout: float = -1,
-            *,
-            _original: Callable[..., bool] = original,
-        ) -> bool:
-            return _original(lock, blocking, timeout) or _is_grpc_poller_join(lock)
-
-        # The predicate is bound when the wrapper is installed: re-install it.
-        function.deactivate()
-        function.can_block_predicate = predicate
-        function.activate()
-
-
-@pytest.fixture(autouse=True)
-def _grpc_aio_shutdown_may_block(blockbuster: BlockBuster) -> None:
-    allow_grpc_aio_shutdown(blockbuster)
 
 
 @pytest.fixture(scope="session")

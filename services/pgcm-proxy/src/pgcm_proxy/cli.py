@@ -32,7 +32,7 @@ the equivalent pgcm file.
 
 
 def _load_serve() -> Callable[..., Awaitable[None]]:
-    # Imported on demand so that --help and show-config do not pay for grpc and aetcd.
+    # Imported on demand so that --help and show-config do not pay for the etcd client.
     from pgcm_proxy.app import serve  # noqa: PLC0415
 
     return serve

@@ -33,7 +33,7 @@ the equivalent pgcm file.
 
 
 def _load_serve() -> Callable[..., Awaitable[None]]:
-    # Imported on demand so that --help and show-config do not pay for grpc and aetcd.
+    # Imported on demand so that --help and show-config do not pay for grpclib and the etcd client.
     from pgcm_supervise.app import serve  # noqa: PLC0415
 
     return serve
