@@ -54,7 +54,8 @@ class Daemon(Generic[S]):
 
     ``load_serve`` returns the daemon's ``serve(settings, *, watchdog, task_status)``; it
     is called only for ``run`` so that ``--help`` and ``show-config`` do not import
-    the etcd client, grpclib and the service's runtime. ``watchdog`` is systemd's watchdog timeout, or None when off.
+    the etcd client and grpclib. ``watchdog`` is systemd's watchdog timeout, or None
+    when off.
     """
 
     prog: str
