@@ -105,7 +105,7 @@ class GatewayClient:
         """
         body = encode_body(message)
         with anyio.fail_after(self._timeout_s if timeout_s is None else timeout_s):
-            connection = self._idle.pop() if self._idle else await self._dial()
+            connection = self._reusable_idle() or await self._dial()
             try:
                 response = await connection.post(path, body, self._headers())
             except BaseException:
@@ -154,6 +154,15 @@ class GatewayClient:
             raise ConnectionClosedUnderCall(f"etcd connection to {self.endpoint} closed")
         self._open.add(connection)
         return connection
+
+    def _reusable_idle(self) -> HttpConnection | None:
+        """Return an idle connection still open at both ends, closing the others."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable:
+                return connection
+            self._discard(connection)
+        return None
 
     def _is_closed(self) -> bool:
         # A method, not the attribute: mypy would keep the narrowing across an await.

@@ -80,8 +80,12 @@ class HttpConnection:
 
     @property
     def reusable(self) -> bool:
-        """Return whether the last exchange completed cleanly and another may follow."""
-        return not self._closed and self._h11.our_state is h11.IDLE
+        """Return whether the last exchange completed cleanly and another may follow.
+
+        A connection the peer closed meanwhile (etcd restarted, an idle timeout) is not:
+        its end of stream is already buffered, and a request sent on it would fail.
+        """
+        return not self._closed and self._h11.our_state is h11.IDLE and not self._reader.at_eof()
 
     def close(self) -> None:
         """Drop the connection at once, ending any request waiting on it.
