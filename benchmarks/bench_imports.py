@@ -51,9 +51,9 @@ ORDER: Final = {
     ),
 }  # fmt: skip
 # Not imported by the daemon at steady state (prometheus_client: only with metrics
-# enabled; asyncpg: PgBouncerAdmin, which the proxy never uses): measured alone.
+# enabled): measured alone. (The proxy's package no longer installs asyncpg at all.)
 OPTIONAL: Final = {
-    "pgcm-proxy": ("asyncpg", "prometheus_client"),
+    "pgcm-proxy": ("prometheus_client",),
     "pgcm-supervise": ("prometheus_client",),
 }
 
