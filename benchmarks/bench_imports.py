@@ -41,12 +41,12 @@ RUNS: Final = 3
 ORDER: Final = {
     "pgcm-proxy": (
         "asyncio", "tomllib", "structlog", "anyio", "pydantic", "pydantic_settings",
-        "tomli_w", "grpc", "aetcd", "aiofiles", "pgcm_common.daemon", "pgcm_proxy.cli",
+        "tomli_w", "h11", "aiofiles", "pgcm_common.daemon", "pgcm_proxy.cli",
         "pgcm_proxy.app",
     ),
     "pgcm-supervise": (
         "asyncio", "tomllib", "structlog", "anyio", "pydantic", "pydantic_settings",
-        "tomli_w", "grpc", "aetcd", "grpclib", "defusedxml", "betterproto2",
+        "tomli_w", "h11", "grpclib", "defusedxml", "betterproto2",
         "dateutil.parser", "pgcm_common.daemon", "pgcm_supervise.cli", "pgcm_supervise.app",
     ),
 }  # fmt: skip

@@ -11,9 +11,9 @@ then flips the primary's key between the two hosts ``CHANGES`` times. For each c
 * routing_ms: until ``SHOW DATABASES`` on the admin console routes to the new host (the
   harness asks over one kept connection: opening one per question cost it 2.5 ms each).
 
-The harness must not compete with what it measures: the writer sends each put from
-gRPC's own threads (a plain stub of etcd's KV service) and the harness then sleeps
-in inotify until the rename,
+The harness must not compete with what it measures: the writer sends each put from a
+thread of its own (plain ``http.client`` to etcd's JSON gateway) and the harness then
+sleeps in inotify until the rename,
 which it sees the moment it happens even when the put's reply is still in flight.
 (Polling stat() every 50 us, as this benchmark first did, took enough of the two
 cores to add about 0.5 ms at p50.) pgcm's own asyncio etcd client's put round trip
@@ -36,7 +36,10 @@ RSS is read from /proc, and its CPU time over ``IDLE_S`` seconds of idleness.
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import http.client
+import json
 import os
 import select
 import shutil
@@ -45,15 +48,13 @@ import struct
 import subprocess
 import tempfile
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import grpc
 import tomli_w
-from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
 from deployed import deployed_script, terminate, unit_environment
 
 from pgcm_common.etcd import EtcdStore, open_etcd
@@ -104,40 +105,45 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class LeanWriter:
-    """etcd puts over one plain gRPC channel: the benchmark's writer (module docstring)."""
+    """etcd puts over one kept HTTP/1.1 connection to etcd's JSON gateway, from a thread.
+
+    The benchmark's writer (module docstring): plain ``http.client`` on a thread of its
+    own, so the harness's event loop and the measured proxy do not share its work.
+    """
 
     def __init__(self, endpoint: str) -> None:
-        self._channel = grpc.insecure_channel(endpoint.removeprefix("http://"))
-        self._kv = rpc_pb2_grpc.KVStub(self._channel)
+        host, _, port = endpoint.removeprefix("http://").rpartition(":")
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lean-writer")
+
+    def _put(self, key: bytes, value: bytes) -> tuple[int, float]:
+        body = json.dumps(
+            {"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()}
+        )
+        self._connection.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        reply = json.loads(response.read())
+        arrived = time.perf_counter()
+        if response.status != 200:  # noqa: PLR2004 - HTTP OK
+            raise RuntimeError(f"etcd put failed: {reply}")
+        return int(reply["header"]["revision"]), arrived
 
     def put(self, key: bytes, value: bytes) -> int:
         """Put ``value`` at ``key``; return the revision etcd committed it at."""
-        reply = self._kv.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=10)
-        return int(reply.header.revision)
+        return self.put_async(key, value).result()[0]
 
     def put_async(self, key: bytes, value: bytes) -> Future[tuple[int, float]]:
         """Send the put; the future gives its revision and when its reply arrived.
 
-        The reply time is taken on gRPC's thread as the reply lands, so waiting for the
-        file in the meantime does not delay it (nor the other way round).
+        The reply time is taken on the writer's thread as the reply lands, so waiting
+        for the file in the meantime does not delay it (nor the other way round).
         """
-        result: Future[tuple[int, float]] = Future()
-        call = self._kv.Put.future(rpc_pb2.PutRequest(key=key, value=value), timeout=10)
-
-        def done(reply_future: grpc.Future) -> None:
-            try:
-                reply = reply_future.result()
-            except grpc.RpcError as exc:
-                result.set_exception(exc)
-            else:
-                result.set_result((int(reply.header.revision), time.perf_counter()))
-
-        call.add_done_callback(done)
-        return result
+        return self._thread.submit(self._put, key, value)
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the connection and the thread."""
+        self._thread.shutdown()
+        self._connection.close()
 
 
 class _FileEvents:

@@ -5,13 +5,14 @@ or multi-key transactions (``put_all_if`` with :class:`Guard` s and :class:`Writ
 all applied at one revision or none).
 
 The seam is :class:`EtcdStore` (a Protocol): :func:`open_etcd` yields the real one
-(aetcd underneath, see docs/adr/0001-etcd-client.md) and ``pgcm_testkit.fakes.etcd``
-has the in-memory fake; both pass ``tests/contract/test_etcd_store_contract.py``.
+(etcd's JSON gateway over HTTP/1.1, see docs/adr/0006-etcd-json-gateway.md) and
+``pgcm_testkit.fakes.etcd`` has the in-memory fake; both pass
+``tests/contract/test_etcd_store_contract.py``.
 """
 
 from __future__ import annotations
 
-from pgcm_common._etcd.client import AetcdStore, open_etcd
+from pgcm_common._etcd.client import GatewayStore, open_etcd
 from pgcm_common._etcd.gate import RevisionGate
 from pgcm_common._etcd.lock import EtcdLock, LockHolder, LockStatus, lock_key, read_lock_status
 from pgcm_common._etcd.model import (
@@ -39,7 +40,6 @@ from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = [
     "Absent",
-    "AetcdStore",
     "Condition",
     "Deleted",
     "EtcdCompacted",
@@ -51,6 +51,7 @@ __all__ = [
     "EtcdStore",
     "EtcdUnavailable",
     "EventSink",
+    "GatewayStore",
     "Guard",
     "KeyValue",
     "Lease",

@@ -7,7 +7,7 @@ from datetime import timedelta
 import anyio
 import pytest
 
-from pgcm_common.etcd import AetcdStore, EtcdUnavailable, KeyValue, open_etcd, watch_keys
+from pgcm_common.etcd import EtcdUnavailable, GatewayStore, KeyValue, open_etcd, watch_keys
 from pgcm_testkit.etcd import EtcdCluster, random_key
 from pgcm_testkit.eventually import eventually
 
@@ -61,7 +61,7 @@ def _wait_healthy(cluster: EtcdCluster) -> None:
         member.process.wait_ready(member.healthy, deadline_s=15)
 
 
-async def _put_succeeds(store: AetcdStore, key: bytes, value: bytes) -> bool:
+async def _put_succeeds(store: GatewayStore, key: bytes, value: bytes) -> bool:
     try:
         await store.put(key, value)
     except EtcdUnavailable:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from pgcm_common.etcd import Absent, AetcdStore, KeyValue, open_etcd, watch_keys
+from pgcm_common.etcd import Absent, GatewayStore, KeyValue, open_etcd, watch_keys
 from pgcm_testkit.etcd import EtcdCluster, random_key
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ SLOW_DETECTION = {
 BOUND_S = 10
 
 
-async def _connected_to_first(store: AetcdStore, cluster: EtcdCluster, key: bytes) -> None:
+async def _connected_to_first(store: GatewayStore, cluster: EtcdCluster, key: bytes) -> None:
     await store.put(key, b"before")
     assert store.endpoint.port == cluster.members[0].client_port
 

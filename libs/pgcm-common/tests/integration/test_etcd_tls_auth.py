@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 from pydantic import SecretStr
 
 from pgcm_common.etcd import EtcdError, EtcdUnavailable, open_etcd
-from pgcm_testkit.etcd import EtcdMember, make_test_tls, random_key, start_etcd
+from pgcm_testkit.etcd import EtcdMember, EtcdTls, make_test_tls, random_key, start_etcd
 from pgcm_testkit.process import require_binary, run_checked
 
 pytestmark = pytest.mark.integration
@@ -18,9 +19,13 @@ PASSWORD = "etcd-secret"  # noqa: S105 - a throw-away test credential
 
 
 @pytest.fixture(scope="module")
-def secure_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+def tls(tmp_path_factory: pytest.TempPathFactory) -> EtcdTls:
+    return make_test_tls(tmp_path_factory.mktemp("etcd-tls-files"))
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(tmp_path_factory: pytest.TempPathFactory, tls: EtcdTls) -> Iterator[EtcdMember]:
     base = tmp_path_factory.mktemp("etcd-tls")
-    tls = make_test_tls(base / "tls")
     with start_etcd(base, tls=tls) as cluster:
         member = cluster.members[0]
         etcdctl = [
@@ -76,3 +81,32 @@ async def test_a_client_without_its_certificate_is_refused(secure_etcd: EtcdMemb
         async with open_etcd(settings) as store:
             with pytest.raises(EtcdUnavailable):
                 await store.get(b"/x")
+
+
+async def test_a_client_certificate_with_a_common_name_is_an_error_naming_it(
+    tmp_path: Path, tls: EtcdTls, secure_etcd: EtcdMember
+) -> None:
+    # Signed by the CA etcd trusts, but etcd's JSON gateway refuses a certificate whose
+    # subject has a CommonName, on every member alike: an error, not unavailability.
+    cert, key = _client_cert_with_common_name(tmp_path, tls)
+    settings = secure_etcd.settings(cert_file=cert, key_file=key)
+    with anyio.fail_after(10):
+        async with open_etcd(settings) as store:
+            with pytest.raises(EtcdError, match="CommonName") as caught:
+                await store.get(b"/x")
+    assert not isinstance(caught.value, EtcdUnavailable)
+
+
+def _client_cert_with_common_name(directory: Path, tls: EtcdTls) -> tuple[Path, Path]:
+    openssl = require_binary("openssl")
+    key, csr, cert = directory / "cn.key", directory / "cn.csr", directory / "cn.pem"
+    ca_key = tls.ca_file.with_name("ca.key")  # make_test_tls keeps the CA key beside it
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run_checked(
+        [openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=pgcm-client"]
+    )
+    run_checked(
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(tls.ca_file), "-CAkey",
+         str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2"]
+    )  # fmt: skip
+    return cert, key

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from pgcm_common.etcd import AetcdStore, EtcdUnavailable, KeyValue, open_etcd, watch_keys
+from pgcm_common.etcd import EtcdUnavailable, GatewayStore, KeyValue, open_etcd, watch_keys
 from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.eventually import eventually
 
@@ -20,7 +20,7 @@ HANG_DETECTION_S = 10
 
 
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
     settings = etcd.settings(
         request_timeout=timedelta(seconds=2), dial_timeout=timedelta(seconds=1)
     )
@@ -32,7 +32,9 @@ def logged(logs: Sequence[Mapping[str, object]], event: str) -> bool:
     return any(entry["event"] == event for entry in logs)
 
 
-async def test_watch_continues_across_an_etcd_restart(etcd: EtcdMember, store: AetcdStore) -> None:
+async def test_watch_continues_across_an_etcd_restart(
+    etcd: EtcdMember, store: GatewayStore
+) -> None:
     key = random_key("restart")
     with capture_logs() as logs, anyio.fail_after(30):
         async with watch_keys(store, key, 0) as events:
@@ -50,7 +52,7 @@ async def test_watch_continues_across_an_etcd_restart(etcd: EtcdMember, store: A
 
 
 async def test_watch_replays_what_changed_while_etcd_was_away_exactly_once(
-    etcd: EtcdMember, store: AetcdStore
+    etcd: EtcdMember, store: GatewayStore
 ) -> None:
     key = random_key("gap")
     with anyio.fail_after(30):
@@ -69,7 +71,7 @@ async def test_watch_replays_what_changed_while_etcd_was_away_exactly_once(
 
 
 async def test_a_sigstopped_etcd_is_detected_within_ten_seconds(
-    etcd: EtcdMember, store: AetcdStore
+    etcd: EtcdMember, store: GatewayStore
 ) -> None:
     key = random_key("hang")
     with capture_logs() as logs, anyio.fail_after(40):
@@ -93,7 +95,7 @@ async def test_a_sigstopped_etcd_is_detected_within_ten_seconds(
     assert after.value == b"after"
 
 
-async def _put_succeeds(store: AetcdStore, key: bytes) -> bool:
+async def _put_succeeds(store: GatewayStore, key: bytes) -> bool:
     try:
         await store.put(key, b"probe")
     except EtcdUnavailable:

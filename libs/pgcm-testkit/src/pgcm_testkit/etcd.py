@@ -12,10 +12,9 @@ import contextlib
 import json
 import signal
 import ssl
-import threading
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
@@ -23,7 +22,6 @@ from typing import final
 import anyio
 import anyio.to_thread
 import pytest
-from blockbuster import BlockBuster
 
 from pgcm_common.etcd import EtcdSettings
 from pgcm_testkit.process import ServerProcess, free_tcp_port, require_binary, run_checked
@@ -32,7 +30,6 @@ __all__ = [
     "EtcdCluster",
     "EtcdMember",
     "EtcdTls",
-    "allow_grpc_aio_shutdown",
     "etcd",
     "etcd_cluster",
     "make_test_tls",
@@ -66,7 +63,13 @@ class EtcdTls:
 
 
 def make_test_tls(directory: Path, *, client_cert_auth: bool = True) -> EtcdTls:
-    """Create a throw-away CA, a server cert for 127.0.0.1 and a client cert with openssl."""
+    """Create a throw-away CA, a server cert for 127.0.0.1 and a client cert with openssl.
+
+    The client certificate's subject has no CommonName: etcd's JSON gateway, which pgcm
+    speaks, refuses client certificates that carry one (it could not apply etcd's
+    CommonName-as-user authentication to them). The CA's key stays as ``ca.key`` beside
+    ``ca.pem``, for tests that sign certificates of their own.
+    """
     openssl = require_binary("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -75,10 +78,13 @@ def make_test_tls(directory: Path, *, client_cert_auth: bool = True) -> EtcdTls:
                  "-days", "2", "-subj", "/CN=pgcm-test-ca"])  # fmt: skip
     san = directory / "san.cnf"
     san.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, extra in (("server", ["-extfile", str(san)]), ("client", [])):
+    for name, subject, extra in (
+        ("server", "/CN=pgcm-server", ["-extfile", str(san)]),
+        ("client", "/O=pgcm-test/OU=client", []),
+    ):
         key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         run_checked([openssl, "req", *ec, "-keyout", str(key), "-out", str(csr),
-                     "-subj", f"/CN=pgcm-{name}"])  # fmt: skip
+                     "-subj", subject])  # fmt: skip
         run_checked([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca),
                      "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
                      "-days", "2", *extra])  # fmt: skip
@@ -287,48 +293,6 @@ def start_etcd(
     finally:
         for member in cluster_members:
             member.stop()
-
-
-# grpc.aio starts a poller thread with its first channel and joins it when the last
-# channel object is garbage-collected: a short block inside grpc, at whatever point the
-# collector runs. Blockbuster is told to accept exactly that join and nothing else.
-_GRPC_POLLER_TARGET = "_poll_wrapper"
-
-
-def _is_grpc_poller_join(lock: object) -> bool:
-    return any(
-        _GRPC_POLLER_TARGET in thread.name
-        and getattr(thread, "_tstate_lock", None) is lock  # what Thread.join waits on
-        for thread in threading.enumerate()
-    )
-
-
-def allow_grpc_aio_shutdown(bb: BlockBuster) -> None:
-    """Let blockbuster accept grpc.aio joining its poller thread (and nothing else)."""
-    for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
-        function = bb.functions.get(name)
-        if function is None:
-            continue
-        original = function.can_block_predicate
-
-        def predicate(
-            lock: object,
-            blocking: bool = True,  # noqa: FBT001, FBT002 - Lock.acquire's own signature
-            timeout: float = -1,
-            *,
-            _original: Callable[..., bool] = original,
-        ) -> bool:
-            return _original(lock, blocking, timeout) or _is_grpc_poller_join(lock)
-
-        # The predicate is bound when the wrapper is installed: re-install it.
-        function.deactivate()
-        function.can_block_predicate = predicate
-        function.activate()
-
-
-@pytest.fixture(autouse=True)
-def _grpc_aio_shutdown_may_block(blockbuster: BlockBuster) -> None:
-    allow_grpc_aio_shutdown(blockbuster)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ import pytest
 import tomli_w
 from anyio.abc import Process
 
-from pgcm_common.etcd import AetcdStore, open_etcd
+from pgcm_common.etcd import GatewayStore, open_etcd
 from pgcm_common.pgbouncer import RoutingConsole
 from pgcm_common.records import HoldRecord, KeyLayout, ProxyAck
 from pgcm_testkit.etcd import EtcdMember, random_key
@@ -192,12 +192,12 @@ class ProxyRig:
         finally:
             await connection.close()
 
-    async def ack(self, store: AetcdStore) -> ProxyAck | None:
+    async def ack(self, store: GatewayStore) -> ProxyAck | None:
         """Return the proxy's acknowledgement, or None."""
         kv = await store.get(self.layout.proxy_ack(self.proxy_id))
         return None if kv is None else ProxyAck.from_json(kv.key, kv.value)
 
-    async def wait_ack(self, store: AetcdStore, host: str, revision: int) -> ProxyAck:
+    async def wait_ack(self, store: GatewayStore, host: str, revision: int) -> ProxyAck:
         """Wait until the ack names ``host`` at ``revision`` or later."""
         while True:
             ack = await self.ack(store)
@@ -274,7 +274,7 @@ def rig(
 
 
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
     """An etcd client for the test itself."""
     async with open_etcd(etcd.settings()) as client:
         yield client
@@ -286,7 +286,7 @@ RELOAD_LINE = "RELOAD command issued"
 
 
 async def test_key_change_makes_new_client_connections_reach_the_other_server(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())
@@ -305,7 +305,7 @@ async def test_key_change_makes_new_client_connections_reach_the_other_server(
 
 
 async def test_a_burst_of_changes_converges_on_the_last_and_the_proxy_keeps_running(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())
@@ -333,7 +333,7 @@ def temporary_files(rig: ProxyRig) -> list[Path]:
 
 
 async def test_unchanged_content_sends_no_reload_but_a_change_does(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config()
     before = rig.ini_path.read_bytes()
@@ -379,7 +379,7 @@ HOSTILE_VALUES = [
 
 
 async def test_deleted_key_and_hostile_values_leave_the_ini_byte_identical(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.metrics_port = free_tcp_port()
     rig.write_config()
@@ -420,7 +420,7 @@ async def test_deleted_key_and_hostile_values_leave_the_ini_byte_identical(
 
 
 async def test_a_missing_ini_is_created_with_the_templates_mode(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     # Neither the old fixed 0644 nor the 0640 fallback: the template's own mode.
     rig.write_config()
@@ -464,7 +464,7 @@ def test_broken_template_exits_2_naming_the_line_and_leaves_the_ini_untouched(
     assert rig.ini_path.read_bytes() == before
 
 
-async def test_pgbouncer_down_then_up_converges(rig: ProxyRig, store: AetcdStore) -> None:
+async def test_pgbouncer_down_then_up_converges(rig: ProxyRig, store: GatewayStore) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())
     async with rig.proxy() as proxy:
@@ -487,7 +487,7 @@ async def test_pgbouncer_down_then_up_converges(rig: ProxyRig, store: AetcdStore
 
 
 async def test_ack_appears_with_the_proxy_and_sigterm_revokes_it_and_exits_0(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config()
     revision = await store.put(rig.layout.master, HOST_A.encode())
@@ -503,7 +503,7 @@ async def test_ack_appears_with_the_proxy_and_sigterm_revokes_it_and_exits_0(
 
 
 async def test_ack_of_a_killed_proxy_vanishes_after_the_lease_ttl(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.ack_lease_ttl = "2s"
     rig.write_config()
@@ -531,7 +531,7 @@ async def test_ack_of_a_killed_proxy_vanishes_after_the_lease_ttl(
 
 
 async def test_etcd_restarted_mid_watch_is_followed_again(
-    rig: ProxyRig, store: AetcdStore, etcd: EtcdMember
+    rig: ProxyRig, store: GatewayStore, etcd: EtcdMember
 ) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())
@@ -547,7 +547,7 @@ async def test_etcd_restarted_mid_watch_is_followed_again(
 
 
 async def test_sigstopped_etcd_is_noticed_and_followed_after_it_resumes(
-    rig: ProxyRig, store: AetcdStore, etcd: EtcdMember
+    rig: ProxyRig, store: GatewayStore, etcd: EtcdMember
 ) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())
@@ -573,7 +573,7 @@ async def test_sigstopped_etcd_is_noticed_and_followed_after_it_resumes(
 
 
 async def test_the_originals_config_file_runs_the_proxy_unchanged(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     # The original's flat file with every key it read (supervise's and failover's too:
     # one file served all its commands). The proxy id is not one of the original's
@@ -652,7 +652,7 @@ def slow_retry_rig(
 
 
 async def test_a_client_waiting_after_a_failed_login_reaches_the_new_primary_at_once(
-    slow_retry_rig: ProxyRig, store: AetcdStore
+    slow_retry_rig: ProxyRig, store: GatewayStore
 ) -> None:
     """The old primary refused the login; PgBouncer would wait server_login_retry (1 h).
 
@@ -697,7 +697,7 @@ async def test_a_client_waiting_after_a_failed_login_reaches_the_new_primary_at_
 
 
 async def test_a_pool_with_servers_keeps_its_login_retry_setting_untouched(
-    slow_retry_rig: ProxyRig, store: AetcdStore
+    slow_retry_rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig = slow_retry_rig
     rig.write_config()
@@ -729,7 +729,7 @@ def hold_record(lost: str, *, hold_s: float = 30) -> bytes:
 
 
 async def test_a_hold_keeps_new_clients_waiting_until_the_new_primary_is_applied(
-    slow_retry_rig: ProxyRig, store: AetcdStore
+    slow_retry_rig: ProxyRig, store: GatewayStore
 ) -> None:
     """The primary at DEAD_HOST is lost: new clients wait, then reach the new one."""
     rig = slow_retry_rig
@@ -777,7 +777,7 @@ async def test_a_hold_keeps_new_clients_waiting_until_the_new_primary_is_applied
 
 
 async def test_a_hold_that_runs_out_resumes_pgbouncer_and_nothing_stays_paused(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config(hold_limit="1s")
     first = await store.put(rig.layout.master, HOST_A.encode())
@@ -794,7 +794,7 @@ async def test_a_hold_that_runs_out_resumes_pgbouncer_and_nothing_stays_paused(
 
 
 async def test_a_proxy_killed_while_holding_resumes_pgbouncer_when_it_starts_again(
-    rig: ProxyRig, store: AetcdStore
+    rig: ProxyRig, store: GatewayStore
 ) -> None:
     rig.write_config()
     first = await store.put(rig.layout.master, HOST_A.encode())

@@ -15,7 +15,7 @@ from functools import partial
 import anyio
 import pytest
 
-from pgcm_common.etcd import AetcdStore, open_etcd
+from pgcm_common.etcd import GatewayStore, open_etcd
 from pgcm_common.pacemaker import (
     CrmMon,
     CrmMonOptions,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
     async with open_etcd(etcd.settings()) as client:
         yield client
 
@@ -75,7 +75,7 @@ def crm(node: PacemakerNode) -> CrmMon:
 
 
 async def test_a_failed_fencing_reaches_the_state_the_record_and_the_gauges(
-    store: AetcdStore, failed_fencing: PacemakerNode, metrics: SuperviseMetrics
+    store: GatewayStore, failed_fencing: PacemakerNode, metrics: SuperviseMetrics
 ) -> None:
     node = failed_fencing
     state = await crm(node).read_cluster_state()

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pgcm_common.etcd import AetcdStore, KeyValue, open_etcd
+from pgcm_common.etcd import GatewayStore, KeyValue, open_etcd
 from pgcm_common.pacemaker import StaticNodeAddresses, parse_crm_mon
 from pgcm_common.records import KeyLayout, PrimaryRecord
 from pgcm_supervise.publisher import Observation, PrimaryPublisher, PublishOutcome
@@ -23,7 +23,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
     async with open_etcd(etcd.settings()) as client:
         yield client
 
@@ -33,7 +33,7 @@ def observed(name: str, seconds: int) -> Observation:
     return Observation(state, None, T0 + timedelta(seconds=seconds))
 
 
-def publisher(store: AetcdStore, layout: KeyLayout, writer: str) -> PrimaryPublisher:
+def publisher(store: GatewayStore, layout: KeyLayout, writer: str) -> PrimaryPublisher:
     return PrimaryPublisher(
         store=store,
         layout=layout,
@@ -43,7 +43,7 @@ def publisher(store: AetcdStore, layout: KeyLayout, writer: str) -> PrimaryPubli
     )
 
 
-async def both(store: AetcdStore, layout: KeyLayout) -> tuple[KeyValue, PrimaryRecord, int]:
+async def both(store: GatewayStore, layout: KeyLayout) -> tuple[KeyValue, PrimaryRecord, int]:
     master = await store.get(layout.master)
     record_kv = await store.get(layout.master_record)
     assert master is not None
@@ -52,7 +52,7 @@ async def both(store: AetcdStore, layout: KeyLayout) -> tuple[KeyValue, PrimaryR
     return master, record, record_kv.mod_revision
 
 
-async def test_a_watch_sees_address_and_record_change_in_one_response(store: AetcdStore) -> None:
+async def test_a_watch_sees_address_and_record_change_in_one_response(store: GatewayStore) -> None:
     layout = KeyLayout(random_key("txn").decode())
     mine = publisher(store, layout, "n3")
     with anyio.fail_after(10):
@@ -76,7 +76,7 @@ async def test_a_watch_sees_address_and_record_change_in_one_response(store: Aet
 
 
 async def test_concurrent_publishers_write_once_and_an_older_view_is_refused(
-    store: AetcdStore,
+    store: GatewayStore,
 ) -> None:
     layout = KeyLayout(random_key("race").decode())
     view = observed("01-healthy-n1-primary.xml", 0)

@@ -9,7 +9,7 @@ from functools import partial
 import anyio
 import pytest
 
-from pgcm_common.etcd import AetcdStore, open_etcd
+from pgcm_common.etcd import GatewayStore, open_etcd
 from pgcm_common.pacemaker import (
     ClusterState,
     CorosyncNodeAddresses,
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[AetcdStore]:
+async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
     async with open_etcd(etcd.settings()) as client:
         yield client
 
@@ -68,7 +68,7 @@ class CountingReader:
 
 
 def publisher_for(
-    store: AetcdStore, layout: KeyLayout, *, corosync: PacemakerNode | None = None
+    store: GatewayStore, layout: KeyLayout, *, corosync: PacemakerNode | None = None
 ) -> PrimaryPublisher:
     resolver = (
         CorosyncNodeAddresses(command_prefix=corosync.command_prefix)
@@ -85,7 +85,7 @@ def publisher_for(
 
 
 async def test_publishes_the_promoted_nodes_corosync_address_and_heals_a_deleted_key(
-    store: AetcdStore, promoted: PacemakerNode
+    store: GatewayStore, promoted: PacemakerNode
 ) -> None:
     layout = KeyLayout(random_key("supervise").decode())
     publisher = publisher_for(store, layout, corosync=promoted)
@@ -117,7 +117,7 @@ async def test_publishes_the_promoted_nodes_corosync_address_and_heals_a_deleted
 
 
 async def test_two_publishers_agree_without_flapping(
-    store: AetcdStore, promoted: PacemakerNode
+    store: GatewayStore, promoted: PacemakerNode
 ) -> None:
     layout = KeyLayout(random_key("flap").decode())
     readers = [CountingReader(crm(promoted)), CountingReader(crm(promoted))]
@@ -150,7 +150,7 @@ async def test_two_publishers_agree_without_flapping(
 
 
 async def test_node_status_appears_on_a_lease_and_vanishes_with_it(
-    store: AetcdStore, promoted: PacemakerNode
+    store: GatewayStore, promoted: PacemakerNode
 ) -> None:
     layout = KeyLayout(random_key("status").decode())
     key = layout.node_status("pcmk1")

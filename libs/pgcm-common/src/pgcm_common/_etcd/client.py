@@ -1,4 +1,4 @@
-"""The real etcd store: :class:`AetcdStore` and :func:`open_etcd`.
+"""The real etcd store: :class:`GatewayStore` and :func:`open_etcd`.
 
 The store is the :class:`EtcdStore` face over the modules that do the work, and picks
 for each request how it may be sent:
@@ -10,25 +10,27 @@ for each request how it may be sent:
   go to one endpoint at a time (:mod:`failover`), abandoned on a member that answers
   neither them nor a liveness probe within ``hedge_delay`` (:mod:`stall`).
 
-The connection and the endpoint in use live in :mod:`endpoints`, the channel (TLS,
-keepalive, authentication) in :mod:`channel`, the requests themselves in :mod:`kv`,
-:mod:`leases` and :mod:`watch_stream`. See docs/adr/0001-etcd-client.md.
+The endpoint in use lives in :mod:`endpoints`, its connections (HTTP/1.1 to etcd's
+JSON gateway, TLS, authentication) in :mod:`gateway` and :mod:`http`, the requests
+themselves in :mod:`kv`, :mod:`leases` and :mod:`watch_stream`. See
+docs/adr/0006-etcd-json-gateway.md.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TypeVar, final
 
-import grpc
+import anyio
 import structlog
 
 from pgcm_common._etcd import kv, leases
-from pgcm_common._etcd.channel import ChannelClient, read_credentials
 from pgcm_common._etcd.endpoints import EndpointPool
 from pgcm_common._etcd.failover import call_in_turn
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.hedging import hedged_read
 from pgcm_common._etcd.model import (
     Condition,
@@ -41,9 +43,10 @@ from pgcm_common._etcd.model import (
 )
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 from pgcm_common._etcd.stall import StallGuard
-from pgcm_common._etcd.watch_stream import WatchStream, open_watch_stream
+from pgcm_common._etcd.tls import client_context
+from pgcm_common._etcd.watch_stream import WatchStream, WatchTimings, open_watch_stream
 
-__all__ = ["AetcdStore", "open_etcd"]
+__all__ = ["GatewayStore", "open_etcd"]
 
 log = structlog.get_logger()
 
@@ -51,8 +54,8 @@ _T = TypeVar("_T")
 
 
 @final
-class AetcdStore:
-    """The real :class:`EtcdStore`: tries the endpoints in turn, one connection at a time.
+class GatewayStore:
+    """The real :class:`EtcdStore`: tries the endpoints in turn, one endpoint at a time.
 
     A failed connection is dropped and the next endpoint is used; a request fails with
     ``EtcdUnavailable`` only after every endpoint failed it once. Retrying a write whose
@@ -61,29 +64,29 @@ class AetcdStore:
     ``hedge_delay`` (see the module docstring), on short-lived extra connections.
     """
 
-    def __init__(self, settings: EtcdSettings, credentials: grpc.ChannelCredentials | None) -> None:
+    def __init__(self, settings: EtcdSettings, tls: ssl.SSLContext | None) -> None:
         self._settings = settings
-        self._pool = EndpointPool(settings, credentials)
+        self._pool = EndpointPool(settings, tls)
         self._guard = StallGuard(settings.hedge_delay)
-        self._timeout_s = settings.request_timeout.total_seconds()
+        self._watch_timings = WatchTimings(
+            request_timeout=settings.request_timeout,
+            idle=settings.keepalive_time,
+            probe=settings.keepalive_timeout,
+        )
 
     @property
     def endpoint(self) -> EtcdEndpoint:
         """Return the endpoint in use (or tried next)."""
         return self._pool.endpoint
 
-    async def aclose(self) -> None:
-        """Close the connection.
+    def close(self) -> None:
+        """Close every connection, at once: nothing is waited for."""
+        self._pool.close()
 
-        Cancellation:
-            Closing is shielded and bounded by a short grace.
-        """
-        await self._pool.aclose()
-
-    async def _call(self, what: str, op: Callable[[ChannelClient], Awaitable[_T]]) -> _T:
+    async def _call(self, what: str, op: Callable[[GatewayClient], Awaitable[_T]]) -> _T:
         return await call_in_turn(self._pool, self._guard, what, op)
 
-    async def _read(self, what: str, op: Callable[[ChannelClient], Awaitable[_T]]) -> _T:
+    async def _read(self, what: str, op: Callable[[GatewayClient], Awaitable[_T]]) -> _T:
         return await hedged_read(
             self._pool,
             what,
@@ -126,9 +129,8 @@ class AetcdStore:
             EtcdLeaseExpired: ``lease`` does not exist.
             EtcdUnavailable: no endpoint answered.
         """
-        compare = kv.compare(key, condition)
         return await self._call(
-            "put_if", lambda client: kv.put_if(client, key, value, compare, lease)
+            "put_if", lambda client: kv.put_if(client, key, value, condition, lease)
         )
 
     async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
@@ -141,7 +143,7 @@ class AetcdStore:
             EtcdUnavailable: no endpoint answered.
         """
         txn = kv.Transaction(guards, writes)
-        return await self._call("put_all_if", lambda client: txn.send(client, self._timeout_s))
+        return await self._call("put_all_if", txn.send)
 
     async def delete(self, key: bytes) -> bool:
         """Delete the key; return whether it existed.
@@ -169,7 +171,7 @@ class AetcdStore:
         # Refreshing a lease twice is harmless: hedged like a read.
         return await self._read(
             "keepalive_lease",
-            lambda client: leases.keep_alive_once(client, lease_id, self._timeout_s),
+            lambda client: leases.keep_alive_once(client, lease_id),
         )
 
     async def revoke_lease(self, lease_id: int) -> None:
@@ -199,7 +201,7 @@ class AetcdStore:
             EtcdUnavailable: the stream could not be opened on any endpoint.
 
         Cancellation:
-            Leaving cancels the gRPC stream.
+            Leaving closes the watch's connection.
         """
         async with open_watch_stream(
             self._pool,
@@ -207,13 +209,13 @@ class AetcdStore:
             key,
             prefix=prefix,
             start_revision=start_revision,
-            request_timeout=self._settings.request_timeout,
+            timings=self._watch_timings,
         ) as watch:
             yield watch
 
 
 @asynccontextmanager
-async def open_etcd(settings: EtcdSettings) -> AsyncIterator[AetcdStore]:
+async def open_etcd(settings: EtcdSettings) -> AsyncIterator[GatewayStore]:
     """Connect to etcd and yield the store; close the connection on exit.
 
     The first endpoint that answers is used; connecting is lazy, so etcd being down at
@@ -223,7 +225,7 @@ async def open_etcd(settings: EtcdSettings) -> AsyncIterator[AetcdStore]:
         EtcdError: the TLS files cannot be read.
 
     Cancellation:
-        Closing on exit is shielded and bounded.
+        Closing on exit is immediate.
     """
     if settings.password is not None and not settings.use_tls:
         log.warning(
@@ -232,8 +234,9 @@ async def open_etcd(settings: EtcdSettings) -> AsyncIterator[AetcdStore]:
             msg="the etcd password is sent without TLS: anyone on the network path can "
             "read it; set ca_file or use https:// endpoints",
         )
-    store = AetcdStore(settings, await read_credentials(settings))
+    # Reading the CA and key files blocks: off the event loop.
+    store = GatewayStore(settings, await anyio.to_thread.run_sync(client_context, settings))
     try:
         yield store
     finally:
-        await store.aclose()
+        store.close()

@@ -1,21 +1,22 @@
-"""The endpoint in use and its one shared connection; failover moves to the next one.
+"""The endpoint in use and its client; failover moves to the next endpoint.
 
 :class:`EndpointPool` is what the request paths (:mod:`failover`, :mod:`hedging`,
-:mod:`watch_stream`) share: they ask it for the connection in use, tell it which
-connection failed (:meth:`EndpointPool.drop`) or which hedge answered first
-(:meth:`EndpointPool.adopt`), and dial extra connections through it.
+:mod:`watch_stream`) share: they ask it for the client in use (a
+:class:`GatewayClient`: the connections to one endpoint), tell it which client failed
+(:meth:`EndpointPool.drop`) or which hedge answered first (:meth:`EndpointPool.adopt`),
+and dial extra clients through it.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import final
 
 import anyio
-import grpc
 import structlog
 
-from pgcm_common._etcd.channel import ChannelClient, close_client
 from pgcm_common._etcd.failures import details
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 
 __all__ = ["EndpointPool"]
@@ -27,12 +28,12 @@ log = structlog.get_logger()
 class EndpointPool:
     """The configured endpoints, which one is in use, and the connection to it."""
 
-    def __init__(self, settings: EtcdSettings, credentials: grpc.ChannelCredentials | None) -> None:
+    def __init__(self, settings: EtcdSettings, tls: ssl.SSLContext | None) -> None:
         self._settings = settings
-        self._credentials = credentials
+        self._tls = tls
         self._endpoints = settings.parsed_endpoints
         self._index = 0
-        self._client: ChannelClient | None = None
+        self._client: GatewayClient | None = None
         self._connecting = anyio.Lock()
         self._hedge_delay_s = settings.hedge_delay.total_seconds()
 
@@ -55,21 +56,17 @@ class EndpointPool:
         """Return every endpoint, comma-separated, for error messages."""
         return ", ".join(map(str, self._endpoints))
 
-    async def aclose(self) -> None:
-        """Close the connection in use.
-
-        Cancellation:
-            Closing is shielded and bounded by a short grace.
-        """
+    def close(self) -> None:
+        """Close the connections to the endpoint in use."""
         client, self._client = self._client, None
         if client is not None:
-            await close_client(client)
+            client.close()
 
-    async def connected(self) -> ChannelClient:
+    async def connected(self) -> GatewayClient:
         """Return the connection in use, dialling the current endpoint if there is none.
 
         Raises:
-            TimeoutError: no connection within dial_timeout (see ``ChannelClient``).
+            TimeoutError: no connection within dial_timeout (see ``GatewayClient.connect``).
         """
         async with self._connecting:
             if self._client is None:
@@ -77,26 +74,24 @@ class EndpointPool:
                 adopted = self._in_use()
                 if adopted is not None:
                     # A hedged read adopted another connection while we dialled.
-                    await close_client(client)
+                    client.close()
                     return adopted
                 self._client = client
             return self._client
 
-    def _in_use(self) -> ChannelClient | None:
+    def _in_use(self) -> GatewayClient | None:
         # A method, not the attribute: mypy would keep the narrowing across an await.
         return self._client
 
-    async def dial(self, index: int) -> ChannelClient:
+    async def dial(self, index: int) -> GatewayClient:
         """Open a connection to the endpoint at ``index``; on failure move past it.
 
         The caller owns the connection unless it becomes the one in use.
 
         Raises:
-            TimeoutError: no connection within dial_timeout (see ``ChannelClient``).
+            Whatever ``GatewayClient.connect`` raises.
         """
-        client = ChannelClient(
-            self._endpoints[index], self._settings, self._credentials, index=index
-        )
+        client = GatewayClient(self._endpoints[index], self._settings, self._tls, index=index)
         try:
             await client.connect()
         except Exception:
@@ -105,7 +100,7 @@ class EndpointPool:
             raise
         return client
 
-    async def drop(self, client: ChannelClient, exc: BaseException) -> None:
+    def drop(self, client: GatewayClient, exc: BaseException) -> None:
         """Forget a failing connection and move on to the next endpoint."""
         if self._client is client:
             self._client = None
@@ -116,14 +111,14 @@ class EndpointPool:
                 next_endpoint=str(self.endpoint),
                 error=details(exc),
             )
-        await close_client(client)
+        client.close()
 
-    async def adopt(self, client: ChannelClient, replaced: ChannelClient | None) -> bool:
+    def adopt(self, client: GatewayClient, replaced: GatewayClient | None) -> bool:
         """Make ``client`` (a hedge that answered first) the connection in use.
 
         Only when the connection in use is still ``replaced`` (or none): if another call
         moved on meanwhile, its choice stands. The replaced connection is closed, which
-        also ends the calls and watch streams still waiting on it (they retry here).
+        also ends the calls and watch streams still waiting on its connections (they retry here).
 
         Returns:
             Whether ``client`` was adopted (if not, the caller still owns it).
@@ -141,5 +136,5 @@ class EndpointPool:
             msg="the next endpoint answered a hedged read first; using it from now on",
         )
         if old is not None:
-            await close_client(old)
+            old.close()
         return True

@@ -13,9 +13,9 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pgcm_common._etcd.channel import ChannelClient
 from pgcm_common._etcd.endpoints import EndpointPool
 from pgcm_common._etcd.failures import ConnectionClosedUnderCall, details, retryable
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.stall import StallGuard
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
@@ -28,7 +28,7 @@ async def call_in_turn(
     pool: EndpointPool,
     guard: StallGuard,
     what: str,
-    op: Callable[[ChannelClient], Awaitable[_T]],
+    op: Callable[[GatewayClient], Awaitable[_T]],
 ) -> _T:
     """Run ``op`` on the connection in use, failing over to each endpoint once.
 
@@ -56,5 +56,5 @@ async def call_in_turn(
             if not retryable(exc):
                 raise EtcdError(f"etcd {what} failed: {details(exc)}") from exc
             last = exc
-            await pool.drop(client, exc)
+            pool.drop(client, exc)
     raise EtcdUnavailable(f"etcd {what}: no endpoint answered ({pool.describe()})") from last

@@ -1,22 +1,19 @@
 """How a failed etcd request is classified: retry elsewhere, or report as etcd's answer.
 
-aetcd wraps grpc.aio's ``AioRpcError`` in its own exceptions (the gRPC error is the
-``__cause__``), and grpc.aio reports a channel closed under a call as a cancellation of
-the awaiting task. This module reads the status behind either and turns grpc.aio's own
-cancellations into :class:`ConnectionClosedUnderCall`, so the failover and hedging code
-can decide with one predicate (:func:`retryable`) whether another endpoint may succeed.
+etcd's JSON gateway answers a failed request with an HTTP error status and a body
+``{"error": ..., "code": <gRPC status code>, "message": ...}``: :class:`GatewayError`
+carries that code, so the failover and hedging code decide with one predicate
+(:func:`retryable`) whether another endpoint may succeed, as they did when the client
+spoke gRPC. Failures below the gateway (refused, reset, a TLS handshake refused, an
+answer that is not the gateway's) are :class:`TransportError`; a connection closed
+under a request by another task (failover dropped it) is
+:class:`ConnectionClosedUnderCall`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from enum import IntEnum
 from typing import final
-
-import aetcd.exceptions
-import grpc
-import grpc.aio
 
 from pgcm_common._etcd.settings import EtcdEndpoint
 from pgcm_common.errors import EtcdUnavailable
@@ -24,32 +21,57 @@ from pgcm_common.errors import EtcdUnavailable
 __all__ = [
     "NO_ANSWER",
     "ConnectionClosedUnderCall",
+    "GatewayError",
     "MemberUnresponsive",
+    "Status",
+    "TransportError",
     "details",
-    "foreign_cancellation_as_unavailable",
     "retryable",
     "status",
 ]
 
-# Failures after which another endpoint (or a fresh connection) may succeed. CANCELLED
-# shows up on calls whose channel we closed after another call failed on it;
-# UNAUTHENTICATED when the auth token expired (a new connection authenticates again).
+
+class Status(IntEnum):
+    """The gRPC status codes etcd's gateway reports that pgcm tells apart."""
+
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    FAILED_PRECONDITION = 9
+    OUT_OF_RANGE = 11
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+# Failures after which another endpoint (or a fresh connection) may succeed.
+# UNAUTHENTICATED comes when the auth token expired (a new connection authenticates
+# again); UNAVAILABLE also covers "leader changed" during an election.
 _RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNAUTHENTICATED,
-    }
+    {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNAUTHENTICATED}
 )
 # Statuses that mean the member did not answer a probe (anything else is an answer).
-NO_ANSWER = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-)
+NO_ANSWER = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED})
+
+
+@final
+class GatewayError(Exception):
+    """etcd answered a request with an error: its gRPC status code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{message} (code {code})")
+
+
+class TransportError(Exception):
+    """The connection failed, or what came back is not an answer of etcd's gateway."""
 
 
 class ConnectionClosedUnderCall(EtcdUnavailable):
-    """grpc.aio cancelled a call because its channel was closed by another task."""
+    """Another task closed the connection a request was waiting on (failover)."""
 
 
 @final
@@ -62,61 +84,28 @@ class MemberUnresponsive(Exception):
         super().__init__(f"{endpoint} did not answer a liveness probe within {waited_s:g}s")
 
 
-@contextmanager
-def foreign_cancellation_as_unavailable(what: str, endpoint: object) -> Iterator[None]:
-    """Turn grpc.aio's own cancellation of a call into EtcdUnavailable.
-
-    grpc.aio cancels every call in flight on a channel when the channel is closed, and
-    the awaiting coroutine then sees ``asyncio.CancelledError`` although nobody
-    cancelled its task. That happens when another task drops a failed connection
-    (endpoint failover). Left alone, that stray cancellation would silently end
-    whichever loop was waiting (anyio counts it as a cancelled task), so it is reported
-    as the connection failure it is. A real cancellation of the task (anyio's cancel
-    scopes call ``Task.cancel()``, so ``cancelling()`` is non-zero) propagates as is.
-    """
-    try:
-        yield
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        raise ConnectionClosedUnderCall(
-            f"etcd {what}: call cancelled by its closed connection to {endpoint}"
-        ) from exc
-
-
-def status(exc: BaseException) -> grpc.StatusCode | None:
-    """Return the gRPC status behind ``exc`` (aetcd wraps AioRpcError as ``__cause__``)."""
+def status(exc: BaseException) -> int | None:
+    """Return etcd's status code behind ``exc`` (itself or a cause), if etcd answered."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, grpc.aio.AioRpcError):
-            code: grpc.StatusCode = seen.code()
-            return code
+        if isinstance(seen, GatewayError):
+            return seen.code
         seen = seen.__cause__
     return None
 
 
 def details(exc: BaseException) -> str:
-    """Return the gRPC error's details behind ``exc``, else ``exc`` itself as text."""
+    """Return etcd's error message behind ``exc``, else ``exc`` itself as text."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, grpc.aio.AioRpcError):
-            return str(seen.details() or "")
+        if isinstance(seen, GatewayError):
+            return seen.message
         seen = seen.__cause__
-    return str(exc)
+    return str(exc) or type(exc).__name__
 
 
 def retryable(exc: BaseException) -> bool:
     """Return whether another endpoint (or a fresh connection) may succeed after ``exc``."""
-    if isinstance(
-        exc,
-        TimeoutError
-        # grpc.aio refuses calls on a channel another task just closed after a failure.
-        | grpc.aio.UsageError
-        | aetcd.exceptions.ConnectionFailedError
-        | aetcd.exceptions.ConnectionTimeoutError
-        | aetcd.exceptions.UnauthenticatedError
-        | MemberUnresponsive,
-    ):
+    if isinstance(exc, TimeoutError | OSError | TransportError | MemberUnresponsive):
         return True
     return status(exc) in _RETRYABLE

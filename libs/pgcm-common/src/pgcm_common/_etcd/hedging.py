@@ -18,14 +18,9 @@ from typing import Generic, TypeVar, final
 import anyio
 import anyio.abc
 
-from pgcm_common._etcd.channel import CLOSE_GRACE_S, ChannelClient, close_client
 from pgcm_common._etcd.endpoints import EndpointPool
-from pgcm_common._etcd.failures import (
-    ConnectionClosedUnderCall,
-    details,
-    foreign_cancellation_as_unavailable,
-    retryable,
-)
+from pgcm_common._etcd.failures import ConnectionClosedUnderCall, details, retryable
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = ["hedged_read"]
@@ -36,7 +31,7 @@ _T = TypeVar("_T")
 async def hedged_read(
     pool: EndpointPool,
     what: str,
-    op: Callable[[ChannelClient], Awaitable[_T]],
+    op: Callable[[GatewayClient], Awaitable[_T]],
     *,
     hedge_delay: timedelta,
     request_timeout: timedelta,
@@ -72,7 +67,7 @@ class _HedgedRead(Generic[_T]):
         self,
         pool: EndpointPool,
         what: str,
-        op: Callable[[ChannelClient], Awaitable[_T]],
+        op: Callable[[GatewayClient], Awaitable[_T]],
         *,
         hedge_delay_s: float,
         request_timeout_s: float,
@@ -86,11 +81,11 @@ class _HedgedRead(Generic[_T]):
         # failure elsewhere moves the pool on meanwhile.
         self._count = pool.count
         self._start = pool.position
-        self._won: list[tuple[ChannelClient, _T]] = []
+        self._won: list[tuple[GatewayClient, _T]] = []
         self._failures: list[Exception] = []
         self._fatal: list[Exception] = []
-        self._hedges: dict[int, ChannelClient] = {}
-        self._shared: list[ChannelClient] = []
+        self._hedges: dict[int, GatewayClient] = {}
+        self._shared: list[GatewayClient] = []
         self._retry: list[int] = []
         self._in_flight = 0
         self._failed = anyio.Event()
@@ -110,11 +105,10 @@ class _HedgedRead(Generic[_T]):
                     elif self._retry and self._in_flight:
                         self._launch(tg, self._retry.pop(0))
             if self._won:
-                return await self._settle(*self._won[0])
+                return self._settle(*self._won[0])
         finally:
-            with anyio.move_on_after(CLOSE_GRACE_S, shield=True):
-                for hedge in self._hedges.values():
-                    await close_client(hedge)
+            for hedge in self._hedges.values():
+                hedge.close()
         if self._fatal:
             raise self._fatal[0]
         last = self._failures[-1] if self._failures else None
@@ -122,11 +116,11 @@ class _HedgedRead(Generic[_T]):
             f"etcd {self._what}: no endpoint answered ({self._pool.describe()})"
         ) from last
 
-    async def _settle(self, client: ChannelClient, result: _T) -> _T:
+    def _settle(self, client: GatewayClient, result: _T) -> _T:
         """Adopt the winning hedge connection (if it is one) and return its answer."""
         replaced = self._shared[0] if self._shared else None
         for offset, hedge in list(self._hedges.items()):
-            if hedge is client and await self._pool.adopt(client, replaced):
+            if hedge is client and self._pool.adopt(client, replaced):
                 del self._hedges[offset]
         return result
 
@@ -142,11 +136,10 @@ class _HedgedRead(Generic[_T]):
             self._failed.set()  # do not wait out hedge_delay: ask the next endpoint now
 
     async def _ask(self, offset: int, race: anyio.CancelScope) -> None:
-        client: ChannelClient | None = None
+        client: GatewayClient | None = None
         try:
             client = await self._connection(offset)
-            with foreign_cancellation_as_unavailable(self._what, client.endpoint):
-                result = await self._op(client)
+            result = await self._op(client)
         except ConnectionClosedUnderCall as exc:
             self._failures.append(exc)  # whoever closed it dropped it: the others go on
         except EtcdError as exc:
@@ -162,14 +155,14 @@ class _HedgedRead(Generic[_T]):
             self._failures.append(exc)
             if offset == 0:
                 if client is not None:
-                    await self._pool.drop(client, exc)
+                    self._pool.drop(client, exc)
             else:
                 self._retry.append(offset)
         else:
             self._won.append((client, result))
             race.cancel()
 
-    async def _connection(self, offset: int) -> ChannelClient:
+    async def _connection(self, offset: int) -> GatewayClient:
         if offset == 0:
             client = await self._pool.connected()
             self._shared.append(client)

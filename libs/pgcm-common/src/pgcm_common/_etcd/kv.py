@@ -1,8 +1,8 @@
-"""Key-value requests on one connection: reads, writes, transactions, compaction.
+"""Key-value requests on one endpoint: reads, writes, transactions, compaction.
 
-Each function is one attempt on one :class:`ChannelClient` and returns our model types;
+Each function is one attempt on one :class:`GatewayClient` and returns our model types;
 the store runs reads hedged and writes through failover. Conditions and guards become
-aetcd's compare builders here.
+the gateway's ``Compare`` messages (:func:`codec.compare`).
 """
 
 from __future__ import annotations
@@ -10,111 +10,82 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import final
 
-import aetcd.exceptions
-import aetcd.rpc
-import aetcd.transactions
-import grpc.aio
-
-from pgcm_common._etcd.channel import ChannelClient
-from pgcm_common._etcd.failures import details
+from pgcm_common._etcd.codec import (
+    JsonObject,
+    b64,
+    compare,
+    header_revision,
+    integer,
+    key_value,
+    prefix_range_end,
+)
+from pgcm_common._etcd.failures import TransportError, details
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.leases import raise_lease_error
 from pgcm_common._etcd.model import (
-    Absent,
     Condition,
     Guard,
     KeyValue,
     Listing,
-    ModRevisionIs,
     TxnResult,
-    ValueIs,
     Write,
     check_writes,
 )
 
-__all__ = [
-    "Transaction",
-    "compact",
-    "compare",
-    "delete",
-    "get",
-    "get_prefix",
-    "put",
-    "put_if",
-]
+__all__ = ["Transaction", "compact", "delete", "get", "get_prefix", "put", "put_if"]
 
 
-async def get(client: ChannelClient, key: bytes) -> KeyValue | None:
+async def get(client: GatewayClient, key: bytes) -> KeyValue | None:
     """Return the key, or None when it does not exist."""
-    found = await client.get(key)
-    return None if found is None else KeyValue.from_etcd(found)
+    answer = await client.call("/v3/kv/range", {"key": b64(key)})
+    kvs = _kvs(answer)
+    return key_value(kvs[0]) if kvs else None
 
 
-async def get_prefix(client: ChannelClient, prefix: bytes) -> Listing:
+async def get_prefix(client: GatewayClient, prefix: bytes) -> Listing:
     """Return every key under ``prefix`` in key order and the revision read at."""
-    result = await client.get_prefix(prefix, sort_order="ascend", sort_target="key")
-    items = tuple(KeyValue.from_etcd(kv) for kv in result.kvs)
-    return Listing(revision=int(result.header.revision), items=items)
+    answer = await client.call(
+        "/v3/kv/range",
+        {
+            "key": b64(prefix),
+            "range_end": b64(prefix_range_end(prefix)),
+            "sort_order": "ASCEND",
+            "sort_target": "KEY",
+        },
+    )
+    items = tuple(key_value(kv) for kv in _kvs(answer))
+    return Listing(revision=header_revision(answer), items=items)
 
 
-async def put(client: ChannelClient, key: bytes, value: bytes, lease: int) -> int:
+async def put(client: GatewayClient, key: bytes, value: bytes, lease: int) -> int:
     """Write the key; return the revision of the write.
 
     Raises:
         EtcdLeaseExpired: ``lease`` does not exist.
     """
     try:
-        result = await client.put(key, value, lease=lease or None)
-    except aetcd.exceptions.ClientError as exc:
+        answer = await client.call("/v3/kv/put", _put(key, value, lease))
+    except Exception as exc:
         raise_lease_error(exc, lease)
         raise
-    return int(result.header.revision)
+    return header_revision(answer)
 
 
 async def put_if(
-    client: ChannelClient,
-    key: bytes,
-    value: bytes,
-    compare: aetcd.transactions.BaseCompare,
-    lease: int,
+    client: GatewayClient, key: bytes, value: bytes, condition: Condition, lease: int
 ) -> bool:
-    """Write the key in one transaction only if ``compare`` holds; return whether.
+    """Write the key in one transaction only if ``condition`` holds; return whether.
 
     Raises:
         EtcdLeaseExpired: ``lease`` does not exist.
     """
-    try:
-        succeeded, _ = await client.transaction(
-            compare=[compare],
-            success=[aetcd.transactions.Put(key, value, lease=lease or None)],
-            failure=[],
-        )
-    except aetcd.exceptions.ClientError as exc:
-        raise_lease_error(exc, lease)
-        raise
-    return bool(succeeded)
-
-
-def compare(key: bytes, condition: Condition) -> aetcd.transactions.BaseCompare:
-    """Return aetcd's compare for ``condition`` on ``key``."""
-    built: aetcd.transactions.BaseCompare
-    match condition:
-        case Absent():
-            built = aetcd.transactions.Create(key) == 0
-        case ModRevisionIs(revision):
-            built = aetcd.transactions.Mod(key) == revision
-        case ValueIs(value):
-            built = aetcd.transactions.Value(key) == value
-    return built
+    txn = Transaction([Guard(key, condition)], [Write(key, value, lease)])
+    return (await txn.send(client)).succeeded
 
 
 @final
 class Transaction:
-    """A multi-key transaction built once, sent to the KV stub by :meth:`send`.
-
-    The request goes to the KV stub directly (aetcd's compare builders, our own
-    request) because ``aetcd.Client.transaction`` drops the response header, and with
-    it the revision of the writes.
-    """
+    """A multi-key transaction built once, sent by :meth:`send` (possibly more than once)."""
 
     def __init__(self, guards: Sequence[Guard], writes: Sequence[Write]) -> None:
         """Build the request.
@@ -123,42 +94,54 @@ class Transaction:
             ValueError: a key is written twice.
         """
         check_writes(writes)
-        compares = [compare(guard.key, guard.condition).build_message() for guard in guards]
-        puts = [
-            aetcd.rpc.RequestOp(
-                request_put=aetcd.rpc.PutRequest(key=w.key, value=w.value, lease=w.lease)
-            )
-            for w in writes
-        ]
-        self._request = aetcd.rpc.TxnRequest(compare=compares, success=puts, failure=[])
+        self._request: JsonObject = {
+            "compare": [compare(guard.key, guard.condition) for guard in guards],
+            "success": [{"request_put": _put(w.key, w.value, w.lease)} for w in writes],
+        }
         # etcd's error does not say which lease was missing: name the first one.
         self._first_lease = next((w.lease for w in writes if w.lease), 0)
 
-    async def send(self, client: ChannelClient, timeout_s: float) -> TxnResult:
+    async def send(self, client: GatewayClient) -> TxnResult:
         """Send the transaction once on ``client``.
 
         Raises:
             EtcdLeaseExpired: a write's lease does not exist.
         """
         try:
-            response = await client.kvstub.Txn(
-                self._request, timeout=timeout_s, metadata=client.metadata
-            )
-        except grpc.aio.AioRpcError as exc:
+            answer = await client.call("/v3/kv/txn", self._request)
+        except Exception as exc:
             raise_lease_error(exc, self._first_lease)
             raise
-        return TxnResult(succeeded=bool(response.succeeded), revision=int(response.header.revision))
+        # proto3 JSON leaves out false: a failed compare has no "succeeded" at all.
+        return TxnResult(
+            succeeded=answer.get("succeeded") is True, revision=header_revision(answer)
+        )
 
 
-async def delete(client: ChannelClient, key: bytes) -> bool:
+async def delete(client: GatewayClient, key: bytes) -> bool:
     """Delete the key; return whether it existed."""
-    return await client.delete(key) is not None
+    answer = await client.call("/v3/kv/deleterange", {"key": b64(key)})
+    return integer(answer, "deleted") > 0
 
 
-async def compact(client: ChannelClient, revision: int) -> None:
+async def compact(client: GatewayClient, revision: int) -> None:
     """Drop history before ``revision``; a revision already compacted is fine."""
     try:
-        await client.compact(revision, physical=True)
-    except aetcd.exceptions.ClientError as exc:
+        await client.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+    except Exception as exc:
         if "compacted" not in details(exc):
             raise
+
+
+def _put(key: bytes, value: bytes, lease: int) -> JsonObject:
+    message: JsonObject = {"key": b64(key), "value": b64(value)}
+    if lease:
+        message["lease"] = str(lease)
+    return message
+
+
+def _kvs(answer: JsonObject) -> list[JsonObject]:
+    kvs = answer.get("kvs", [])
+    if not isinstance(kvs, list) or not all(isinstance(kv, dict) for kv in kvs):
+        raise TransportError(f"etcd gateway range answer has malformed kvs: {str(answer)[:200]}")
+    return kvs

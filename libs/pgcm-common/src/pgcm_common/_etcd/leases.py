@@ -1,6 +1,6 @@
-"""Lease requests on one connection: grant, refresh once, revoke.
+"""Lease requests on one endpoint: grant, refresh once, revoke.
 
-Each function is one attempt on one :class:`ChannelClient`; the store runs it through
+Each function is one attempt on one :class:`GatewayClient`; the store runs it through
 failover (grant, revoke) or hedging (a refresh may safely be sent twice). A lease etcd
 no longer knows surfaces as :class:`EtcdLeaseExpired`, here and on writes that carry one.
 """
@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import aetcd.exceptions
-import aetcd.rpc
-import grpc
-import grpc.aio
-
-from pgcm_common._etcd.channel import ChannelClient
-from pgcm_common._etcd.failures import status
+from pgcm_common._etcd.codec import integer, obj
+from pgcm_common._etcd.failures import Status, status
+from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.model import EtcdLeaseExpired, Lease, lease_seconds
 
 __all__ = ["grant", "keep_alive_once", "raise_lease_error", "revoke"]
@@ -27,38 +23,36 @@ def raise_lease_error(exc: Exception, lease: int) -> None:
     Raises:
         EtcdLeaseExpired: ``lease`` is set and etcd answered NOT_FOUND.
     """
-    if lease and status(exc) == grpc.StatusCode.NOT_FOUND:
+    if lease and status(exc) == Status.NOT_FOUND:
         raise EtcdLeaseExpired(lease) from exc
 
 
-async def grant(client: ChannelClient, ttl: timedelta) -> Lease:
+async def grant(client: GatewayClient, ttl: timedelta) -> Lease:
     """Grant a lease of ``ttl`` (rounded to whole seconds, at least 1)."""
-    granted = await client.lease(lease_seconds(ttl))
-    return Lease(id=int(granted.id), ttl=timedelta(seconds=int(granted.ttl)))
+    granted = await client.call("/v3/lease/grant", {"TTL": str(lease_seconds(ttl))})
+    return Lease(id=integer(granted, "ID"), ttl=timedelta(seconds=integer(granted, "TTL")))
 
 
-async def keep_alive_once(client: ChannelClient, lease_id: int, timeout_s: float) -> timedelta:
-    """Refresh the lease once on its own keepalive stream and return its new TTL.
+async def keep_alive_once(client: GatewayClient, lease_id: int) -> timedelta:
+    """Refresh the lease once and return its new TTL.
+
+    The gateway answers the keepalive stream's one request with one ``result`` and
+    ends it; a lease etcd does not know comes back with no TTL.
 
     Raises:
         EtcdLeaseExpired: the lease no longer exists.
     """
-    call = client.leasestub.LeaseKeepAlive(timeout=timeout_s, metadata=client.metadata)
-    try:
-        await call.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease_id))
-        await call.done_writing()
-        reply = await call.read()
-    finally:
-        call.cancel()
-    if reply is grpc.aio.EOF or int(reply.TTL) <= 0:
+    reply = await client.call("/v3/lease/keepalive", {"ID": str(lease_id)})
+    ttl = integer(obj(reply, "result"), "TTL")
+    if ttl <= 0:
         raise EtcdLeaseExpired(lease_id)
-    return timedelta(seconds=int(reply.TTL))
+    return timedelta(seconds=ttl)
 
 
-async def revoke(client: ChannelClient, lease_id: int) -> None:
+async def revoke(client: GatewayClient, lease_id: int) -> None:
     """Revoke the lease and delete its keys; a lease already gone is fine."""
     try:
-        await client.revoke_lease(lease_id)
-    except aetcd.exceptions.ClientError as exc:
-        if status(exc) != grpc.StatusCode.NOT_FOUND:
+        await client.call("/v3/lease/revoke", {"ID": str(lease_id)})
+    except Exception as exc:
+        if status(exc) != Status.NOT_FOUND:
             raise

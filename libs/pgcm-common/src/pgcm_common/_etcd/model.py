@@ -39,23 +39,6 @@ __all__ = [
 ]
 
 
-class _PbKeyValue(Protocol):
-    """The attributes of etcd's ``mvccpb.KeyValue`` message that we read."""
-
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def value(self) -> bytes: ...
-    @property
-    def create_revision(self) -> int: ...
-    @property
-    def mod_revision(self) -> int: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def lease(self) -> int: ...
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class KeyValue:
@@ -76,18 +59,6 @@ class KeyValue:
     mod_revision: int
     version: int
     lease: int = 0
-
-    @classmethod
-    def from_etcd(cls, kv: _PbKeyValue) -> KeyValue:
-        """Copy etcd's protobuf ``KeyValue`` into an immutable value."""
-        return cls(
-            key=bytes(kv.key),
-            value=bytes(kv.value),
-            create_revision=int(kv.create_revision),
-            mod_revision=int(kv.mod_revision),
-            version=int(kv.version),
-            lease=int(kv.lease),
-        )
 
 
 @final

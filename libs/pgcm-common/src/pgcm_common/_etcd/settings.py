@@ -15,8 +15,9 @@ from pgcm_common.settings import Duration, PositiveDuration
 
 __all__ = ["EtcdEndpoint", "EtcdSettings"]
 
-# etcd (3.4: --grpc-keepalive-min-time) answers pings sent more often than every 5 s
-# with GOAWAY "too_many_pings" and drops every stream on the connection.
+# An idle watch proves its member alive with one read per keepalive_time: every proxy
+# of a fleet does, so the floor keeps that load on etcd small. (It also keeps the
+# meaning the setting had for gRPC clients, whose pings etcd refuses more often.)
 MIN_KEEPALIVE_TIME = timedelta(seconds=5)
 _DEFAULT_PORT = 2379
 
@@ -55,7 +56,7 @@ class EtcdEndpoint:
 
     @property
     def target(self) -> str:
-        """Return the gRPC target ``host:port`` (IPv6 hosts in brackets)."""
+        """Return ``host:port`` (IPv6 hosts in brackets), as in an HTTP ``Host`` header."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -113,11 +114,11 @@ class EtcdSettings(BaseModel):
     )
     keepalive_time: Duration = Field(
         default=timedelta(seconds=6),
-        description="gRPC keepalive ping period; at least 5s or etcd drops the stream",
+        description=("an idle watch silent this long makes its member answer a read (at least 5s)"),
     )
     keepalive_timeout: PositiveDuration = Field(
         default=timedelta(seconds=2),
-        description="how long a ping may stay unanswered before the connection is dropped",
+        description="how long that read may take before the watch moves to the next endpoint",
     )
 
     @field_validator("endpoints")
@@ -131,7 +132,7 @@ class EtcdSettings(BaseModel):
     @classmethod
     def _keepalive_not_too_often(cls, value: timedelta) -> timedelta:
         if value < MIN_KEEPALIVE_TIME:
-            raise ValueError("must be at least 5s: etcd drops streams that ping more often")
+            raise ValueError("must be at least 5s: every idle watch probes etcd this often")
         return value
 
     @model_validator(mode="after")
@@ -157,23 +158,3 @@ class EtcdSettings(BaseModel):
     def use_tls(self) -> bool:
         """Return whether connections are encrypted (a CA file or an https endpoint)."""
         return self.ca_file is not None or any(e.tls for e in self.parsed_endpoints)
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        """Return the gRPC channel options: keepalive that notices a hung member."""
-        time_ms = int(self.keepalive_time.total_seconds() * 1000)
-        timeout_ms = int(self.keepalive_timeout.total_seconds() * 1000)
-        return [
-            ("grpc.keepalive_time_ms", time_ms),
-            ("grpc.keepalive_timeout_ms", timeout_ms),
-            # Newer gRPC cores also bound every ping (not only keepalive ones).
-            ("grpc.http2.ping_timeout_ms", timeout_ms),
-            # An open watch stream is a call, so it is pinged (a SIGSTOPped etcd sends
-            # nothing at all). A connection with no call is not: etcd's default
-            # enforcement counts such pings as abuse and answers GOAWAY too_many_pings;
-            # the next request's hedge notices a dead member instead.
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.http2.max_pings_without_data", 0),
-            # Reconnect quickly after a member restarts instead of the default 1-120 s backoff.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
