@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -23,9 +24,12 @@ from typing import Final
 
 import anyio
 
+from pgcm_lab import share
 from pgcm_lab.chain import STEPS, promotion_chains
 from pgcm_lab.lab import Lab, Progress, lab_leftovers
 from pgcm_lab.pgcm import (
+    NAMESPACE,
+    etcd_get_prefix,
     failover_argv,
     start_pgcm,
     wait_pgcm_ready,
@@ -75,7 +79,7 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
         with anyio.fail_after(30):
             while await lab.pgbench_clients() < CLIENTS:
                 await anyio.sleep(0.1)
-        argv = failover_argv(lab, ["--yes", "--target", target, "--json"])
+        argv = failover_argv(lab, ["--log-format", "json", "--yes", "--target", target, "--json"])
         result = await lab.run(argv, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"pgcm-failover failed: {result.stderr[-2000:]}")
@@ -93,6 +97,7 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
     }
     return {
         "target": target,
+        "share_s": await _share(lab, target, result.stderr.splitlines()),
         "failed_transactions": clients.failed_transactions,
         "aborted_clients": clients.aborted_clients,
         "transactions": clients.transactions,
@@ -101,7 +106,53 @@ async def _one_run(lab: Lab, target: str) -> dict[str, object]:
         "total_s": round(_float(report["total_seconds"]), 3),
         "phases_s": phases,
         "errors": list(clients.errors),
+        "host_load_1m": round(os.getloadavg()[0], 2),
         **await promotion_latencies(lab, target),
+    }
+
+
+async def _share(lab: Lab, target: str, failover_log: list[str]) -> dict[str, object]:
+    """This run's pgcm share, segment by segment (:mod:`pgcm_lab.share`), or why not."""
+    marks = share.failover_marks(failover_log)
+    if "pause_started" not in marks or "resumed" not in marks:
+        return {"error": "the failover log has no pause or no resume"}
+    chains = promotion_chains(_node_lines(lab, "var-log-pacemaker/pacemaker.log"))
+    chain = share.chain_within(chains, marks["pause_started"], marks["resumed"])
+    address = str(lab.topology.node(target).address)
+    published = share.published_at(
+        _node_lines(lab, "services/pgcm-supervise.log"), address, marks["pause_started"]
+    )
+    acked = share.last_ack(await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/"), address)
+    if published is not None:
+        marks["published"] = published
+    if acked is not None:
+        marks["last_ack"] = acked
+    try:
+        return dict(share.segments(marks, chain))
+    except share.ShareError as exc:
+        return {"error": str(exc)}
+
+
+def _node_lines(lab: Lab, relative: str) -> list[str]:
+    """Every node's lines of the log at ``relative`` (under the node's directory)."""
+    lines: list[str] = []
+    for node in lab.topology.all_nodes:
+        path = lab.node_dir(node.name) / relative
+        if path.exists():
+            lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines
+
+
+def _share_summary(runs: list[dict[str, object]]) -> dict[str, object]:
+    """Median / p99 / min / max of every segment over the runs that could be broken down."""
+    broken_down = [
+        {k: _float(v) for k, v in _dict(r["share_s"]).items()}
+        for r in runs
+        if "error" not in _dict(r["share_s"])
+    ]
+    return {
+        "share_runs": len(broken_down),
+        "share_segments_s": share.summarize(broken_down),
     }
 
 
@@ -185,6 +236,7 @@ async def _bench(lab: Lab) -> dict[str, object]:
         "paused_p99_s": _p99(runs, "paused_s"),
         "phase_median_s": phases,
         **chain,
+        **_share_summary(runs),
         "lab_up_s": round(up_s, 2),
         "pgcm_start_s": round(pgcm_s, 2),
         "per_run": runs,
