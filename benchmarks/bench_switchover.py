@@ -28,7 +28,9 @@ from pgcm_lab import share
 from pgcm_lab.chain import STEPS, promotion_chains
 from pgcm_lab.lab import Lab, Progress, lab_leftovers
 from pgcm_lab.pgcm import (
+    MASTER_KEY,
     NAMESPACE,
+    etcd_get,
     etcd_get_prefix,
     failover_argv,
     start_pgcm,
@@ -123,6 +125,9 @@ async def _share(lab: Lab, target: str, failover_log: list[str]) -> dict[str, ob
         _node_lines(lab, "services/pgcm-supervise.log"), address, marks["pause_started"]
     )
     acked = share.last_ack(await etcd_get_prefix(lab, f"{NAMESPACE}/proxies/"), address)
+    observed = share.record_observed(await etcd_get(lab, f"{NAMESPACE}{MASTER_KEY}.json"))
+    if observed is not None:
+        marks["observed"] = observed
     if published is not None:
         marks["published"] = published
     if acked is not None:

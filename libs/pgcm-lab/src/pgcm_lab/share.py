@@ -46,6 +46,7 @@ from typing import Final
 from pgcm_lab.chain import PromotionChain
 
 __all__ = [
+    "DETAILS",
     "SEGMENTS",
     "ShareError",
     "chain_within",
@@ -53,6 +54,7 @@ __all__ = [
     "json_events",
     "last_ack",
     "published_at",
+    "record_observed",
     "segments",
     "summarize",
 ]
@@ -67,6 +69,14 @@ SEGMENTS: Final = (
     ("resume", "resume_started", "resumed"),
 )
 """Each segment's name and the marks it runs between, in the order they happen."""
+
+DETAILS: Final = (
+    ("to_etcd.before_read", "promoted", "observed"),
+    ("to_etcd.read_and_put", "observed", "published"),
+)
+"""``to_etcd`` split where the publishing crm_mon read started (the record's
+``observed_at``): the nudge and any wait for a read that sees the promote, then that
+read plus the etcd transaction. Reported when the mark is known, never summed."""
 
 # Pacemaker logs to the millisecond and may log the constraint a moment before
 # pgcm-failover logs that the pause phase is done: a chain counts for a run when it
@@ -177,11 +187,22 @@ def last_ack(acks: Mapping[str, str], address: str) -> datetime | None:
     return max(stamps, default=None)
 
 
+def record_observed(raw: str | None) -> datetime | None:
+    """The ``observed_at`` of supervise's primary record (``<ns><master_key>.json``)."""
+    try:
+        record = json.loads(raw or "")
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("observed_at"), str):
+        return None
+    return _ts({"ts": record["observed_at"]})
+
+
 def segments(marks: Mapping[str, datetime], chain: PromotionChain | None) -> dict[str, float]:
     """Each segment's seconds (see the module's table), plus ``share``.
 
-    ``marks`` holds the failover's marks, ``published`` and ``last_ack``; ``moved`` and
-    ``promoted`` come from ``chain``.
+    ``marks`` holds the failover's marks, ``published`` and ``last_ack`` (and, for the
+    :data:`DETAILS`, ``observed``); ``moved`` and ``promoted`` come from ``chain``.
 
     Raises:
         ShareError: a mark is missing, so the run cannot be broken down.
@@ -197,12 +218,15 @@ def segments(marks: Mapping[str, datetime], chain: PromotionChain | None) -> dic
         name: round((every[end] - every[start]).total_seconds(), 3) for name, start, end in SEGMENTS
     }
     out["share"] = round(sum(v for k, v in out.items() if k != "chain"), 3)
+    for name, start, end in DETAILS:
+        if start in every and end in every:
+            out[name] = round((every[end] - every[start]).total_seconds(), 3)
     return out
 
 
 def summarize(per_run: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Median, p99 (nearest rank: the maximum below 100 runs), min and max per segment."""
-    names = [name for name, _, _ in SEGMENTS] + ["share"]
+    names = [name for name, _, _ in (*SEGMENTS, *DETAILS)] + ["share"]
     out: dict[str, dict[str, float]] = {}
     for name in names:
         values = sorted(run[name] for run in per_run if name in run)

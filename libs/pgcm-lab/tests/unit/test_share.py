@@ -125,3 +125,14 @@ def test_summary_gives_median_and_p99_per_segment() -> None:
     assert summary["pause"] == {"median": 6.0, "p99": 11.0, "min": 1.0, "max": 11.0}
     assert summary["share"]["median"] == 12.0
     assert "chain" not in summary
+
+
+def test_the_records_read_time_splits_the_publication() -> None:
+    record = json.dumps({"node": "n2", "observed_at": "2026-11-26T01:38:25.900000+00:00"})
+    observed = share.record_observed(record)
+    assert observed is not None
+    result = share.segments({**_marks(), "observed": observed}, CHAIN)
+    assert (result["to_etcd.before_read"], result["to_etcd.read_and_put"]) == (0.067, 0.05)
+    assert result["share"] == 1.034  # the details are not counted twice
+    assert share.record_observed("not json") is None
+    assert share.record_observed(None) is None
