@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -30,10 +31,13 @@ from pgcm_lab.lab import Lab, Progress, lab_leftovers
 from pgcm_lab.pgcm import (
     MASTER_KEY,
     NAMESPACE,
+    config_path,
     etcd_get,
     etcd_get_prefix,
     failover_argv,
+    render_pgcm_toml,
     start_pgcm,
+    venv_script,
     wait_pgcm_ready,
 )
 from pgcm_lab.testing import promotion_latencies
@@ -46,7 +50,8 @@ DESCRIPTION = (
     "paused time beyond it, plus lab up/down seconds."
 )
 STATE_DIR: Final = Path("/var/tmp/pgcm-lab-bench")  # noqa: S108  # postgres must traverse it
-RUNS: Final = 10
+RUNS: Final = int(os.environ.get("PGCM_BENCH_RUNS", "10"))
+AB_SUPERVISE: Final = os.environ.get("PGCM_BENCH_AB_SUPERVISE", "")
 CLIENTS: Final = 4
 LOAD_S: Final = 15
 
@@ -161,6 +166,80 @@ def _share_summary(runs: list[dict[str, object]]) -> dict[str, object]:
     }
 
 
+async def _restart_supervise(lab: Lab, extra: str) -> None:
+    """Restart every supervise with its rendered file plus ``extra`` lines; wait for it.
+
+    Killed by PID (SIGKILL: the lab's loop restarts a service that failed), then waited
+    for until each logs ``supervise.ready`` once more.
+    """
+    script = venv_script("pgcm-supervise")
+    ready_before: dict[str, int] = {}
+    for node in lab.topology.nodes:
+        path = config_path(lab, node.name)
+        text = render_pgcm_toml(lab, node) + (f"\n{extra}\n" if extra else "")
+        path.write_text(text, encoding="utf-8")
+        log = lab.node_dir(node.name) / "services" / "pgcm-supervise.log"
+        ready_before[node.name] = log.read_text(errors="replace").count('"supervise.ready"')
+        for pid in _pids(script, str(path)):
+            os.kill(pid, signal.SIGKILL)
+    while True:
+        counts = {
+            name: (lab.node_dir(name) / "services" / "pgcm-supervise.log")
+            .read_text(errors="replace")
+            .count('"supervise.ready"')
+            for name in ready_before
+        }
+        if all(counts[name] > ready_before[name] for name in ready_before):
+            return
+        await anyio.sleep(0.2)
+
+
+def _pids(script: str, config: str) -> list[int]:
+    """PIDs of the processes running ``script`` with ``config`` (not their sh loop)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and script in argv[:2] and config in argv and argv[0] != "sh":
+            found.append(int(entry.name))
+    return found
+
+
+def _ab_summary(runs: list[dict[str, object]]) -> dict[str, object]:
+    """Per variant: each segment's median and p99; per pair (A then B): B - A medians."""
+    if not AB_SUPERVISE:
+        return {}
+    shares = [_dict(r["share_s"]) for r in runs]
+    by_variant = {
+        variant: share.summarize(
+            [
+                {k: _float(v) for k, v in s.items()}
+                for r, s in zip(runs, shares, strict=True)
+                if r["variant"] == variant and "error" not in s
+            ]
+        )
+        for variant in ("A", "B")
+    }
+    differences: dict[str, list[float]] = {}
+    for a, b in zip(shares[0::2], shares[1::2], strict=False):
+        if "error" in a or "error" in b:
+            continue
+        for key in a.keys() & b.keys():
+            differences.setdefault(key, []).append(_float(b[key]) - _float(a[key]))
+    return {
+        "ab_supervise_b": AB_SUPERVISE,
+        "ab_segments_s": by_variant,
+        "ab_paired_difference_median_s": {
+            key: round(statistics.median(values), 3) for key, values in sorted(differences.items())
+        },
+        "ab_pairs": min((len(v) for v in differences.values()), default=0),
+    }
+
+
 def _pacemaker_chain(lab: Lab, runs: list[dict[str, object]]) -> dict[str, object]:
     """Pacemaker/PAF's own move -> promoted time per step (pgcm_lab.chain), medians.
 
@@ -211,12 +290,15 @@ async def _bench(lab: Lab) -> dict[str, object]:
                              "postgres"], user="postgres")  # fmt: skip
     names = [n.name for n in lab.topology.nodes]
     runs: list[dict[str, object]] = []
-    for _ in range(RUNS):
+    for index in range(RUNS):
+        variant = "B" if AB_SUPERVISE and index % 2 else "A"
         with anyio.fail_after(120):
+            if AB_SUPERVISE:
+                await _restart_supervise(lab, AB_SUPERVISE if variant == "B" else "")
             current = await lab.wait_healthy()
             await wait_pgcm_ready(lab, current)
             target = names[(names.index(current) + 1) % len(names)]
-            runs.append(await _one_run(lab, target))
+            runs.append({"variant": variant, **await _one_run(lab, target)})
         sys.stderr.write(f"switchover run {len(runs)}: {json.dumps(runs[-1])}\n")
     chain = _pacemaker_chain(lab, runs)
     phase_names = list(_dict(runs[0]["phases_s"]))
@@ -242,6 +324,7 @@ async def _bench(lab: Lab) -> dict[str, object]:
         "phase_median_s": phases,
         **chain,
         **_share_summary(runs),
+        **_ab_summary(runs),
         "lab_up_s": round(up_s, 2),
         "pgcm_start_s": round(pgcm_s, 2),
         "per_run": runs,
