@@ -52,6 +52,7 @@ DESCRIPTION = (
 STATE_DIR: Final = Path("/var/tmp/pgcm-lab-bench")  # noqa: S108  # postgres must traverse it
 RUNS: Final = int(os.environ.get("PGCM_BENCH_RUNS", "10"))
 AB_SUPERVISE: Final = os.environ.get("PGCM_BENCH_AB_SUPERVISE", "")
+AB_SUPERVISE_A: Final = os.environ.get("PGCM_BENCH_AB_SUPERVISE_A", "")
 CLIENTS: Final = 4
 LOAD_S: Final = 15
 
@@ -231,6 +232,7 @@ def _ab_summary(runs: list[dict[str, object]]) -> dict[str, object]:
         for key in a.keys() & b.keys():
             differences.setdefault(key, []).append(_float(b[key]) - _float(a[key]))
     return {
+        "ab_supervise_a": AB_SUPERVISE_A,
         "ab_supervise_b": AB_SUPERVISE,
         "ab_segments_s": by_variant,
         "ab_paired_difference_median_s": {
@@ -294,7 +296,7 @@ async def _bench(lab: Lab) -> dict[str, object]:
         variant = "B" if AB_SUPERVISE and index % 2 else "A"
         with anyio.fail_after(120):
             if AB_SUPERVISE:
-                await _restart_supervise(lab, AB_SUPERVISE if variant == "B" else "")
+                await _restart_supervise(lab, AB_SUPERVISE if variant == "B" else AB_SUPERVISE_A)
             current = await lab.wait_healthy()
             await wait_pgcm_ready(lab, current)
             target = names[(names.index(current) + 1) % len(names)]

@@ -171,6 +171,7 @@ async def _open_failover_api(
         cleanup_timeout=settings.shutdown_grace,
         reconcile_interval=settings.retry_interval,
         max_pause_expiry=settings.max_pause_expiry,
+        migrate_read_ahead=settings.migrate_read_ahead,
         on_pause_state=on_pause_state,
         maintenance=CrmAttributeMaintenance(
             ToolOptions(command_prefix=tuple(settings.command_prefix))
@@ -303,6 +304,7 @@ async def serve(
                         interval=settings.crm_mon_interval,
                         retry_interval=settings.retry_interval,
                         transition_interval=settings.crm_mon_transition_interval,
+                        promote_notice=settings.publish_on_promote_notice,
                         status=status,
                         hold=HoldKeeper(
                             store=store,

@@ -5,8 +5,14 @@ Polling ``crm_mon`` every 500 ms bounds how late a promotion is seen; the alert 
 demotes, starts or stops the PostgreSQL resource and sends one datagram to
 :func:`serve_nudges`, which sets a :class:`Wakeup` so the publisher re-reads at once.
 
-The datagram's content is informational only (logged at debug): whoever can write to the
-socket can only make supervise read ``crm_mon`` sooner, never change what it publishes.
+The datagram's content decides only how eagerly supervise reads, and one thing more: a
+successful promote it reports (``task=promote ... node=<n> rc=0``) lets the publisher
+publish ``<n>`` before its next crm_mon read returns, but only when the crm_mon view it
+read just before, with quorum, already showed ``<n>`` promoting and no other instance
+promoted or demoting (:func:`pgcm_supervise.publisher.decide_promoted`). Whoever can
+write to the socket (the ``haclient`` group) can already move the primary with
+``crm_resource``; a forged datagram can at most publish, a crm_mon read early, the
+primary Pacemaker was promoting, and the next read corrects etcd either way.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ from anyio.abc import TaskStatus
 from pgcm_common.errors import ConfigError
 from pgcm_supervise.metrics import SuperviseMetrics
 
-__all__ = ["NudgeSocketError", "Wakeup", "serve_nudges"]
+__all__ = ["NudgeSocketError", "Wakeup", "promoted_node", "serve_nudges"]
 
 log = structlog.get_logger("pgcm.supervise.nudge")
 
 _MAX_DATAGRAM = 1024
+_MAX_NODE_NAME = 255
 # rw for owner and group: Pacemaker runs alert agents as hacluster:haclient.
 _SOCKET_MODE = 0o660
 _CLEANUP_S = 2.0
@@ -55,17 +62,27 @@ class Wakeup:
     def __init__(self) -> None:
         self._event = anyio.Event()
         self._promotion = False
+        self._promoted: str | None = None
         self.count = 0
 
-    def set(self, *, promotion: bool = False) -> None:
+    def set(self, *, promotion: bool = False, promoted: str | None = None) -> None:
         """Wake the waiter now, or make its next wait return at once.
 
         Args:
             promotion: the nudge reports a promote (see :meth:`take_promotion`).
+            promoted: the node a successful promote was reported for (see
+                :meth:`take_promoted`); implies ``promotion``.
         """
         self.count += 1
-        self._promotion = self._promotion or promotion
+        self._promotion = self._promotion or promotion or promoted is not None
+        if promoted is not None:
+            self._promoted = promoted
         self._event.set()
+
+    def take_promoted(self) -> str | None:
+        """Return the node last reported promoted since the last call, and forget it."""
+        promoted, self._promoted = self._promoted, None
+        return promoted
 
     def take_promotion(self) -> bool:
         """Return whether a promote was reported since the last call, and forget it."""
@@ -130,9 +147,9 @@ async def serve_nudges(
         async with sock:
             while True:
                 data, _ = await sock.receive()
-                # The agent's datagram names the operation ("task=promote ..."); the
-                # payload carries no authority, it only decides how eagerly to re-read.
-                wakeup.set(promotion=b"task=promote" in data)
+                # The agent's datagram names the operation ("task=promote ..."); what
+                # it may decide is in this module's docstring.
+                wakeup.set(promotion=b"task=promote" in data, promoted=promoted_node(data))
                 if metrics is not None:
                     metrics.nudges.inc()
                 log.debug(
@@ -144,6 +161,27 @@ async def serve_nudges(
         with anyio.move_on_after(_CLEANUP_S, shield=True), contextlib.suppress(OSError):
             if (await apath.stat()).st_ino == inode:
                 await apath.unlink()
+
+
+def promoted_node(datagram: bytes) -> str | None:
+    """The node a datagram reports successfully promoted, else None.
+
+    The alert agent sends ``task=<task> rsc=<resource> node=<node> rc=<rc>`` (printable
+    ASCII, at most 400 characters); only ``task=promote`` with ``rc=0`` and a node name
+    of at most 255 printable characters counts. Anything else, malformed or not, is
+    None: the datagram then only wakes the publisher.
+    """
+    fields: dict[str, str] = {}
+    for part in datagram[:_MAX_DATAGRAM].decode("ascii", "replace").split():
+        key, sep, value = part.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    node = fields.get("node", "")
+    if fields.get("task") != "promote" or fields.get("rc") != "0":
+        return None
+    if not node or len(node) > _MAX_NODE_NAME or not node.isprintable() or "\ufffd" in node:
+        return None
+    return node
 
 
 def _bind(path: Path, gid: int | None) -> socket.socket:

@@ -67,6 +67,7 @@ __all__ = [
     "StatusSink",
     "cib_time",
     "decide",
+    "decide_promoted",
     "read_observation",
     "serve_publisher",
 ]
@@ -75,6 +76,9 @@ log = structlog.get_logger("pgcm.supervise.publisher")
 
 FAST_FOLLOW_WINDOW: Final = timedelta(seconds=3)
 """How long after a promote nudge crm_mon is re-read fast while nothing is publishable."""
+
+NOTICE_MAX_AGE_S: Final = 1.0
+"""A promote notice is published at once only on a read started at most this long ago."""
 
 
 class RefusalReason(enum.StrEnum):
@@ -138,6 +142,40 @@ def decide(state: ClusterState) -> Decision:
             if node is None or problems:
                 return Refuse(RefusalReason.PRIMARY_UNHEALTHY, f"{name}: {', '.join(problems)}")
             return Publish(node)
+
+
+def decide_promoted(state: ClusterState, name: str) -> Decision:
+    """Return whether ``state`` plus Pacemaker's report that ``name`` was promoted publishes it.
+
+    ``state`` is a read taken while the promote ran: it must have quorum and show
+    ``name`` promoting, no instance promoted and none demoting (the old primary's demote
+    already recorded), with ``name``'s node online, clean and not pending. The report
+    (the alert agent's ``rc=0`` for the promote) completes that view into the one the
+    next read would show; anything else is refused, and the next read decides.
+    """
+    match state.primary:
+        case InTransition(promoted=(), promoting=(promoting,), demoting=()) if promoting == name:
+            node = state.node(name)
+            problems = _node_problems(node)
+            if node is None or problems:
+                return Refuse(RefusalReason.PRIMARY_UNHEALTHY, f"{name}: {', '.join(problems)}")
+            return Publish(node)
+        case other:
+            return Refuse(
+                RefusalReason.IN_TRANSITION,
+                f"promote of {name} reported, but the last read showed {other!r}",
+            )
+
+
+def _node_problems(node: Node | None) -> list[str]:
+    if node is None:
+        return ["node not listed"]
+    flags = {
+        "node offline": not node.online,
+        "node unclean": node.unclean,
+        "node pending": node.pending,
+    }
+    return [text for text, bad in flags.items() if bad]
 
 
 def _primary_problems(node: Node | None, instance: ResourceInstance) -> list[str]:
@@ -280,15 +318,23 @@ class PrimaryPublisher:
         self._confirmed_at = float("-inf")
         self._address_cache.clear()
 
-    async def publish(self, observation: Observation) -> PublishOutcome:
+    async def publish(
+        self, observation: Observation, *, promoted: str | None = None
+    ) -> PublishOutcome:
         """Publish ``observation``'s primary when it is stable; otherwise keep etcd as is.
+
+        Args:
+            observation: the read to decide on.
+            promoted: Pacemaker reported this node promoted after ``observation``'s read:
+                decide with :func:`decide_promoted` instead. Its refusal is quiet (no
+                warning, no refusal counted): the regular read that follows decides.
 
         Raises:
             EtcdError: etcd failed (the caller retries next cycle).
         """
-        decision = observation.decision()
-        if isinstance(decision, Refuse):
-            return self._refuse(decision)
+        decision = self._decide(observation, promoted)
+        if isinstance(decision, PublishOutcome):
+            return decision
         node = decision.node
         try:
             address = await self._address_of(node)
@@ -313,6 +359,19 @@ class PrimaryPublisher:
                 self._metrics.set_published_primary(*view)
                 self._metrics.last_publication.set(time.time())
         return outcome
+
+    def _decide(self, observation: Observation, promoted: str | None) -> Publish | PublishOutcome:
+        """The node to publish, or the outcome of a refusal (see :meth:`publish`)."""
+        if promoted is None:
+            decision = observation.decision()
+            return self._refuse(decision) if isinstance(decision, Refuse) else decision
+        if observation.state is None:
+            return PublishOutcome.REFUSED
+        decision = decide_promoted(observation.state, promoted)
+        if isinstance(decision, Refuse):
+            log.debug("pacemaker.promote_notice.unconfirmed", detail=decision.detail)
+            return PublishOutcome.REFUSED
+        return decision
 
     async def _address_of(self, node: Node) -> str:
         # corosync-cfgtool costs a process per call; ring addresses change only when the
@@ -492,6 +551,19 @@ def _parse_record(kv: KeyValue | None) -> PrimaryRecord | None:
         return None
 
 
+async def _publish_notice(publisher: PrimaryPublisher, last: Observation, promoted: str) -> None:
+    """Publish ``promoted`` on Pacemaker's report if ``last`` confirms it (see ``publish``).
+
+    The decision rests on ``last``'s read and the report, received now: the record
+    says it was observed now. The regular read follows at once either way.
+    """
+    observation = Observation(last.state, last.error, now_utc())
+    try:
+        await publisher.publish(observation, promoted=promoted)
+    except EtcdError as exc:
+        log.warning("etcd.master.publish_failed", error=str(exc), msg="the next read retries")
+
+
 class StatusSink(Protocol):
     """Receives every observation (the NodeStatus publisher)."""
 
@@ -529,6 +601,7 @@ async def serve_publisher(
     interval: timedelta,
     retry_interval: timedelta,
     transition_interval: timedelta | None = None,
+    promote_notice: bool = False,
     status: StatusSink | None = None,
     hold: HoldSink | None = None,
     metrics: SuperviseMetrics | None = None,
@@ -548,12 +621,21 @@ async def serve_publisher(
     much longer. Only a promote starts it: re-reading fast through the whole
     demote → promote chain would compete for CPU with the very transition it waits for.
 
+    Promote notice (with ``promote_notice``): when the alert agent reports a successful
+    promote of a node, and the read before it (started at most :data:`NOTICE_MAX_AGE_S`
+    ago, with quorum) showed that node promoting and nothing else promoted or demoting,
+    that node is published at once (:func:`decide_promoted`): a crm_mon read (~0.1 s on
+    a busy node) earlier than the read that follows, which confirms it or corrects etcd.
+
     Cancellation:
         Stops between or inside cycles; crm_mon is killed by the reader.
     """
     started = False
     fast_until = -math.inf
+    last: Observation | None = None
+    last_read = -math.inf
     while True:
+        read_started = anyio.current_time()
         observation = await read_observation(reader, metrics=metrics)
         outcome: PublishOutcome | None
         try:
@@ -576,8 +658,13 @@ async def serve_publisher(
         following = outcome is PublishOutcome.REFUSED and anyio.current_time() < fast_until
         if following and transition_interval is not None:
             pause = min(pause, transition_interval)
+        last, last_read = observation, read_started
         if await wakeup.wait(pause.total_seconds()):
             # A nudge means Pacemaker just changed something: check etcd at once too.
             publisher.force_check()
             if wakeup.take_promotion():
                 fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
+            promoted = wakeup.take_promoted()
+            fresh = anyio.current_time() - last_read <= NOTICE_MAX_AGE_S
+            if promote_notice and promoted is not None and fresh:
+                await _publish_notice(publisher, last, promoted)

@@ -154,6 +154,11 @@ class FailoverServerOptions:
             holding (wire it to the ``pgcm_supervise_pgbouncer_paused`` gauge).
         maintenance: sets Pacemaker's maintenance mode for ``set_maintenance``; None
             answers that rpc FAILED_PRECONDITION.
+        migrate_read_ahead: a PAUSE starts a crm_mon read in the background, and the
+            migrate that follows uses it when it started at most this long before the
+            migrate arrived (zero: migrate always reads anew). A switchover's clients
+            are held from the PAUSE on, and the read then overlaps the PAUSE's wait for
+            running transactions instead of coming after it.
     """
 
     clone_id: str | None = None
@@ -165,6 +170,17 @@ class FailoverServerOptions:
     max_pause_expiry: timedelta = timedelta(minutes=5)
     on_pause_state: Callable[[bool], None] | None = field(default=None, compare=False)
     maintenance: MaintenanceControl | None = field(default=None, compare=False)
+    migrate_read_ahead: timedelta = timedelta(0)
+
+
+@final
+class _ReadAhead:
+    """A crm_mon read a PAUSE started, for the migrate that usually follows it."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.done = anyio.Event()
+        self.state: ClusterState | None = None
 
 
 def _pause_durations(request: PauseRequest, ceiling: timedelta) -> tuple[float, float]:
@@ -228,6 +244,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         self._expiry: anyio.CancelScope | None = None
         self._expiry_deadline: float | None = None
         self._closing = False
+        self._read_ahead: _ReadAhead | None = None
 
     @property
     def pauser(self) -> PauseController:
@@ -519,6 +536,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             raise GRPCError(Status.UNAVAILABLE, "supervise is shutting down")
         _log.info("clients.pgbouncer.pause.request", timeout=timeout, expiry=expiry)
         started = time.monotonic()
+        self._start_read_ahead(started)
         try:
             with anyio.fail_after(timeout):
                 await self._pauser.pause()
@@ -570,10 +588,38 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
             raise grpc_error(exc) from exc
         return await self._migrate(message.target)
 
+    def _start_read_ahead(self, now: float) -> None:
+        if self._options.migrate_read_ahead <= timedelta(0) or self._tg is None:
+            return
+        ahead = self._read_ahead = _ReadAhead(now)
+        self._tg.start_soon(self._read_into, ahead)
+
+    async def _read_into(self, ahead: _ReadAhead) -> None:
+        try:
+            ahead.state = await self._crm.read_cluster_state()
+        except Exception as exc:  # noqa: BLE001 - the migrate then reads anew
+            _log.debug("pacemaker.read_ahead.failed", error=str(exc))
+        finally:
+            ahead.done.set()
+
+    async def _state_for_migrate(self) -> ClusterState:
+        """The cluster state a migrate decides on: the PAUSE's read when fresh, else a new one.
+
+        A read-ahead is used once: a retried migrate reads anew.
+        """
+        ahead, self._read_ahead = self._read_ahead, None
+        limit = self._options.migrate_read_ahead.total_seconds()
+        if ahead is not None and time.monotonic() - ahead.started <= limit:
+            await ahead.done.wait()
+            if ahead.state is not None:
+                _log.debug("pacemaker.read_ahead.used", age=time.monotonic() - ahead.started)
+                return ahead.state
+        return await self._crm.read_cluster_state()
+
     async def _migrate(self, requested: str) -> MigrateResponse:
         try:
             with anyio.fail_after(self._options.pacemaker_timeout.total_seconds()):
-                state = await self._crm.read_cluster_state()
+                state = await self._state_for_migrate()
                 already = state.node(requested) if requested else None
                 if already is not None and state.primary_node == requested:
                     # Already in the requested state is success: a caller

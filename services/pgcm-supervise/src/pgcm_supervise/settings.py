@@ -119,6 +119,17 @@ class SuperviseSettings(PgcmSettings):
         description="After the alert agent reports a promote, re-read Pacemaker this "
         "often (for up to 3s) until the new primary can be published.",
     )
+    publish_on_promote_notice: bool = Field(
+        default=True,
+        description="Publish a node the alert agent reports promoted at once when the "
+        "crm_mon read just before it (with quorum) showed that node promoting and nothing "
+        "else promoted or demoting; false: wait for the next read.",
+    )
+    migrate_read_ahead: Duration = Field(
+        default=timedelta(seconds=1),
+        description="A PAUSE starts a crm_mon read for the migrate that follows; migrate "
+        "uses it when it started at most this long before (0s: migrate always reads anew).",
+    )
     crm_mon_timeout: Duration = Field(
         default=timedelta(seconds=5),
         description="Kill a crm_mon that has not answered within this time.",

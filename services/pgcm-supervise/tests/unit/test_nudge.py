@@ -14,7 +14,7 @@ import pytest
 
 from pgcm_common.records import KeyLayout
 from pgcm_supervise.metrics import SuperviseMetrics
-from pgcm_supervise.nudge import NudgeSocketError, Wakeup, serve_nudges
+from pgcm_supervise.nudge import NudgeSocketError, Wakeup, promoted_node, serve_nudges
 from pgcm_supervise.publisher import PrimaryPublisher, serve_publisher
 from pgcm_testkit.eventually import eventually
 from pgcm_testkit.fakes.etcd import FakeEtcdStore
@@ -183,3 +183,30 @@ async def test_missing_directory_or_group_is_a_config_error(tmp_path: Path) -> N
 class _Addresses:
     async def address_of(self, node: object) -> str:
         return "10.0.0.11"
+
+
+@pytest.mark.parametrize(
+    ("datagram", "node"),
+    [
+        (b"task=promote rsc=pgsqld node=n2 rc=0", "n2"),
+        (b"<13>Dec  7 07:10:21 pgcm-alert-agent: task=promote rsc=pgsqld node=n2 rc=0", "n2"),
+        (b"task=promote rsc=pgsqld node=n2 rc=1", None),  # the promote failed
+        (b"task=demote rsc=pgsqld node=n2 rc=0", None),
+        (b"task=promote rsc=pgsqld node= rc=0", None),
+        (b"task=promote rsc=pgsqld rc=0", None),
+        (b"task=promote rsc=pgsqld node=n\xff2 rc=0", None),  # not ASCII
+        (b"task=promote node=" + b"n" * 256 + b" rc=0", None),  # longer than a node name
+        (b"task=promote node=n2 node=n3 rc=0", "n2"),  # the first of a repeated field
+        (b"garbage", None),
+    ],
+)
+def test_only_a_successful_promote_names_a_node(datagram: bytes, node: str | None) -> None:
+    assert promoted_node(datagram) == node
+
+
+def test_a_promoted_node_is_taken_once_and_counts_as_a_promotion() -> None:
+    wakeup = Wakeup()
+    wakeup.set(promoted="n2")
+    assert wakeup.take_promotion()
+    assert wakeup.take_promoted() == "n2"
+    assert wakeup.take_promoted() is None

@@ -47,6 +47,7 @@ from pgcm_supervise.publisher import (
     Refuse,
     _unchanged,
     decide,
+    decide_promoted,
     read_observation,
     serve_publisher,
 )
@@ -624,4 +625,98 @@ async def test_record_with_a_naive_timestamp_is_overwritten_not_a_crash() -> Non
     assert await publisher.publish(observed(load("01-healthy-n1-primary.xml"))) is (
         PublishOutcome.WROTE
     )
+    assert await value(store, b"/pg/master") == b"10.0.0.11"
+
+
+# -- the alert agent's promote notice ---------------------------------------------------
+
+
+def test_a_promote_notice_completes_a_view_of_that_node_promoting() -> None:
+    # The real crm_mon sample of n2 promoting, n1 already demoted.
+    assert decide_promoted(load("02-during-switchover.xml"), "n2") == Publish(
+        load("02-during-switchover.xml").node("n2")  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "promoted"),
+    [
+        ("02-during-switchover.xml", "n3"),  # another node is promoting
+        ("01-healthy-n1-primary.xml", "n2"),  # n1 is still promoted
+        ("04-partitioned-n1-view-from-n1.xml", "n1"),  # no quorum
+        ("02b-during-switchover.xml", "n2"),  # already settled: the regular read decides
+    ],
+)
+def test_a_promote_notice_the_last_view_does_not_back_is_refused(name: str, promoted: str) -> None:
+    decision = decide_promoted(load(name), promoted)
+    assert isinstance(decision, Refuse)
+
+
+def test_a_promote_notice_for_a_node_that_went_offline_is_refused() -> None:
+    state = load("02-during-switchover.xml")
+    node = state.node("n2")
+    assert node is not None
+    offline = dataclasses.replace(node, online=False)
+    nodes = tuple(offline if n.name == "n2" else n for n in state.nodes)
+    decision = decide_promoted(dataclasses.replace(state, nodes=nodes), "n2")
+    assert decision == Refuse(RefusalReason.PRIMARY_UNHEALTHY, "n2: node offline")
+
+
+async def _serve_until_promote_notice(*, promote_notice: bool, promoted: str) -> FakeEtcdStore:
+    """n1 published; a read sees n2 promoting; then crm_mon fails and a notice arrives."""
+    store = FakeEtcdStore()
+    reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
+    wakeup = Wakeup()
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            await tg.start(
+                lambda task_status: serve_publisher(
+                    reader=reader,
+                    publisher=make_publisher(store),
+                    wakeup=wakeup,
+                    interval=timedelta(hours=1),
+                    retry_interval=timedelta(hours=1),
+                    promote_notice=promote_notice,
+                    task_status=task_status,
+                )
+            )
+        reader.set_state(load("02-during-switchover.xml"))
+        wakeup.set()
+
+        async def read_the_promoting_view() -> bool:
+            return reader.reads >= 2
+
+        with anyio.fail_after(5):
+            await eventually(read_the_promoting_view)
+        # From now on no read can show the promotion: only the notice can publish it.
+        reader.fail_with(CrmMonParseError("crm_mon unreadable"))
+        wakeup.set(promoted=promoted)
+
+        async def read_after_the_notice() -> bool:
+            return reader.reads >= 3
+
+        with anyio.fail_after(5):
+            await eventually(read_after_the_notice)
+        tg.cancel_scope.cancel()
+    return store
+
+
+async def test_a_confirmed_promote_notice_publishes_before_the_next_read() -> None:
+    store = await _serve_until_promote_notice(promote_notice=True, promoted="n2")
+    assert await value(store, b"/pg/master") == b"10.0.0.12"
+    record = await store.get(b"/pg/master.json")
+    assert record is not None
+    assert PrimaryRecord.from_json(record.key, record.value).node == "n2"
+
+
+@pytest.mark.parametrize(
+    ("promote_notice", "promoted"),
+    [(False, "n2"), (True, "n3")],
+    ids=["notices-off", "notice-names-another-node"],
+)
+async def test_an_unconfirmed_or_disabled_promote_notice_publishes_nothing(
+    promote_notice: bool,  # noqa: FBT001 - a parametrized flag
+    promoted: str,
+) -> None:
+    store = await _serve_until_promote_notice(promote_notice=promote_notice, promoted=promoted)
     assert await value(store, b"/pg/master") == b"10.0.0.11"

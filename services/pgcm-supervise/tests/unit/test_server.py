@@ -818,3 +818,77 @@ def test_choose_target_refuses_a_named_node_without_a_running_standby() -> None:
     )
     with pytest.raises(NoMigrationTarget, match="unpromoted"):
         choose_target(dataclasses.replace(state, instances=instances), "n3")
+
+
+# -- the PAUSE's read-ahead for the migrate ---------------------------------------------
+
+
+@asynccontextmanager
+async def read_ahead_world(read_ahead: timedelta) -> AsyncIterator[World]:
+    bouncers = [FakePgBouncerAdmin(endpoint=PgBouncerEndpoint(host="127.0.0.1", port=6432))]
+    crm, control, etcd = FakeCrmMonReader(healthy_state()), FakePacemakerControl(), EtcdProbe()
+    server = FailoverServer(
+        bouncers,
+        crm,
+        control,
+        addresses=StaticNodeAddresses(ADDRESSES),
+        etcd_probe=etcd,
+        clock=FixedClock(),
+        options=FailoverServerOptions(migrate_read_ahead=read_ahead),
+    )
+    async with server, ChannelFor([server]) as channel:
+        yield World(bouncers, crm, control, etcd, server, FailoverStub(channel))
+
+
+async def test_a_migrate_after_a_pause_decides_on_the_read_the_pause_started() -> None:
+    async with read_ahead_world(timedelta(seconds=30)) as world:
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry=60))
+            response = await world.stub.migrate(Empty())
+        assert response.migrating_to == "n2"
+        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+        assert world.crm.reads == 1
+        # Used once: a second migrate (a retry) reads anew.
+        with anyio.fail_after(5):
+            await world.stub.migrate_to(MigrateRequest(target="n3"))
+        assert world.crm.reads == 2
+
+
+async def test_without_read_ahead_a_pause_reads_nothing_and_migrate_reads() -> None:
+    async with read_ahead_world(timedelta(0)) as world:
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry=60))
+        assert world.crm.reads == 0
+        with anyio.fail_after(5):
+            await world.stub.migrate(Empty())
+        assert world.crm.reads == 1
+
+
+async def test_a_failed_read_ahead_makes_the_migrate_read_anew() -> None:
+    async with read_ahead_world(timedelta(seconds=30)) as world:
+        world.crm.fail_with(PacemakerCommandFailed(("crm_mon",), 102, "not connected"))
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry=60))
+
+            async def read_ahead_done() -> bool:
+                return world.crm.reads >= 1
+
+            await eventually(read_ahead_done)
+        world.crm.set_state(healthy_state())
+        with anyio.fail_after(5):
+            response = await world.stub.migrate(Empty())
+        assert response.migrating_to == "n2"
+        assert world.crm.reads == 2
+
+
+async def test_a_read_ahead_older_than_the_limit_is_not_used() -> None:
+    async with read_ahead_world(timedelta(milliseconds=1)) as world:
+        with anyio.fail_after(5):
+            await world.stub.pause(PauseRequest(timeout=5, expiry=60))
+        await anyio.sleep(0.05)  # older than the 1 ms limit
+        # The cluster changed meanwhile: the stale read (n1 primary) must not decide.
+        world.crm.set_state(sync_state())
+        with anyio.fail_after(5):
+            await world.stub.migrate(Empty())
+        assert world.crm.reads == 2
+        assert world.control.calls == [("move", "pgsql-ha", "n2")]
