@@ -63,6 +63,7 @@ class Wakeup:
         self._event = anyio.Event()
         self._promotion = False
         self._promoted: str | None = None
+        self._promoted_event = anyio.Event()
         self.count = 0
 
     def set(self, *, promotion: bool = False, promoted: str | None = None) -> None:
@@ -77,12 +78,29 @@ class Wakeup:
         self._promotion = self._promotion or promotion or promoted is not None
         if promoted is not None:
             self._promoted = promoted
+            self._promoted_event.set()
         self._event.set()
 
     def take_promoted(self) -> str | None:
         """Return the node last reported promoted since the last call, and forget it."""
         promoted, self._promoted = self._promoted, None
         return promoted
+
+    async def wait_promoted(self) -> str:
+        """Wait for a reported promote (one already reported returns at once); take it.
+
+        Independent of :meth:`wait`: a waiter here sees the notice while the publisher
+        is still busy with a read.
+
+        Cancellation:
+            Nothing to clean up.
+        """
+        while True:
+            await self._promoted_event.wait()
+            self._promoted_event = anyio.Event()
+            promoted = self.take_promoted()
+            if promoted is not None:
+                return promoted
 
     def take_promotion(self) -> bool:
         """Return whether a promote was reported since the last call, and forget it."""

@@ -622,49 +622,81 @@ async def serve_publisher(
     demote → promote chain would compete for CPU with the very transition it waits for.
 
     Promote notice (with ``promote_notice``): when the alert agent reports a successful
-    promote of a node, and the read before it (started at most :data:`NOTICE_MAX_AGE_S`
-    ago, with quorum) showed that node promoting and nothing else promoted or demoting,
-    that node is published at once (:func:`decide_promoted`): a crm_mon read (~0.1 s on
-    a busy node) earlier than the read that follows, which confirms it or corrects etcd.
+    promote of a node, and the last completed read (started at most
+    :data:`NOTICE_MAX_AGE_S` ago, with quorum) showed that node promoting and nothing
+    else promoted or demoting, that node is published at once (:func:`decide_promoted`),
+    also while a read is running: a crm_mon read (~0.1 s on a busy node) earlier than
+    the read that follows, which confirms it or corrects etcd.
 
     Cancellation:
         Stops between or inside cycles; crm_mon is killed by the reader.
     """
-    started = False
-    fast_until = -math.inf
-    last: Observation | None = None
-    last_read = -math.inf
+    lock = anyio.Lock()
+    latest = _LatestRead()
+    async with anyio.create_task_group() as tg:
+        if promote_notice:
+            tg.start_soon(_serve_notices, publisher, wakeup, latest, lock)
+        started = False
+        fast_until = -math.inf
+        while True:
+            read_started = anyio.current_time()
+            observation = await read_observation(reader, metrics=metrics)
+            latest.observation, latest.started = observation, read_started
+            async with lock:
+                outcome = await _publish(publisher, observation)
+            await _pass_on(observation, outcome, hold, status)
+            if on_cycle is not None:
+                on_cycle()
+            if not started:
+                started = True
+                task_status.started(outcome)
+            pause = interval if outcome is not None else max(interval, retry_interval)
+            following = outcome is PublishOutcome.REFUSED and anyio.current_time() < fast_until
+            if following and transition_interval is not None:
+                pause = min(pause, transition_interval)
+            if await wakeup.wait(pause.total_seconds()):
+                # A nudge means Pacemaker just changed something: check etcd at once too.
+                publisher.force_check()
+                if wakeup.take_promotion():
+                    fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
+
+
+async def _publish(publisher: PrimaryPublisher, observation: Observation) -> PublishOutcome | None:
+    """One cycle's publication; None when etcd failed."""
+    try:
+        return await publisher.publish(observation)
+    except EtcdError as exc:
+        log.warning("etcd.master.publish_failed", error=str(exc), msg="retrying")
+    except RecordError as exc:  # pragma: no cover - _parse_record already handles it
+        # A malformed record must never stop the loop: the next cycle overwrites it.
+        publisher.force_check()
+        log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
+    return None
+
+
+@final
+@dataclass(slots=True)
+class _LatestRead:
+    """The last completed crm_mon read and when (``anyio.current_time``) it started."""
+
+    observation: Observation | None = None
+    started: float = -math.inf
+
+
+async def _serve_notices(
+    publisher: PrimaryPublisher, wakeup: Wakeup, latest: _LatestRead, lock: anyio.Lock
+) -> None:
+    """Publish each reported promote that the latest read confirms, while reads go on.
+
+    A notice is handled at once, also while a read is running: waiting for that read
+    to end would cost up to a read (~0.1 s on a busy node). ``lock`` keeps this and the
+    read loop from publishing at the same time.
+    """
     while True:
-        read_started = anyio.current_time()
-        observation = await read_observation(reader, metrics=metrics)
-        outcome: PublishOutcome | None
-        try:
-            outcome = await publisher.publish(observation)
-        except EtcdError as exc:
-            outcome = None
-            log.warning("etcd.master.publish_failed", error=str(exc), msg="retrying")
-        except RecordError as exc:  # pragma: no cover - _parse_record already handles it
-            # A malformed record must never stop the loop: the next cycle overwrites it.
-            outcome = None
-            publisher.force_check()
-            log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
-        await _pass_on(observation, outcome, hold, status)
-        if on_cycle is not None:
-            on_cycle()
-        if not started:
-            started = True
-            task_status.started(outcome)
-        pause = interval if outcome is not None else max(interval, retry_interval)
-        following = outcome is PublishOutcome.REFUSED and anyio.current_time() < fast_until
-        if following and transition_interval is not None:
-            pause = min(pause, transition_interval)
-        last, last_read = observation, read_started
-        if await wakeup.wait(pause.total_seconds()):
-            # A nudge means Pacemaker just changed something: check etcd at once too.
-            publisher.force_check()
-            if wakeup.take_promotion():
-                fast_until = anyio.current_time() + FAST_FOLLOW_WINDOW.total_seconds()
-            promoted = wakeup.take_promoted()
-            fresh = anyio.current_time() - last_read <= NOTICE_MAX_AGE_S
-            if promote_notice and promoted is not None and fresh:
-                await _publish_notice(publisher, last, promoted)
+        promoted = await wakeup.wait_promoted()
+        observation = latest.observation
+        if observation is None or anyio.current_time() - latest.started > NOTICE_MAX_AGE_S:
+            log.debug("pacemaker.promote_notice.no_recent_read", node=promoted)
+            continue
+        async with lock:
+            await _publish_notice(publisher, observation, promoted)

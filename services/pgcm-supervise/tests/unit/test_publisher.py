@@ -662,10 +662,27 @@ def test_a_promote_notice_for_a_node_that_went_offline_is_refused() -> None:
     assert decision == Refuse(RefusalReason.PRIMARY_UNHEALTHY, "n2: node offline")
 
 
-async def _serve_until_promote_notice(*, promote_notice: bool, promoted: str) -> FakeEtcdStore:
-    """n1 published; a read sees n2 promoting; then crm_mon fails and a notice arrives."""
+class HeldReader:
+    """A FakeCrmMonReader whose reads can be held in flight (a slow crm_mon)."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.fake = FakeCrmMonReader(state)
+        self.release = anyio.Event()
+        self.release.set()
+        self.waiting = 0
+
+    async def read_cluster_state(self) -> ClusterState:
+        self.waiting += 1
+        await self.release.wait()
+        return await self.fake.read_cluster_state()
+
+
+async def _serve_until_promote_notice(
+    *, promote_notice: bool, promoted: str, published: bytes
+) -> FakeEtcdStore:
+    """n1 published; a read sees n2 promoting; a notice comes while the next read hangs."""
     store = FakeEtcdStore()
-    reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
+    reader = HeldReader(load("01-healthy-n1-primary.xml"))
     wakeup = Wakeup()
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
@@ -680,30 +697,43 @@ async def _serve_until_promote_notice(*, promote_notice: bool, promoted: str) ->
                     task_status=task_status,
                 )
             )
-        reader.set_state(load("02-during-switchover.xml"))
+        reader.fake.set_state(load("02-during-switchover.xml"))
         wakeup.set()
 
         async def read_the_promoting_view() -> bool:
-            return reader.reads >= 2
+            return reader.fake.reads >= 2
 
         with anyio.fail_after(5):
             await eventually(read_the_promoting_view)
-        # From now on no read can show the promotion: only the notice can publish it.
-        reader.fail_with(CrmMonParseError("crm_mon unreadable"))
-        wakeup.set(promoted=promoted)
+        # The next read hangs (a slow crm_mon): only the notice can publish meanwhile.
+        reader.release = anyio.Event()
+        waiting = reader.waiting
+        wakeup.set()
 
-        async def read_after_the_notice() -> bool:
-            return reader.reads >= 3
+        async def read_in_flight() -> bool:
+            return reader.waiting > waiting
 
         with anyio.fail_after(5):
-            await eventually(read_after_the_notice)
+            await eventually(read_in_flight)
+        wakeup.set(promoted=promoted)
+
+        async def master_is_expected() -> bool:
+            return await value(store, b"/pg/master") == published
+
+        with anyio.fail_after(5):
+            await eventually(master_is_expected)
+        await anyio.sleep(0.1)  # room for a publication that must not happen
+        assert await value(store, b"/pg/master") == published
+        assert reader.fake.reads == 2  # all of it while the third read was in flight
+        reader.release.set()
         tg.cancel_scope.cancel()
     return store
 
 
-async def test_a_confirmed_promote_notice_publishes_before_the_next_read() -> None:
-    store = await _serve_until_promote_notice(promote_notice=True, promoted="n2")
-    assert await value(store, b"/pg/master") == b"10.0.0.12"
+async def test_a_confirmed_promote_notice_publishes_while_a_read_is_in_flight() -> None:
+    store = await _serve_until_promote_notice(
+        promote_notice=True, promoted="n2", published=b"10.0.0.12"
+    )
     record = await store.get(b"/pg/master.json")
     assert record is not None
     assert PrimaryRecord.from_json(record.key, record.value).node == "n2"
@@ -718,5 +748,9 @@ async def test_an_unconfirmed_or_disabled_promote_notice_publishes_nothing(
     promote_notice: bool,  # noqa: FBT001 - a parametrized flag
     promoted: str,
 ) -> None:
-    store = await _serve_until_promote_notice(promote_notice=promote_notice, promoted=promoted)
-    assert await value(store, b"/pg/master") == b"10.0.0.11"
+    store = await _serve_until_promote_notice(
+        promote_notice=promote_notice, promoted=promoted, published=b"10.0.0.11"
+    )
+    record = await store.get(b"/pg/master.json")
+    assert record is not None
+    assert PrimaryRecord.from_json(record.key, record.value).node == "n1"
