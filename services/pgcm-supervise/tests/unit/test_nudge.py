@@ -93,10 +93,13 @@ async def test_a_promote_alert_is_reported_as_a_promotion(tmp_path: Path) -> Non
 
             await eventually(partial(nudged, 1))
             assert not wakeup.take_promotion()
+            assert wakeup.take_promoted() is None
             await run_agent(path, **promote_env(task="promote"))
             await eventually(partial(nudged, 2))
             assert wakeup.take_promotion()
             assert not wakeup.take_promotion()  # taken once
+            # The agent's real datagram names the promoted node.
+            assert await wakeup.wait_promoted() == "n2"
         tg.cancel_scope.cancel()
 
 
