@@ -126,9 +126,10 @@ class SuperviseSettings(PgcmSettings):
         "else promoted or demoting; false: wait for the next read.",
     )
     migrate_read_ahead: Duration = Field(
-        default=timedelta(seconds=1),
-        description="A PAUSE starts a crm_mon read for the migrate that follows; migrate "
-        "uses it when it started at most this long before (0s: migrate always reads anew).",
+        default=timedelta(0),
+        description="When set, a PAUSE starts a crm_mon read for the migrate that follows, "
+        "which uses it when it started at most this long before (0s: off, migrate reads "
+        "anew).",
     )
     crm_mon_timeout: Duration = Field(
         default=timedelta(seconds=5),
