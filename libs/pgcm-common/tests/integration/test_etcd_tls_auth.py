@@ -132,7 +132,7 @@ async def test_a_common_name_user_without_permissions_is_an_error_naming_it(
     settings = secure_etcd.settings(cert_file=cert, key_file=key)
     with anyio.fail_after(10):
         async with open_etcd(settings) as store:
-            with pytest.raises(EtcdError, match="user name not found|permission denied") as caught:
+            with pytest.raises(EtcdError, match=r"user name not found|permission denied") as caught:
                 await store.get(b"/x")
     assert not isinstance(caught.value, EtcdUnavailable)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,17 +106,19 @@ def test_the_tls_context_asks_for_the_transport_s_protocol(transport: str, alpn:
 def _loaded_after_choosing(transport: str) -> list[str]:
     # A fresh interpreter: this test process imports grpclib for other tests.
     probe = (
-        "import sys\n"
+        "import json, sys\n"
         "from pgcm_common.etcd import EtcdSettings\n"
         "from pgcm_common._etcd.client import _transport\n"
         f"_transport(EtcdSettings(transport={transport!r}))\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpclib', 'h2', 'betterproto2'}))"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'grpclib', 'h2', 'betterproto2'})))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     # The last line: structlog may log the choice to stdout before it.
-    return eval(result.stdout.splitlines()[-1])  # noqa: S307 - our own probe's list
+    names: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return names
 
 
 def test_the_gateway_transport_loads_no_grpclib_h2_or_betterproto2() -> None:
