@@ -246,7 +246,8 @@ def _answer_error(response: Response) -> Exception:
         return GatewayError(
             Status.PERMISSION_DENIED,
             "etcd's JSON gateway refuses client certificates with a CommonName in their"
-            " subject; use one without (cert_file)",
+            ' subject; set [etcd] transport = "auto" (or "grpc"), or use a certificate'
+            " without one (cert_file)",
         )
     try:
         error = _gateway_error(decode_body(response.body))
