@@ -38,7 +38,7 @@ FIRST_PARTY: Final = frozenset({"pgcm_common", "pgcm_supervise", "pgcm_proxy", "
 COMMON_EXTRAS: Final[Mapping[str, tuple[str, ...]]] = {
     "pgbouncer": ("pgcm_common._pgbouncer", "pgcm_common.pgbouncer"),
     "pacemaker": ("pgcm_common._pacemaker", "pgcm_common.pacemaker"),
-    "grpc": ("pgcm_common.proto",),
+    "grpc": ("pgcm_common.proto", "pgcm_common._etcd.grpc_client"),
     "metrics": ("pgcm_common.metrics",),
 }
 

@@ -1,4 +1,4 @@
-"""Regenerate pgcm_common.proto from protos/failover.proto with betterproto2.
+"""Regenerate pgcm_common.proto from protos/*.proto with betterproto2.
 
 Run from anywhere with ``uv run python scripts/gen_protos.py``. The output is
 deterministic (same compiler, same ruff, same input -> same bytes), so the nox ``protos``
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-PROTOS = ["failover.proto"]
+PROTOS = ["failover.proto", "etcdserverpb.proto"]
 OUT = ROOT / "libs" / "pgcm-common" / "src" / "pgcm_common" / "proto"
 # Async grpclib client stubs and server bases only: every caller is asyncio.
 PLUGIN_OPTIONS = "client_generation=async,server_generation=async"

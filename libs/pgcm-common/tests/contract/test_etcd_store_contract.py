@@ -29,13 +29,20 @@ from pgcm_testkit.etcd import EtcdMember, random_key
 from pgcm_testkit.fakes.etcd import FakeEtcdStore
 
 
-@pytest.fixture(params=["fake", pytest.param("etcd", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("gateway", id="etcd", marks=pytest.mark.integration),
+        pytest.param("grpc", id="etcd-grpc", marks=pytest.mark.integration),
+    ]
+)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[EtcdStore]:
     if request.param == "fake":
         yield FakeEtcdStore()
         return
     member: EtcdMember = request.getfixturevalue("etcd")
-    async with open_etcd(member.settings()) as real:
+    # Both transports of the real client (etcd.transport) pass the same suite.
+    async with open_etcd(member.settings(transport=request.param)) as real:
         yield real
 
 

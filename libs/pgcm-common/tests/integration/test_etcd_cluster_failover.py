@@ -17,10 +17,18 @@ pytestmark = pytest.mark.integration
 FAST = {"request_timeout": timedelta(seconds=2), "dial_timeout": timedelta(seconds=1)}
 
 
-async def test_client_fails_over_when_its_member_is_stopped(etcd_cluster: EtcdCluster) -> None:
+# Both transports of the client (etcd.transport) must fail over alike.
+@pytest.fixture(params=["gateway", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_client_fails_over_when_its_member_is_stopped(
+    etcd_cluster: EtcdCluster, transport: str
+) -> None:
     first = etcd_cluster.members[0]
     key = random_key("cluster-stop")
-    async with open_etcd(etcd_cluster.settings(**FAST)) as store:
+    async with open_etcd(etcd_cluster.settings(**FAST, transport=transport)) as store:
         with anyio.fail_after(30):
             await store.put(key, b"1")
             assert store.endpoint.port == first.client_port
@@ -37,10 +45,12 @@ async def test_client_fails_over_when_its_member_is_stopped(etcd_cluster: EtcdCl
                     await anyio.to_thread.run_sync(first.start)
 
 
-async def test_client_fails_over_when_its_member_hangs(etcd_cluster: EtcdCluster) -> None:
+async def test_client_fails_over_when_its_member_hangs(
+    etcd_cluster: EtcdCluster, transport: str
+) -> None:
     first = etcd_cluster.members[0]
     key = random_key("cluster-hang")
-    async with open_etcd(etcd_cluster.settings(**FAST)) as store:
+    async with open_etcd(etcd_cluster.settings(**FAST, transport=transport)) as store:
         with anyio.fail_after(30):
             await store.put(key, b"1")
             assert store.endpoint.port == first.client_port

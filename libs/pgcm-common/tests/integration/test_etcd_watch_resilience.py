@@ -19,10 +19,18 @@ pytestmark = pytest.mark.integration
 HANG_DETECTION_S = 10
 
 
+# Both transports of the client (etcd.transport) must survive the same failures.
+@pytest.fixture(params=["gateway", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(etcd: EtcdMember) -> AsyncIterator[GatewayStore]:
+async def store(etcd: EtcdMember, transport: str) -> AsyncIterator[GatewayStore]:
     settings = etcd.settings(
-        request_timeout=timedelta(seconds=2), dial_timeout=timedelta(seconds=1)
+        request_timeout=timedelta(seconds=2),
+        dial_timeout=timedelta(seconds=1),
+        transport=transport,
     )
     async with open_etcd(settings) as client:
         yield client

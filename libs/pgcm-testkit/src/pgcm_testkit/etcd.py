@@ -65,10 +65,10 @@ class EtcdTls:
 def make_test_tls(directory: Path, *, client_cert_auth: bool = True) -> EtcdTls:
     """Create a throw-away CA, a server cert for 127.0.0.1 and a client cert with openssl.
 
-    The client certificate's subject has no CommonName: etcd's JSON gateway, which pgcm
-    speaks, refuses client certificates that carry one (it could not apply etcd's
-    CommonName-as-user authentication to them). The CA's key stays as ``ca.key`` beside
-    ``ca.pem``, for tests that sign certificates of their own.
+    The client certificate's subject has no CommonName, so pgcm's default transport
+    speaks etcd's JSON gateway with it (the gateway refuses certificates that carry
+    one; pgcm then speaks gRPC). The CA's key stays as ``ca.key`` beside ``ca.pem``, for
+    tests that sign certificates of their own (one with a CommonName, say).
     """
     openssl = require_binary("openssl")
     directory.mkdir(parents=True, exist_ok=True)

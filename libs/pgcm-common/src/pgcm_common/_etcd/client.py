@@ -10,8 +10,9 @@ for each request how it may be sent:
   go to one endpoint at a time (:mod:`failover`), abandoned on a member that answers
   neither them nor a liveness probe within ``hedge_delay`` (:mod:`stall`).
 
-The endpoint in use lives in :mod:`endpoints`, its connections (HTTP/1.1 to etcd's
-JSON gateway, TLS, authentication) in :mod:`gateway` and :mod:`http`, the requests
+The endpoint in use lives in :mod:`endpoints`, its connections in :mod:`gateway` and
+:mod:`http` (HTTP/1.1 to etcd's JSON gateway) or :mod:`grpc_client` (etcd's gRPC API,
+for client certificates the gateway refuses; ``etcd.transport``), the requests
 themselves in :mod:`kv`, :mod:`leases` and :mod:`watch_stream`. See
 docs/adr/0006-etcd-json-gateway.md.
 """
@@ -43,8 +44,10 @@ from pgcm_common._etcd.model import (
 )
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 from pgcm_common._etcd.stall import StallGuard
-from pgcm_common._etcd.tls import client_context
+from pgcm_common._etcd.tls import choose_transport, client_context
+from pgcm_common._etcd.transport import ClientFactory, EndpointClient, TransportName
 from pgcm_common._etcd.watch_stream import WatchStream, WatchTimings, open_watch_stream
+from pgcm_common.errors import EtcdError
 
 __all__ = ["GatewayStore", "open_etcd"]
 
@@ -64,9 +67,14 @@ class GatewayStore:
     ``hedge_delay`` (see the module docstring), on short-lived extra connections.
     """
 
-    def __init__(self, settings: EtcdSettings, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        settings: EtcdSettings,
+        tls: ssl.SSLContext | None,
+        factory: ClientFactory = GatewayClient,
+    ) -> None:
         self._settings = settings
-        self._pool = EndpointPool(settings, tls)
+        self._pool = EndpointPool(settings, tls, factory)
         self._guard = StallGuard(settings.hedge_delay)
         self._watch_timings = WatchTimings(
             request_timeout=settings.request_timeout,
@@ -83,10 +91,10 @@ class GatewayStore:
         """Close every connection, at once: nothing is waited for."""
         self._pool.close()
 
-    async def _call(self, what: str, op: Callable[[GatewayClient], Awaitable[_T]]) -> _T:
+    async def _call(self, what: str, op: Callable[[EndpointClient], Awaitable[_T]]) -> _T:
         return await call_in_turn(self._pool, self._guard, what, op)
 
-    async def _read(self, what: str, op: Callable[[GatewayClient], Awaitable[_T]]) -> _T:
+    async def _read(self, what: str, op: Callable[[EndpointClient], Awaitable[_T]]) -> _T:
         return await hedged_read(
             self._pool,
             what,
@@ -222,7 +230,8 @@ async def open_etcd(settings: EtcdSettings) -> AsyncIterator[GatewayStore]:
     startup surfaces as ``EtcdUnavailable`` on the first request, not here.
 
     Raises:
-        EtcdError: the TLS files cannot be read.
+        EtcdError: the TLS files cannot be read, or the gRPC transport is selected and
+            its packages (pgcm-common's ``grpc`` extra) are not installed.
 
     Cancellation:
         Closing on exit is immediate.
@@ -234,9 +243,37 @@ async def open_etcd(settings: EtcdSettings) -> AsyncIterator[GatewayStore]:
             msg="the etcd password is sent without TLS: anyone on the network path can "
             "read it; set ca_file or use https:// endpoints",
         )
-    # Reading the CA and key files blocks: off the event loop.
-    store = GatewayStore(settings, await anyio.to_thread.run_sync(client_context, settings))
+    # Reading the certificate, CA and key files (and importing grpclib) blocks: off the loop.
+    tls, factory = await anyio.to_thread.run_sync(_transport, settings)
+    store = GatewayStore(settings, tls, factory)
     try:
         yield store
     finally:
         store.close()
+
+
+def _transport(settings: EtcdSettings) -> tuple[ssl.SSLContext | None, ClientFactory]:
+    """Return the TLS context and the client class of the transport ``settings`` select.
+
+    Reads files and may import modules: call it off the loop.
+
+    Raises:
+        EtcdError: a TLS file cannot be read, or gRPC is chosen but grpclib or
+            betterproto2 is not installed.
+    """
+    transport = choose_transport(settings)
+    return client_context(settings, transport), _factory(transport)
+
+
+def _factory(transport: TransportName) -> ClientFactory:
+    if transport == "gateway":
+        return GatewayClient
+    try:
+        # grpclib, h2 and betterproto2 cost memory: loaded only for this transport.
+        from pgcm_common._etcd.grpc_client import GrpcClient  # noqa: PLC0415
+    except ImportError as exc:
+        raise EtcdError(
+            f"etcd transport grpc needs pgcm-common's grpc extra (grpclib, betterproto2): {exc}"
+        ) from exc
+    log.info("etcd.transport", transport=transport)
+    return GrpcClient

@@ -2,7 +2,7 @@
 
 :class:`EndpointPool` is what the request paths (:mod:`failover`, :mod:`hedging`,
 :mod:`watch_stream`) share: they ask it for the client in use (a
-:class:`GatewayClient`: the connections to one endpoint), tell it which client failed
+:class:`EndpointClient`: the connections to one endpoint), tell it which client failed
 (:meth:`EndpointPool.drop`) or which hedge answered first (:meth:`EndpointPool.adopt`),
 and dial extra clients through it.
 """
@@ -16,8 +16,8 @@ import anyio
 import structlog
 
 from pgcm_common._etcd.failures import details
-from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
+from pgcm_common._etcd.transport import ClientFactory, EndpointClient
 
 __all__ = ["EndpointPool"]
 
@@ -28,12 +28,15 @@ log = structlog.get_logger()
 class EndpointPool:
     """The configured endpoints, which one is in use, and the connection to it."""
 
-    def __init__(self, settings: EtcdSettings, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, settings: EtcdSettings, tls: ssl.SSLContext | None, factory: ClientFactory
+    ) -> None:
         self._settings = settings
         self._tls = tls
+        self._factory = factory
         self._endpoints = settings.parsed_endpoints
         self._index = 0
-        self._client: GatewayClient | None = None
+        self._client: EndpointClient | None = None
         self._connecting = anyio.Lock()
         self._hedge_delay_s = settings.hedge_delay.total_seconds()
 
@@ -62,11 +65,11 @@ class EndpointPool:
         if client is not None:
             client.close()
 
-    async def connected(self) -> GatewayClient:
+    async def connected(self) -> EndpointClient:
         """Return the connection in use, dialling the current endpoint if there is none.
 
         Raises:
-            TimeoutError: no connection within dial_timeout (see ``GatewayClient.connect``).
+            TimeoutError: no connection within dial_timeout (see ``EndpointClient.connect``).
         """
         async with self._connecting:
             if self._client is None:
@@ -79,19 +82,19 @@ class EndpointPool:
                 self._client = client
             return self._client
 
-    def _in_use(self) -> GatewayClient | None:
+    def _in_use(self) -> EndpointClient | None:
         # A method, not the attribute: mypy would keep the narrowing across an await.
         return self._client
 
-    async def dial(self, index: int) -> GatewayClient:
+    async def dial(self, index: int) -> EndpointClient:
         """Open a connection to the endpoint at ``index``; on failure move past it.
 
         The caller owns the connection unless it becomes the one in use.
 
         Raises:
-            Whatever ``GatewayClient.connect`` raises.
+            Whatever ``EndpointClient.connect`` raises.
         """
-        client = GatewayClient(self._endpoints[index], self._settings, self._tls, index=index)
+        client = self._factory(self._endpoints[index], self._settings, self._tls, index=index)
         try:
             await client.connect()
         except Exception:
@@ -100,7 +103,7 @@ class EndpointPool:
             raise
         return client
 
-    def drop(self, client: GatewayClient, exc: BaseException) -> None:
+    def drop(self, client: EndpointClient, exc: BaseException) -> None:
         """Forget a failing connection and move on to the next endpoint."""
         if self._client is client:
             self._client = None
@@ -113,7 +116,7 @@ class EndpointPool:
             )
         client.close()
 
-    def adopt(self, client: GatewayClient, replaced: GatewayClient | None) -> bool:
+    def adopt(self, client: EndpointClient, replaced: EndpointClient | None) -> bool:
         """Make ``client`` (a hedge that answered first) the connection in use.
 
         Only when the connection in use is still ``replaced`` (or none): if another call

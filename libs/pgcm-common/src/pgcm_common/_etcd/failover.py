@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from pgcm_common._etcd.endpoints import EndpointPool
 from pgcm_common._etcd.failures import ConnectionClosedUnderCall, details, retryable
-from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.stall import StallGuard
+from pgcm_common._etcd.transport import EndpointClient
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = ["call_in_turn"]
@@ -28,7 +28,7 @@ async def call_in_turn(
     pool: EndpointPool,
     guard: StallGuard,
     what: str,
-    op: Callable[[GatewayClient], Awaitable[_T]],
+    op: Callable[[EndpointClient], Awaitable[_T]],
 ) -> _T:
     """Run ``op`` on the connection in use, failing over to each endpoint once.
 

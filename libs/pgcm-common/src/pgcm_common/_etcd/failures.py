@@ -4,7 +4,8 @@ etcd's JSON gateway answers a failed request with an HTTP error status and a bod
 ``{"error": ..., "code": <gRPC status code>, "message": ...}``: :class:`GatewayError`
 carries that code, so the failover and hedging code decide with one predicate
 (:func:`retryable`) whether another endpoint may succeed, as they did when the client
-spoke gRPC. Failures below the gateway (refused, reset, a TLS handshake refused, an
+spoke gRPC (the gRPC transport, :mod:`grpc_client`, raises it with the status etcd's
+gRPC server sent). Failures below the gateway (refused, reset, a TLS handshake refused, an
 answer that is not the gateway's) are :class:`TransportError`; a connection closed
 under a request by another task (failover dropped it) is
 :class:`ConnectionClosedUnderCall`.

@@ -28,7 +28,7 @@ from pgcm_common._etcd.failures import (
 from pgcm_common._etcd.http import HttpConnection, Response, open_connection
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 
-__all__ = ["GatewayClient", "JsonLines"]
+__all__ = ["GatewayClient", "JsonLines", "token_of"]
 
 # Idle connections kept per endpoint. Unary calls are short and mostly one at a time
 # (the daemons run a watch and a few writes); hedges and probes dial their own.
@@ -79,7 +79,7 @@ class GatewayClient:
             if self._user is None:
                 self._checkin(await self._dial())
             else:
-                self._token = _token(await self.call("/v3/auth/authenticate", self._user))
+                self._token = token_of(await self.call("/v3/auth/authenticate", self._user))
         except BaseException:
             self.close()
             raise
@@ -216,7 +216,12 @@ class JsonLines:
         return result
 
 
-def _token(answer: JsonObject) -> str:
+def token_of(answer: JsonObject) -> str:
+    """Return the token of an ``AuthenticateResponse``.
+
+    Raises:
+        TransportError: the answer has none.
+    """
     token = answer.get("token")
     if not isinstance(token, str) or not token:
         raise TransportError("etcd answered authenticate without a token")
@@ -241,7 +246,8 @@ def _answer_error(response: Response) -> Exception:
         return GatewayError(
             Status.PERMISSION_DENIED,
             "etcd's JSON gateway refuses client certificates with a CommonName in their"
-            " subject; use one without (cert_file)",
+            ' subject; set [etcd] transport = "auto" (or "grpc"), or use a certificate'
+            " without one (cert_file)",
         )
     try:
         error = _gateway_error(decode_body(response.body))

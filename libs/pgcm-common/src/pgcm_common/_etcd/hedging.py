@@ -20,7 +20,7 @@ import anyio.abc
 
 from pgcm_common._etcd.endpoints import EndpointPool
 from pgcm_common._etcd.failures import ConnectionClosedUnderCall, details, retryable
-from pgcm_common._etcd.gateway import GatewayClient
+from pgcm_common._etcd.transport import EndpointClient
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = ["hedged_read"]
@@ -31,7 +31,7 @@ _T = TypeVar("_T")
 async def hedged_read(
     pool: EndpointPool,
     what: str,
-    op: Callable[[GatewayClient], Awaitable[_T]],
+    op: Callable[[EndpointClient], Awaitable[_T]],
     *,
     hedge_delay: timedelta,
     request_timeout: timedelta,
@@ -67,7 +67,7 @@ class _HedgedRead(Generic[_T]):
         self,
         pool: EndpointPool,
         what: str,
-        op: Callable[[GatewayClient], Awaitable[_T]],
+        op: Callable[[EndpointClient], Awaitable[_T]],
         *,
         hedge_delay_s: float,
         request_timeout_s: float,
@@ -81,11 +81,11 @@ class _HedgedRead(Generic[_T]):
         # failure elsewhere moves the pool on meanwhile.
         self._count = pool.count
         self._start = pool.position
-        self._won: list[tuple[GatewayClient, _T]] = []
+        self._won: list[tuple[EndpointClient, _T]] = []
         self._failures: list[Exception] = []
         self._fatal: list[Exception] = []
-        self._hedges: dict[int, GatewayClient] = {}
-        self._shared: list[GatewayClient] = []
+        self._hedges: dict[int, EndpointClient] = {}
+        self._shared: list[EndpointClient] = []
         self._retry: list[int] = []
         self._in_flight = 0
         self._failed = anyio.Event()
@@ -116,7 +116,7 @@ class _HedgedRead(Generic[_T]):
             f"etcd {self._what}: no endpoint answered ({self._pool.describe()})"
         ) from last
 
-    def _settle(self, client: GatewayClient, result: _T) -> _T:
+    def _settle(self, client: EndpointClient, result: _T) -> _T:
         """Adopt the winning hedge connection (if it is one) and return its answer."""
         replaced = self._shared[0] if self._shared else None
         for offset, hedge in list(self._hedges.items()):
@@ -136,7 +136,7 @@ class _HedgedRead(Generic[_T]):
             self._failed.set()  # do not wait out hedge_delay: ask the next endpoint now
 
     async def _ask(self, offset: int, race: anyio.CancelScope) -> None:
-        client: GatewayClient | None = None
+        client: EndpointClient | None = None
         try:
             client = await self._connection(offset)
             result = await self._op(client)
@@ -162,7 +162,7 @@ class _HedgedRead(Generic[_T]):
             self._won.append((client, result))
             race.cancel()
 
-    async def _connection(self, offset: int) -> GatewayClient:
+    async def _connection(self, offset: int) -> EndpointClient:
         if offset == 0:
             client = await self._pool.connected()
             self._shared.append(client)

@@ -1,6 +1,6 @@
 """Key-value requests on one endpoint: reads, writes, transactions, compaction.
 
-Each function is one attempt on one :class:`GatewayClient` and returns our model types;
+Each function is one attempt on one :class:`EndpointClient` and returns our model types;
 the store runs reads hedged and writes through failover. Conditions and guards become
 the gateway's ``Compare`` messages (:func:`codec.compare`).
 """
@@ -20,7 +20,6 @@ from pgcm_common._etcd.codec import (
     prefix_range_end,
 )
 from pgcm_common._etcd.failures import TransportError, details
-from pgcm_common._etcd.gateway import GatewayClient
 from pgcm_common._etcd.leases import raise_lease_error
 from pgcm_common._etcd.model import (
     Condition,
@@ -31,18 +30,19 @@ from pgcm_common._etcd.model import (
     Write,
     check_writes,
 )
+from pgcm_common._etcd.transport import EndpointClient
 
 __all__ = ["Transaction", "compact", "delete", "get", "get_prefix", "put", "put_if"]
 
 
-async def get(client: GatewayClient, key: bytes) -> KeyValue | None:
+async def get(client: EndpointClient, key: bytes) -> KeyValue | None:
     """Return the key, or None when it does not exist."""
     answer = await client.call("/v3/kv/range", {"key": b64(key)})
     kvs = _kvs(answer)
     return key_value(kvs[0]) if kvs else None
 
 
-async def get_prefix(client: GatewayClient, prefix: bytes) -> Listing:
+async def get_prefix(client: EndpointClient, prefix: bytes) -> Listing:
     """Return every key under ``prefix`` in key order and the revision read at."""
     answer = await client.call(
         "/v3/kv/range",
@@ -57,7 +57,7 @@ async def get_prefix(client: GatewayClient, prefix: bytes) -> Listing:
     return Listing(revision=header_revision(answer), items=items)
 
 
-async def put(client: GatewayClient, key: bytes, value: bytes, lease: int) -> int:
+async def put(client: EndpointClient, key: bytes, value: bytes, lease: int) -> int:
     """Write the key; return the revision of the write.
 
     Raises:
@@ -72,7 +72,7 @@ async def put(client: GatewayClient, key: bytes, value: bytes, lease: int) -> in
 
 
 async def put_if(
-    client: GatewayClient, key: bytes, value: bytes, condition: Condition, lease: int
+    client: EndpointClient, key: bytes, value: bytes, condition: Condition, lease: int
 ) -> bool:
     """Write the key in one transaction only if ``condition`` holds; return whether.
 
@@ -101,7 +101,7 @@ class Transaction:
         # etcd's error does not say which lease was missing: name the first one.
         self._first_lease = next((w.lease for w in writes if w.lease), 0)
 
-    async def send(self, client: GatewayClient) -> TxnResult:
+    async def send(self, client: EndpointClient) -> TxnResult:
         """Send the transaction once on ``client``.
 
         Raises:
@@ -118,13 +118,13 @@ class Transaction:
         )
 
 
-async def delete(client: GatewayClient, key: bytes) -> bool:
+async def delete(client: EndpointClient, key: bytes) -> bool:
     """Delete the key; return whether it existed."""
     answer = await client.call("/v3/kv/deleterange", {"key": b64(key)})
     return integer(answer, "deleted") > 0
 
 
-async def compact(client: GatewayClient, revision: int) -> None:
+async def compact(client: EndpointClient, revision: int) -> None:
     """Drop history before ``revision``; a revision already compacted is fine."""
     try:
         await client.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})

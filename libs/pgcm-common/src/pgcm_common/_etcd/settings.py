@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, final
+from typing import ClassVar, Literal, final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -98,6 +98,15 @@ class EtcdSettings(BaseModel):
         description="client certificate (mutual TLS; needs ca_file or https:// endpoints)",
     )
     key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
+    transport: Literal["auto", "gateway", "grpc"] = Field(
+        default="auto",
+        description=(
+            "how to talk to etcd: gateway (its JSON gateway over HTTP/1.1, the lighter),"
+            " grpc (its gRPC API over HTTP/2, needed for a client certificate with a"
+            " CommonName, which the gateway refuses), or auto: grpc exactly when cert_file"
+            " has a CommonName in its subject"
+        ),
+    )
     dial_timeout: PositiveDuration = Field(
         default=timedelta(seconds=2), description="bound on connecting to one endpoint"
     )

@@ -21,7 +21,7 @@ import anyio
 
 from pgcm_common._etcd.codec import b64
 from pgcm_common._etcd.failures import NO_ANSWER, GatewayError, MemberUnresponsive
-from pgcm_common._etcd.gateway import GatewayClient
+from pgcm_common._etcd.transport import EndpointClient
 
 __all__ = ["StallGuard", "answers"]
 
@@ -33,7 +33,7 @@ _T = TypeVar("_T")
 _PROBE = {"key": b64(b"\x00pgcm-liveness-probe"), "serializable": True, "count_only": True}
 
 
-async def answers(client: GatewayClient, within: timedelta) -> bool:
+async def answers(client: EndpointClient, within: timedelta) -> bool:
     """Return whether the member answers a local read within ``within``.
 
     The probe goes on a connection of its own (the one in use may be the stalled one).
@@ -54,7 +54,7 @@ class StallGuard:
     def __init__(self, hedge_delay: timedelta) -> None:
         self._delay = hedge_delay
 
-    async def run(self, client: GatewayClient, work: Callable[[], Awaitable[_T]]) -> _T:
+    async def run(self, client: EndpointClient, work: Callable[[], Awaitable[_T]]) -> _T:
         """Await ``work`` on ``client``; abandon it if it stalls on an unresponsive member.
 
         After ``hedge_delay`` without an answer the member is probed (:func:`answers`);

@@ -1,16 +1,44 @@
-"""The TLS context of etcd connections, built from the settings' CA and client files."""
+"""The TLS context of etcd connections, and which transport the client certificate needs."""
 
 from __future__ import annotations
 
 import ssl
 
+from pgcm_common._etcd.certs import subject_has_common_name
 from pgcm_common._etcd.settings import EtcdSettings
+from pgcm_common._etcd.transport import TransportName
 from pgcm_common.errors import EtcdError
 
-__all__ = ["client_context"]
+__all__ = ["choose_transport", "client_context"]
+
+# etcd serves gRPC (HTTP/2) and the JSON gateway (HTTP/1.1) on one port: ALPN says which.
+_ALPN: dict[TransportName, str] = {"gateway": "http/1.1", "grpc": "h2"}
 
 
-def client_context(settings: EtcdSettings) -> ssl.SSLContext | None:
+def choose_transport(settings: EtcdSettings) -> TransportName:
+    """Return the transport ``settings.transport`` names, resolving ``auto``.
+
+    ``auto`` is gRPC exactly when ``cert_file`` holds a certificate whose subject has a
+    CommonName (etcd's gateway refuses those), else the gateway. Reads the file: call it
+    off the loop.
+
+    Raises:
+        EtcdError: ``cert_file`` cannot be read or holds no certificate.
+    """
+    if settings.transport != "auto":
+        return settings.transport
+    if settings.cert_file is None:
+        return "gateway"
+    try:
+        common_name = subject_has_common_name(settings.cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise EtcdError(
+            f"cannot read the etcd client certificate {settings.cert_file}: {exc}"
+        ) from exc
+    return "grpc" if common_name else "gateway"
+
+
+def client_context(settings: EtcdSettings, transport: TransportName) -> ssl.SSLContext | None:
     """Return the TLS context ``settings`` ask for, or None for plain text.
 
     The server's certificate is verified against ``ca_file`` (the system's CAs without
@@ -30,6 +58,5 @@ def client_context(settings: EtcdSettings) -> ssl.SSLContext | None:
             context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
     except OSError as exc:  # ssl.SSLError included: a file that is not PEM
         raise EtcdError(f"cannot read etcd TLS files: {exc}") from exc
-    # etcd serves gRPC and the JSON gateway on one port: ask for HTTP/1.1 explicitly.
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols([_ALPN[transport]])
     return context

@@ -35,9 +35,9 @@ from pgcm_common._etcd.codec import (
 from pgcm_common._etcd.endpoints import EndpointPool
 from pgcm_common._etcd.failover import call_in_turn
 from pgcm_common._etcd.failures import MemberUnresponsive, TransportError, details, retryable
-from pgcm_common._etcd.gateway import GatewayClient, JsonLines
 from pgcm_common._etcd.model import Deleted, EtcdCompacted, WatchBatch, WatchEvent
 from pgcm_common._etcd.stall import StallGuard, answers
+from pgcm_common._etcd.transport import AnswerStream, EndpointClient
 from pgcm_common.errors import EtcdError, EtcdUnavailable
 
 __all__ = ["WatchStream", "WatchTimings", "open_watch_stream"]
@@ -114,7 +114,7 @@ async def open_watch_stream(
         yield watch
 
 
-async def _itself(client: GatewayClient) -> GatewayClient:
+async def _itself(client: EndpointClient) -> EndpointClient:
     return client
 
 
@@ -123,7 +123,7 @@ class WatchStream:
     """One established watch stream on one connection (a :class:`WatchHandle`)."""
 
     def __init__(
-        self, pool: EndpointPool, client: GatewayClient, lines: JsonLines, timings: WatchTimings
+        self, pool: EndpointPool, client: EndpointClient, lines: AnswerStream, timings: WatchTimings
     ) -> None:
         self._pool = pool
         self._client = client
