@@ -1,7 +1,8 @@
 """A lease-based etcd lock with keepalive and a fencing token.
 
-Built on one transaction, not aetcd's ``lock()`` (which enters the critical section
-after its timeout without holding the lock and never refreshes its lease):
+Built on one transaction rather than a client library's lock helper (one such helper
+enters the critical section after its timeout without holding the lock and never
+refreshes its lease):
 
 * acquire: grant a short lease, keep it alive from an owned task, then
   ``put key=holder-json if the key is absent`` attached to the lease. When someone else
