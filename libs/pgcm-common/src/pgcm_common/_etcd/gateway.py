@@ -27,6 +27,7 @@ from pgcm_common._etcd.failures import (
 )
 from pgcm_common._etcd.http import HttpConnection, Response, open_connection
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
+from pgcm_common._etcd.transport import authenticate_request
 
 __all__ = ["GatewayClient", "JsonLines", "token_of"]
 
@@ -54,12 +55,7 @@ class GatewayClient:
         self._tls = tls
         self._dial_timeout_s = settings.dial_timeout.total_seconds()
         self._timeout_s = settings.request_timeout.total_seconds()
-        self._user: dict[str, str] | None = None
-        if settings.username is not None and settings.password is not None:
-            self._user = {
-                "name": settings.username,
-                "password": settings.password.get_secret_value(),
-            }
+        self._user = authenticate_request(settings)
         self._token: str | None = None
         self._idle: list[HttpConnection] = []
         self._open: set[HttpConnection] = set()  # idle, busy and streaming alike

@@ -36,6 +36,7 @@ from pgcm_common._etcd.codec import JsonObject
 from pgcm_common._etcd.failures import ConnectionClosedUnderCall, GatewayError, TransportError
 from pgcm_common._etcd.gateway import token_of
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
+from pgcm_common._etcd.transport import authenticate_request
 from pgcm_common.proto import etcdserverpb as pb
 
 __all__ = ["GrpcClient"]
@@ -123,12 +124,7 @@ class GrpcClient:
         self._channel = Channel(endpoint.host, endpoint.port, ssl=tls, codec=_Codec())
         self._dial_timeout_s = settings.dial_timeout.total_seconds()
         self._timeout_s = settings.request_timeout.total_seconds()
-        self._user: dict[str, str] | None = None
-        if settings.username is not None and settings.password is not None:
-            self._user = {
-                "name": settings.username,
-                "password": settings.password.get_secret_value(),
-            }
+        self._user = authenticate_request(settings)
         self._metadata: dict[str, str] = {}
         self._closed = False
 

@@ -20,7 +20,13 @@ from typing import Any, Literal, Protocol
 from pgcm_common._etcd.codec import JsonObject
 from pgcm_common._etcd.settings import EtcdEndpoint, EtcdSettings
 
-__all__ = ["AnswerStream", "ClientFactory", "EndpointClient", "TransportName"]
+__all__ = [
+    "AnswerStream",
+    "ClientFactory",
+    "EndpointClient",
+    "TransportName",
+    "authenticate_request",
+]
 
 TransportName = Literal["gateway", "grpc"]
 
@@ -86,3 +92,13 @@ class ClientFactory(Protocol):
     ) -> EndpointClient:
         """Return a client that is not connected yet."""
         ...
+
+
+def authenticate_request(settings: EtcdSettings) -> dict[str, str] | None:
+    """Return the ``/v3/auth/authenticate`` message for the configured user, if any.
+
+    Both transports send it once per connection and then carry the token it returns.
+    """
+    if settings.username is None or settings.password is None:
+        return None
+    return {"name": settings.username, "password": settings.password.get_secret_value()}

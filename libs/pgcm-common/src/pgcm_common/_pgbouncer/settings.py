@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pgcm_common._pgwire.address import ServerAddress
 from pgcm_common.settings import PositiveDuration
 
 __all__ = ["PgBouncerEndpoint", "PgBouncerSettings"]
@@ -20,7 +21,7 @@ DEFAULT_PORT = 6432
 
 
 @final
-class PgBouncerEndpoint(BaseModel):
+class PgBouncerEndpoint(BaseModel, ServerAddress):
     """Where one PgBouncer process listens.
 
     ``host`` starting with ``/`` is a unix socket directory (the socket is
@@ -31,16 +32,6 @@ class PgBouncerEndpoint(BaseModel):
 
     host: str = Field(default=DEFAULT_SOCKET_DIR, min_length=1)
     port: Port = DEFAULT_PORT
-
-    @property
-    def is_unix_socket(self) -> bool:
-        """Return whether this endpoint is a unix socket directory."""
-        return self.host.startswith("/")
-
-    @property
-    def unix_socket_path(self) -> str:
-        """Return the socket file PostgreSQL clients derive from directory and port."""
-        return f"{self.host}/.s.PGSQL.{self.port}"
 
     def __str__(self) -> str:
         return self.unix_socket_path if self.is_unix_socket else f"{self.host}:{self.port}"

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, final, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pgcm_common._pgwire.address import ServerAddress
+
 __all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "Endpoint", "PostgresDsn", "SslMode", "parse_dsn"]
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
@@ -88,21 +90,11 @@ _NOT_IMPLEMENTED: Final = frozenset(
 
 @final
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(ServerAddress):
     """One address to try: a host (or socket directory) and a port."""
 
     host: str
     port: int
-
-    @property
-    def is_unix_socket(self) -> bool:
-        """Return whether ``host`` is a unix socket directory."""
-        return self.host.startswith("/")
-
-    @property
-    def unix_socket_path(self) -> str:
-        """Return the socket file PostgreSQL derives from directory and port."""
-        return f"{self.host}/.s.PGSQL.{self.port}"
 
 
 @final
