@@ -73,10 +73,16 @@ SEGMENTS: Final = (
 DETAILS: Final = (
     ("to_etcd.before_read", "promoted", "observed"),
     ("to_etcd.read_and_put", "observed", "published"),
+    ("to_resume.ack_put", "last_ack", "acks_seen"),
+    ("to_resume.wake", "acks_seen", "resume_started"),
 )
 """``to_etcd`` split where the publishing crm_mon read started (the record's
 ``observed_at``): the nudge and any wait for a read that sees the promote, then that
-read plus the etcd transaction. Reported when the mark is known, never summed."""
+read plus the etcd transaction. ``to_resume`` split where pgcm-failover logged that
+every live proxy had acknowledged (``failover.proxy.acknowledged``): the last proxy's
+ack put (its ``applied_at`` is stamped before the put), etcd's commit and the watch
+event reaching pgcm-failover, then pgcm-failover leaving the wait and starting the
+RESUME. Reported when the mark is known, never summed."""
 
 # Pacemaker logs to the millisecond and may log the constraint a moment before
 # pgcm-failover logs that the pause phase is done: a chain counts for a run when it
@@ -117,9 +123,10 @@ def _ts(record: Mapping[str, object]) -> datetime:
 
 
 def failover_marks(lines: Sequence[str]) -> dict[str, datetime]:
-    """``pause_started``, ``paused``, ``resume_started`` and ``resumed`` from pgcm-failover.
+    """``pause_started``, ``paused``, ``acks_seen``, ``resume_started`` and ``resumed``.
 
-    ``lines`` are one run's JSON log (``--log-format json``, on stderr). A mark whose
+    ``lines`` are one run's pgcm-failover JSON log (``--log-format json``, on stderr);
+    ``acks_seen`` is its ``failover.proxy.acknowledged`` line. A mark whose
     line is missing (the run failed before it) is left out.
     """
     marks: dict[str, datetime] = {}
@@ -134,6 +141,9 @@ def failover_marks(lines: Sequence[str]) -> dict[str, datetime]:
             mark = wanted.get((event, str(record.get("phase"))))
             if mark is not None and mark not in marks:
                 marks[mark] = _ts(record)
+    # Logged once per switchover, the moment the last acknowledgement was read.
+    for record in json_events(lines, "failover.proxy.acknowledged")[:1]:
+        marks["acks_seen"] = _ts(record)
     return marks
 
 

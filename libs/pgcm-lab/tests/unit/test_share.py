@@ -28,6 +28,7 @@ FAILOVER_LOG = [
     _line("failover.phase.start", "23.070500", phase="migrate"),
     _line("failover.phase.done", "23.760000", phase="migrate", seconds=0.69),
     "Traceback-free noise that is not JSON",
+    _line("failover.proxy.acknowledged", "26.080000", proxies=["app", "n1"]),
     _line("failover.phase.start", "26.100000", phase="resume"),
     _line("failover.phase.done", "26.130000", phase="resume", seconds=0.03),
 ]
@@ -72,6 +73,8 @@ def test_one_run_splits_into_segments_between_the_logged_marks() -> None:
         "to_resume": 0.05,
         "resume": 0.03,
         "share": 1.034,
+        "to_resume.ack_put": 0.03,
+        "to_resume.wake": 0.02,
     }
 
 
@@ -113,6 +116,13 @@ def test_a_run_without_a_chain_or_a_publication_cannot_be_broken_down() -> None:
     del marks["published"]
     with pytest.raises(share.ShareError, match="published"):
         share.segments(marks, CHAIN)
+
+
+def test_the_failovers_ack_line_splits_the_wait_for_the_last_ack() -> None:
+    result = share.segments(_marks(), CHAIN)
+    assert result["to_resume.ack_put"] == 0.03
+    assert result["to_resume.wake"] == 0.02
+    assert result["to_resume"] == 0.05
 
 
 def test_a_failed_run_logs_no_resume_mark() -> None:

@@ -3,7 +3,10 @@
 Every command goes through the simple-query client of :mod:`pgcm_common._pgwire.wire`, the one
 protocol stack pgcm speaks to the console (ADR 0005). Each operation opens its own
 short connection: admin commands are rare, and a fresh connection cannot inherit a
-half-finished conversation from an earlier cancelled call.
+half-finished conversation from an earlier cancelled call. One exception: the
+connection a PAUSE succeeded on is kept until the next RESUME, which then costs one
+query instead of a login as well (a switchover's clients wait for it). A kept connection
+that broke meanwhile (PgBouncer restarted) is replaced by a fresh one for that RESUME.
 
 WAIT_CLOSE is never sent: on PgBouncer 1.18 it leaves the pooler in a state where every
 later PAUSE returns at once without waiting for transactions, which would make a
@@ -114,6 +117,9 @@ class PgBouncerAdmin:
         """Talk to ``endpoint`` (default: the first of ``settings.endpoints``)."""
         self._settings = settings
         self._endpoint = endpoint or settings.endpoints[0]
+        # The connection our last successful PAUSE ran on, in step (its answer was read
+        # to the end), kept for the RESUME that lifts that pause.
+        self._paused_on: SimpleQueryConnection | None = None
         self._log = _log.bind(component="pgbouncer", endpoint=str(self._endpoint))
 
     @property
@@ -174,7 +180,8 @@ class PgBouncerAdmin:
         """Send PAUSE and wait until every server connection is released.
 
         PAUSE waits for running transactions, so it can take arbitrarily long: the
-        caller bounds it (``with anyio.fail_after(...)``). If the call ends
+        caller bounds it (``with anyio.fail_after(...)``). On success the connection
+        stays open for the next :meth:`resume`. If the call ends
         without success — the deadline fired, the caller was cancelled or the
         connection broke — the PAUSE already registered inside PgBouncer is undone:
         the admin connection is dropped, RESUME is sent on a fresh one (shielded,
@@ -215,13 +222,52 @@ class PgBouncerAdmin:
                         outcome="timeout",
                     )
             raise
-        await close_quietly(connection)
+        await self._keep_for_resume(connection)
         self._log.info(
             "clients.pgbouncer.pause",
             msg="PgBouncer paused" if first else "PgBouncer was already paused",
             outcome="paused" if first else "already_paused",
             elapsed=time.monotonic() - started,
         )
+
+    async def _keep_for_resume(self, connection: SimpleQueryConnection) -> None:
+        # A second PAUSE (already paused) replaces the connection kept by the first:
+        # one is enough for the RESUME, and none is ever left open behind us.
+        previous, self._paused_on = self._paused_on, connection
+        if previous is not None:
+            await close_quietly(previous)
+
+    async def _resume_on_kept(self) -> bool | None:
+        """RESUME on the connection the PAUSE used; None when there is none or it broke.
+
+        Bounded by ``connect_timeout``: on a live connection the answer takes
+        milliseconds, and a connection that does not answer is given up for a fresh one
+        rather than holding every client longer.
+        """
+        connection, self._paused_on = self._paused_on, None
+        if connection is None:
+            return None
+        try:
+            with anyio.fail_after(self._settings.connect_timeout.total_seconds()):
+                resumed = await self._execute(connection, "RESUME", _NOT_PAUSED)
+        except PgBouncerCommandRefused:
+            await close_quietly(connection)  # an answer read to its end: no retry
+            raise
+        except (PgBouncerError, TimeoutError) as exc:
+            # The RESUME may or may not have arrived: sending it again on a fresh
+            # connection is safe ("not paused" counts as success).
+            await connection.abort()
+            self._log.info(
+                "clients.pgbouncer.resume.reconnect",
+                error=str(exc) or type(exc).__name__,
+                msg="the connection kept since PAUSE broke; sending RESUME on a new one",
+            )
+            return None
+        except BaseException:
+            await connection.abort()
+            raise
+        await close_quietly(connection)
+        return resumed
 
     async def _undo_pause(self) -> None:
         try:
@@ -251,6 +297,9 @@ class PgBouncerAdmin:
     async def resume(self) -> None:
         """Send RESUME; a PgBouncer that is not paused counts as success.
 
+        Sent on the connection kept since our PAUSE when there is one and it still
+        answers, else on a fresh connection.
+
         Raises:
             PgBouncerUnreachable: No admin connection.
             PgBouncerAuthError: Login refused.
@@ -260,7 +309,9 @@ class PgBouncerAdmin:
 
     async def _resume(self, *, reason: str) -> None:
         started = time.monotonic()
-        resumed = await self._run("RESUME", _NOT_PAUSED)
+        resumed = await self._resume_on_kept()
+        if resumed is None:
+            resumed = await self._run("RESUME", _NOT_PAUSED)
         self._log.info(
             "clients.pgbouncer.resume",
             msg="PgBouncer resumed" if resumed else "PgBouncer was not paused",

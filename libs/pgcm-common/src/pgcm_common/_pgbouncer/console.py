@@ -7,8 +7,9 @@ for every proxy's acknowledgement, which comes after them. :class:`RoutingConsol
 keeps one connection per PgBouncer and reuses it.
 
 PAUSE, RESUME and the other commands stay with :class:`PgBouncerAdmin`, on the same
-simple-query client (ADR 0005) but one connection each: dropping that connection is the
-first step of undoing an abandoned PAUSE (ADR 0003).
+simple-query client (ADR 0005) but one connection each (a PAUSE's connection is kept
+only for the RESUME that follows it): dropping that connection is the first step of
+undoing an abandoned PAUSE (ADR 0003).
 """
 
 from __future__ import annotations
