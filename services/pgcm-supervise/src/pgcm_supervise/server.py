@@ -83,8 +83,11 @@ EtcdProbe = Callable[[], Awaitable[object]]
 
 _HEALTH_CHECK_PATH = "/failover.Failover/health_check"
 # Part of the caller's deadline kept for sending the answer back: the probes stop this
-# much earlier, so an UNHEALTHY answer with reasons arrives instead of a timeout.
-_REPLY_MARGIN_S = 0.2
+# much earlier, so an UNHEALTHY answer with reasons arrives instead of a timeout. On a
+# busy host both event loops may take a few hundred milliseconds to send and read the
+# answer; with 0.2 s the caller's own limit sometimes fired first and the operator saw
+# "timed out" instead of the reason (etcd without quorum, say).
+_REPLY_MARGIN_S = 0.5
 _REPLY_MARGIN_SHARE = 0.25  # of the remaining time, for very short deadlines
 
 # Checked in order, first match wins: subclasses before their bases. UNIMPLEMENTED is
