@@ -10,8 +10,6 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from pgcm_common._pgbouncer.errors import PGBOUNCER_ERRORS
-from pgcm_common._pgwire.wire import open_simple_query
 from pgcm_common.pgbouncer import (
     PgBouncerAdmin,
     PgBouncerAuthError,
@@ -19,7 +17,13 @@ from pgcm_common.pgbouncer import (
     PgBouncerUnreachable,
     admins_for,
 )
-from pgcm_testkit.pgbouncer import SCRAM_ADMIN, PgBouncerServer, backend_connstr, start_pgbouncer
+from pgcm_testkit.pgbouncer import (
+    SCRAM_ADMIN,
+    PgBouncerServer,
+    admin_clients,
+    backend_connstr,
+    start_pgbouncer,
+)
 from pgcm_testkit.postgres import PostgresServer
 from pgcm_testkit.process import free_tcp_port
 
@@ -108,33 +112,17 @@ async def test_pause_and_resume_log_the_original_event_names(pgbouncer: PgBounce
     assert all("password" not in str(entry) for entry in logs)
 
 
-async def _admin_clients(bouncer: PgBouncerServer) -> int:
-    """Count the clients of the admin database, not counting the one asking."""
-    settings = bouncer.admin_settings()
-    password = settings.password
-    async with open_simple_query(
-        settings.endpoints[0],
-        user=settings.user,
-        password=None if password is None else password.get_secret_value(),
-        database=settings.database,
-        connect_timeout=settings.connect_timeout,
-        errors=PGBOUNCER_ERRORS,
-    ) as probe:
-        records = (await probe.query("SHOW CLIENTS")).records()
-    return sum(1 for record in records if record["database"] == "pgbouncer") - 1
-
-
 async def test_resume_is_sent_on_the_connection_the_pause_left_open(
     pgbouncer: PgBouncerServer,
 ) -> None:
     admin = PgBouncerAdmin(pgbouncer.admin_settings())
     with anyio.fail_after(10):
-        before = await _admin_clients(pgbouncer)
+        before = await admin_clients(pgbouncer.admin_settings())
         await admin.pause()
-        held = await _admin_clients(pgbouncer)
+        held = await admin_clients(pgbouncer.admin_settings())
         await admin.resume()
         await _client_query(pgbouncer, "app")
-        after = await _admin_clients(pgbouncer)
+        after = await admin_clients(pgbouncer.admin_settings())
     assert (held, after) == (before + 1, before)
 
 

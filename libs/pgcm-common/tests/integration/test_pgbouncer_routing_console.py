@@ -9,34 +9,23 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from pgcm_common._pgbouncer.errors import PGBOUNCER_ERRORS
-from pgcm_common._pgwire.wire import open_simple_query
 from pgcm_common.pgbouncer import (
     PgBouncerAuthError,
     PgBouncerSettings,
     PgBouncerUnreachable,
     RoutingConsole,
 )
-from pgcm_testkit.pgbouncer import SCRAM_ADMIN, PgBouncerServer, backend_connstr, start_pgbouncer
+from pgcm_testkit.pgbouncer import (
+    SCRAM_ADMIN,
+    PgBouncerServer,
+    admin_clients,
+    backend_connstr,
+    start_pgbouncer,
+)
 from pgcm_testkit.postgres import PostgresServer
 from pgcm_testkit.process import free_tcp_port
 
 pytestmark = pytest.mark.integration
-
-
-async def admin_connections(settings: PgBouncerSettings) -> int:
-    """Count the clients of PgBouncer's admin database, not counting the one asking."""
-    password = settings.password
-    async with open_simple_query(
-        settings.endpoints[0],
-        user=settings.user,
-        password=None if password is None else password.get_secret_value(),
-        database=settings.database,
-        connect_timeout=settings.connect_timeout,
-        errors=PGBOUNCER_ERRORS,
-    ) as probe:
-        clients = (await probe.query("SHOW CLIENTS")).records()
-    return sum(1 for client in clients if client["database"] == "pgbouncer") - 1
 
 
 @pytest.mark.parametrize("user", ["postgres", SCRAM_ADMIN], ids=["md5", "scram"])
@@ -45,15 +34,15 @@ async def test_commands_share_one_connection_until_closed(
 ) -> None:
     settings = pgbouncer.admin_settings(user=user)
     console = RoutingConsole(settings)
-    before = await admin_connections(settings)
+    before = await admin_clients(settings)
     with anyio.fail_after(10):
         for _ in range(3):
             await console.reload()
             rows = await console.show_databases()
         assert any(row.name == "app" for row in rows)
-        assert await admin_connections(settings) == before + 1
+        assert await admin_clients(settings) == before + 1
         await console.aclose()
-        assert await admin_connections(settings) == before
+        assert await admin_clients(settings) == before
 
 
 async def test_a_restarted_pgbouncer_is_reached_again_on_a_new_connection(

@@ -17,6 +17,8 @@ from typing import Literal, final
 import pytest
 from pydantic import SecretStr
 
+from pgcm_common._pgbouncer.errors import PGBOUNCER_ERRORS
+from pgcm_common._pgwire.wire import open_simple_query
 from pgcm_common.pgbouncer import PgBouncerEndpoint, PgBouncerSettings
 from pgcm_testkit.postgres import PostgresServer, as_postgres
 from pgcm_testkit.process import (
@@ -33,6 +35,7 @@ __all__ = [
     "ADMIN_PASSWORD",
     "SCRAM_ADMIN",
     "PgBouncerServer",
+    "admin_clients",
     "backend_connstr",
     "pgbouncer",
     "render_ini",
@@ -89,6 +92,24 @@ class PgBouncerServer:
         """Return a URI for an application client connecting through PgBouncer over TCP."""
         password = self.users.get(user, "")
         return f"postgresql://{user}:{password}@{self.host}:{self.port}/{database}"
+
+
+async def admin_clients(settings: PgBouncerSettings) -> int:
+    """Count the clients of PgBouncer's admin database, not counting the one asking.
+
+    Tests use it to see whether an admin connection is kept open or closed.
+    """
+    password = settings.password
+    async with open_simple_query(
+        settings.endpoints[0],
+        user=settings.user,
+        password=None if password is None else password.get_secret_value(),
+        database=settings.database,
+        connect_timeout=settings.connect_timeout,
+        errors=PGBOUNCER_ERRORS,
+    ) as probe:
+        clients = (await probe.query("SHOW CLIENTS")).records()
+    return sum(1 for client in clients if client["database"] == "pgbouncer") - 1
 
 
 def backend_connstr(server: PostgresServer, dbname: str | None = None) -> str:
