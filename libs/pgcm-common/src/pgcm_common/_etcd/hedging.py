@@ -58,9 +58,13 @@ class _HedgedRead(Generic[_T]):
 
     Attempt 0 uses the pool's connection; attempt ``k`` a connection of its own to the
     ``k``-th endpoint after it. While some attempt is still waiting (a frozen member
-    holds it), hedges that failed transiently are asked again every ``hedge_delay``
-    until ``request_timeout`` after the start: freezing the Raft leader makes the other
-    members answer "leader changed" until they elected a new one, about a second.
+    holds it), hedges that failed transiently are asked again ``hedge_delay`` after
+    their failure, until ``request_timeout`` after the start: freezing the Raft leader
+    makes the other members answer "leader changed" until they elected a new one, about
+    a second. Never sooner: a stopped member refuses a connection at once, and asking
+    it again at once would spin on ``connect`` for as long as a member without quorum
+    holds attempt 0, starving the event loop (health answers then missed their
+    deadline).
     """
 
     def __init__(
@@ -86,7 +90,7 @@ class _HedgedRead(Generic[_T]):
         self._fatal: list[Exception] = []
         self._hedges: dict[int, EndpointClient] = {}
         self._shared: list[EndpointClient] = []
-        self._retry: list[int] = []
+        self._retry: list[tuple[float, int]] = []  # (when it may be asked again, offset)
         self._in_flight = 0
         self._failed = anyio.Event()
 
@@ -97,13 +101,13 @@ class _HedgedRead(Generic[_T]):
                 pending = list(range(self._count))
                 while pending or (self._in_flight and anyio.current_time() < give_up_at):
                     if self._in_flight:
-                        with anyio.move_on_after(self._delay_s):
+                        with anyio.move_on_after(self._wait_s(more_endpoints=bool(pending))):
                             await self._failed.wait()
                     self._failed = anyio.Event()
                     if pending:
                         self._launch(tg, pending.pop(0))
-                    elif self._retry and self._in_flight:
-                        self._launch(tg, self._retry.pop(0))
+                    elif self._in_flight:
+                        self._launch_due_retries(tg)
             if self._won:
                 return self._settle(*self._won[0])
         finally:
@@ -123,6 +127,19 @@ class _HedgedRead(Generic[_T]):
             if hedge is client and self._pool.adopt(client, replaced):
                 del self._hedges[offset]
         return result
+
+    def _wait_s(self, *, more_endpoints: bool) -> float:
+        """How long to wait for an answer (or a failure) before asking anyone else."""
+        if more_endpoints or not self._retry:
+            return self._delay_s
+        return max(0.0, min(due for due, _ in self._retry) - anyio.current_time())
+
+    def _launch_due_retries(self, tg: anyio.abc.TaskGroup) -> None:
+        now = anyio.current_time()
+        due = [offset for when, offset in self._retry if when <= now]
+        self._retry = [(when, offset) for when, offset in self._retry if when > now]
+        for offset in due:
+            self._launch(tg, offset)
 
     def _launch(self, tg: anyio.abc.TaskGroup, offset: int) -> None:
         self._in_flight += 1
@@ -157,7 +174,7 @@ class _HedgedRead(Generic[_T]):
                 if client is not None:
                     self._pool.drop(client, exc)
             else:
-                self._retry.append(offset)
+                self._retry.append((anyio.current_time() + self._delay_s, offset))
         else:
             self._won.append((client, result))
             race.cancel()
