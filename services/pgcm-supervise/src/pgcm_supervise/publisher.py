@@ -7,10 +7,13 @@ Every supervise of a cluster runs this concurrently. They agree without flapping
   instance is active, not failed, on an online and clean node. Anything else is a
   :class:`Refuse` and nothing is written: the last good value stays.
 * the address and the :class:`~pgcm_common.records.PrimaryRecord` beside it are written
-  in ONE etcd transaction (``put_all_if``), guarded on both keys' revisions just read:
-  both change at one revision or neither does, so a reader never sees an address and a
-  record that disagree, and two writers never lose each other's update (the loser
-  writes nothing and re-reads on its next cycle).
+  in ONE etcd transaction (``put_all_if``), guarded on both keys' revisions as this
+  publisher last read or wrote them: both change at one revision or neither does, so a
+  reader never sees an address and a record that disagree, and two writers never lose
+  each other's update (the loser writes nothing and re-reads on its next cycle). A new
+  primary is first tried on the revisions last seen, without reading the keys again
+  (two round trips less on the switchover's path); a failed guard means someone wrote
+  meanwhile, and the keys are read and the view decided again at once.
 * the record carries ``observed_at``, the time the writer *started* its crm_mon read
   (and Pacemaker's CIB ``last_change``). A writer whose view is older than the record's
   never changes the address or the record's primary (``stale_view``): a slow crm_mon
@@ -307,6 +310,7 @@ class PrimaryPublisher:
         self._confirmed_at = 0.0
         self._last_refusal: tuple[RefusalReason, str] | None = None
         self._address_cache: dict[tuple[str, str], str] = {}
+        self._seen: _Seen | None = None
 
     @property
     def confirmed(self) -> tuple[str, str] | None:
@@ -384,12 +388,46 @@ class PrimaryPublisher:
         return cached
 
     async def _put(self, observation: Observation, node: str, address: str) -> PublishOutcome:
+        if (node, address) != self._confirmed and self._seen is not None:
+            # A new primary to publish: first try the transaction guarded on the keys as
+            # last seen, without reading them again (two etcd round trips saved on the
+            # switchover's path). If a guard fails, someone wrote meanwhile: read and
+            # decide again. Anything but a write is also decided again on a fresh read,
+            # so a refusal never rests on what we saw earlier.
+            optimistic = await self._write_if(observation, node, address, self._seen, quiet=True)
+            if optimistic is PublishOutcome.WROTE:
+                return optimistic
+        seen = await self._read_keys()
+        return await self._write_if(observation, node, address, seen, quiet=False)
+
+    async def _read_keys(self) -> _Seen:
         layout, store = self._layout, self._store
-        current = await store.get(layout.master)
-        record_kv = await store.get(layout.master_record)
-        record = _parse_record(record_kv)
+        found: dict[bytes, KeyValue | None] = {}
+
+        async def read(key: bytes) -> None:
+            found[key] = await store.get(key)
+
+        async with anyio.create_task_group() as tg:
+            for key in (layout.master, layout.master_record):
+                tg.start_soon(read, key)
+        self._seen = _Seen(found[layout.master], found[layout.master_record])
+        return self._seen
+
+    async def _write_if(
+        self, observation: Observation, node: str, address: str, seen: _Seen, *, quiet: bool
+    ) -> PublishOutcome:
+        """Write what differs from ``seen``, guarded on ``seen``'s revisions.
+
+        ``quiet``: the optimistic try; its refusal or conflict is neither logged nor
+        counted (the fresh read that follows decides).
+        """
+        layout = self._layout
+        current, record_kv = seen.master, seen.record
+        record = _parse_record(record_kv, quiet=quiet)
         value = address.encode()
         if record is not None and _backwards(current, record, observation, node, address):
+            if quiet:
+                return PublishOutcome.REFUSED
             shown = "nothing" if current is None else repr(current.value)
             return self._refuse(
                 Refuse(
@@ -408,10 +446,11 @@ class PrimaryPublisher:
             writes.append(Write(layout.master_record, self._record(observation, node, address)))
         if not writes:
             return PublishOutcome.UNCHANGED
-        # One transaction guarded on both keys as just read, even when only one is
-        # written: a reader never sees the address and the record disagree, and a
-        # concurrent writer's change to either key makes ours a no-op (re-read next cycle).
-        result = await store.put_all_if(
+        # One transaction guarded on both keys as read, even when only one is written: a
+        # reader never sees the address and the record disagree, and a concurrent
+        # writer's change to either key makes ours a no-op (read again, next cycle or at
+        # once after an optimistic try).
+        result = await self._store.put_all_if(
             (
                 Guard(layout.master, _unchanged(current)),
                 Guard(layout.master_record, _unchanged(record_kv)),
@@ -419,7 +458,14 @@ class PrimaryPublisher:
             writes,
         )
         if not result.succeeded:
-            return self._conflict(node, address, result.revision)
+            self._seen = None
+            return (
+                PublishOutcome.CONFLICT if quiet else self._conflict(node, address, result.revision)
+            )
+        self._seen = _Seen(
+            _written(current, layout.master, writes, result.revision),
+            _written(record_kv, layout.master_record, writes, result.revision),
+        )
         if write_master:
             self._count("master")
             log.info(
@@ -541,14 +587,42 @@ def _unchanged(kv: KeyValue | None) -> Condition:
     return Absent() if kv is None else ModRevisionIs(kv.mod_revision)
 
 
-def _parse_record(kv: KeyValue | None) -> PrimaryRecord | None:
+def _parse_record(kv: KeyValue | None, *, quiet: bool = False) -> PrimaryRecord | None:
     if kv is None:
         return None
     try:
         return PrimaryRecord.from_json(kv.key, kv.value)
     except RecordError as exc:
-        log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
+        if not quiet:
+            log.warning("etcd.master_record.malformed", error=str(exc), msg="overwriting it")
         return None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The address and record keys as this publisher last read or wrote them."""
+
+    master: KeyValue | None
+    record: KeyValue | None
+
+
+def _written(
+    before: KeyValue | None, key: bytes, writes: list[Write], revision: int
+) -> KeyValue | None:
+    """``key`` after a successful transaction at ``revision`` applied ``writes``."""
+    value = next((w.value for w in writes if w.key == key), None)
+    if value is None:
+        return before
+    if before is None:
+        return KeyValue(key, value, create_revision=revision, mod_revision=revision, version=1)
+    return KeyValue(
+        key,
+        value,
+        create_revision=before.create_revision,
+        mod_revision=revision,
+        version=before.version + 1,
+    )
 
 
 async def _publish_notice(publisher: PrimaryPublisher, last: Observation, promoted: str) -> None:

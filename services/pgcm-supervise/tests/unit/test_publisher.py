@@ -301,13 +301,16 @@ async def test_older_view_never_overwrites_a_newer_record() -> None:
 
 
 class RacingStore:
-    """Another writer acts once between our reads and our transaction."""
+    """Another writer acts once between our reads and our transaction; counts our calls."""
 
-    def __init__(self, interfere: Callable[[FakeEtcdStore], Awaitable[object]]) -> None:
+    def __init__(self, interfere: Callable[[FakeEtcdStore], Awaitable[object]] | None) -> None:
         self.inner = FakeEtcdStore()
-        self._interfere: Callable[[FakeEtcdStore], Awaitable[object]] | None = interfere
+        self._interfere = interfere
+        self.reads = 0
+        self.transactions = 0
 
     async def get(self, key: bytes) -> KeyValue | None:
+        self.reads += 1
         return await self.inner.get(key)
 
     async def get_prefix(self, prefix: bytes) -> Listing:
@@ -322,6 +325,7 @@ class RacingStore:
         return await self.inner.put_if(key, value, condition, lease=lease)
 
     async def put_all_if(self, guards: Sequence[Guard], writes: Sequence[Write]) -> TxnResult:
+        self.transactions += 1
         if self._interfere is not None:
             interfere, self._interfere = self._interfere, None
             await interfere(self.inner)
@@ -370,6 +374,57 @@ async def test_compare_and_put_conflict_writes_nothing_and_rechecks_next_cycle()
     assert [e["event"] for e in logs] == ["etcd.master.conflict"]
     assert await publisher.publish(healthy) is PublishOutcome.WROTE
     assert await value(store.inner, b"/pg/master") == b"10.0.0.11"
+
+
+async def test_a_new_primary_is_written_on_the_revisions_last_seen_without_a_read() -> None:
+    store = RacingStore(None)
+    publisher = make_publisher(store)
+    await publisher.publish(observed(load("01-healthy-n1-primary.xml"), T0))
+    reads = store.reads
+    later = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1))
+    assert await publisher.publish(later) is PublishOutcome.WROTE
+    assert store.reads == reads  # one transaction, guarded on what the last one wrote
+    assert store.transactions == 2
+    assert await value(store.inner, b"/pg/master") == b"10.0.0.12"
+    record = await record_of(store.inner)
+    assert record is not None
+    assert (record.node, record.observed_at) == ("n2", T0 + timedelta(seconds=1))
+    # And back: the revisions kept after that write guard the next one too.
+    back = observed(load("06-final-healthy-n1.xml"), T0 + timedelta(seconds=2))
+    assert await publisher.publish(back) is PublishOutcome.WROTE
+    assert (store.reads, store.transactions) == (reads, 3)
+    assert await value(store.inner, b"/pg/master") == b"10.0.0.11"
+
+
+async def test_keys_changed_since_last_seen_are_read_again_before_deciding() -> None:
+    store = RacingStore(None)
+    metrics = SuperviseMetrics()
+    ours, other = make_publisher(store, metrics=metrics), make_publisher(store.inner)
+    await ours.publish(observed(load("01-healthy-n1-primary.xml"), T0))
+    # Another supervise published n2 first; ours then sees the same promotion.
+    await other.publish(observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1)))
+    written = await store.inner.get(b"/pg/master")
+    with capture_logs() as logs:
+        later = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=2))
+        assert await ours.publish(later) is PublishOutcome.UNCHANGED
+    assert await store.inner.get(b"/pg/master") == written
+    # The guard caught the change: no conflict to report, nothing overwritten.
+    assert (sample(metrics, "pgcm_supervise_publish_conflicts_total") or 0) == 0
+    assert [e["event"] for e in logs] == []
+
+
+async def test_a_view_older_than_a_record_written_since_last_seen_is_refused() -> None:
+    store = RacingStore(None)
+    metrics = SuperviseMetrics()
+    ours, other = make_publisher(store, metrics=metrics), make_publisher(store.inner)
+    await ours.publish(observed(load("01-healthy-n1-primary.xml"), T0))
+    await other.publish(
+        observed(load("04-partitioned-n1-view-from-n2.xml"), T0 + timedelta(seconds=5))
+    )
+    older = observed(load("02b-during-switchover.xml"), T0 + timedelta(seconds=1))
+    assert await ours.publish(older) is PublishOutcome.REFUSED
+    assert await value(store.inner, b"/pg/master") == b"10.0.0.13"
+    assert sample(metrics, "pgcm_supervise_refusals_total", reason="stale_view") == 1
 
 
 async def test_address_and_record_change_together_at_one_revision() -> None:
