@@ -633,7 +633,7 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
                 address = await self._addresses.address_of(target)
                 resource = self._clone_id(state)
                 try:
-                    await self._control.move_promoted(resource, target.name)
+                    await self._move(state, resource, target.name)
                 except PacemakerCommandFailed:
                     # crm_resource refuses ("Requested item already exists", exit 108)
                     # when the target became the primary since our read: success, but
@@ -654,6 +654,32 @@ class FailoverServer(FailoverBase, anyio.AsyncContextManagerMixin):
         return MigrateResponse(
             migrating_to=target.name, address=address, created_at=self._clock.now()
         )
+
+    async def _move(self, state: ClusterState, resource: str, node: str) -> None:
+        """Prefer ``node`` (checked by ``choose_target``) for the promoted role.
+
+        The constraint is written directly unless a ban keeps the resource off ``node``:
+        only ``crm_resource --move`` drops that ban. A refused direct write changed
+        nothing, and ``crm_resource`` is asked instead.
+        """
+        banned = any(
+            ban.node == node and ban.resource in {resource, state.clone_id, state.resource_id}
+            for ban in state.bans
+        )
+        if not banned:
+            try:
+                await self._control.prefer_promoted(resource, node)
+            except PacemakerCommandFailed as exc:
+                _log.warning(
+                    "pacemaker.resource.prefer_failed",
+                    resource=resource,
+                    node=node,
+                    error=str(exc),
+                    msg="asking crm_resource --move instead",
+                )
+            else:
+                return
+        await self._control.move_promoted(resource, node)
 
     async def _already_primary(self, node: Node, requested: str) -> MigrateResponse:
         address = await self._addresses.address_of(node)

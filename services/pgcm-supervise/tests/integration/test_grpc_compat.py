@@ -183,8 +183,8 @@ async def test_stock_grpcio_client_calls_every_rpc(
     assert (migrate_to.migrating_to, migrate_to.address) == ("n3", "10.0.0.3")  # type: ignore[attr-defined]
     assert replies["unmigrate"].HasField("created_at")  # type: ignore[attr-defined]
     assert control.calls == [
-        ("move", "pgsql-ha", "n2"),
-        ("move", "pgsql-ha", "n3"),
+        ("prefer", "pgsql-ha", "n2"),
+        ("prefer", "pgsql-ha", "n3"),
         ("clear", "pgsql-ha"),
     ]
     assert not bouncer.paused

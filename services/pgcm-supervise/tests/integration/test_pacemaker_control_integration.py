@@ -5,13 +5,16 @@ truthfully allows: ``crm_resource --move --promoted`` refuses the node that alre
 the promoted role and an unknown node (creating nothing); once promotion is banned on the
 node, the instance is demoted, ``choose_target`` picks that node from the real crm_mon
 state, and the move replaces the ban with a ``cli-prefer`` constraint for the Promoted role
-(so the node is promoted again); ``--clear`` removes it. The fixture always clears the
+(so the node is promoted again); ``--clear`` removes it. ``prefer_promoted`` (cibadmin)
+writes exactly the constraint ``--move`` writes, replacing one that exists. The fixture
+always clears the
 clone's constraints and waits for the promotion to come back: the cluster is shared by the
 whole session.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -210,3 +213,35 @@ async def test_move_promoted_replaces_a_ban_with_a_promoted_preference_and_clear
         still_promoted = await cluster.crm.read_cluster_state()
     assert cleared == []
     assert still_promoted.primary_node == node.name
+
+
+async def test_prefer_promoted_writes_the_constraint_move_writes_and_replaces_it(
+    cluster: Cluster,
+) -> None:
+    node, clone = cluster.node, cluster.node.clone_id
+    expected = Location(
+        id=f"cli-prefer-{clone}", rsc=clone, role="Promoted", node=node.name, score="INFINITY"
+    )
+    with anyio.fail_after(30):
+        await cluster.control.prefer_promoted(clone, "elsewhere")
+        first = await locations(node)
+        # The same call again replaces the preference: one constraint, the new node.
+        await cluster.control.prefer_promoted(clone, node.name)
+        replaced = await locations(node)
+        await cluster.control.clear(clone)
+        cleared = await locations(node)
+        state = await cluster.crm.read_cluster_state()
+    assert first == [dataclasses.replace(expected, node="elsewhere")]
+    assert replaced == [expected]
+    assert cleared == []
+    assert state.primary_node == node.name
+
+
+async def test_prefer_promoted_of_a_resource_with_a_quote_in_its_name_is_escaped(
+    cluster: Cluster,
+) -> None:
+    with anyio.fail_after(15), pytest.raises(PacemakerCommandFailed):
+        # Pacemaker refuses such an id; what matters is that the quote did not end the
+        # attribute and write a constraint for another resource.
+        await cluster.control.prefer_promoted(f'{cluster.node.clone_id}" rsc="x', "n")
+    assert await locations(cluster.node) == []

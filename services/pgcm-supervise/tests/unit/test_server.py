@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from pgcm_common.errors import EtcdUnavailable, PgcmError
 from pgcm_common.pacemaker import (
+    Ban,
     ClusterState,
     NodeAddressUnknown,
     PacemakerCommandFailed,
@@ -478,7 +479,7 @@ async def test_migrate_moves_to_the_highest_promotion_score() -> None:
             response = await world.stub.migrate(Empty())
         assert (response.migrating_to, response.address) == ("n2", "10.250.0.12")
         assert response.created_at == NOW
-        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+        assert world.control.calls == [("prefer", "pgsql-ha", "n2")]
 
 
 async def test_migrate_prefers_the_sync_standby_of_the_legacy_agent() -> None:
@@ -494,7 +495,7 @@ async def test_migrate_to_a_named_standby() -> None:
         with anyio.fail_after(5):
             response = await world.stub.migrate_to(MigrateRequest(target="n3"))
         assert (response.migrating_to, response.address) == ("n3", "10.250.0.13")
-        assert world.control.calls == [("move", "pgsql-ha", "n3")]
+        assert world.control.calls == [("prefer", "pgsql-ha", "n3")]
 
 
 async def test_migrate_to_empty_target_is_the_cluster_choice() -> None:
@@ -758,11 +759,38 @@ async def test_migrate_to_the_current_primary_is_success_without_moving() -> Non
         assert world.control.calls == []
 
 
+async def test_migrate_onto_a_banned_target_asks_crm_resource_which_drops_the_ban() -> None:
+    ban = Ban("cli-ban-pgsql-ha-on-n2", "pgsql-ha", "n2", -1_000_000, promoted_only=True)
+    async with open_world() as world:
+        world.crm.set_state(dataclasses.replace(healthy_state(), bans=(ban,)))
+        with anyio.fail_after(5):
+            response = await world.stub.migrate_to(MigrateRequest(target="n2"))
+        assert response.migrating_to == "n2"
+        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+
+
+async def test_a_refused_direct_write_falls_back_to_crm_resource() -> None:
+    async with open_world() as world:
+        world.control.prefer_error = PacemakerCommandFailed(("cibadmin",), 203, "schema")
+        with capture_logs() as logs, anyio.fail_after(5):
+            response = await world.stub.migrate(Empty())
+        assert response.migrating_to == "n2"
+        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+            "pacemaker.resource.prefer_failed"
+        ]
+
+
 class RacingControl:
     """crm_resource refuses because the target was promoted meanwhile (exit 108)."""
 
     def __init__(self, crm: FakeCrmMonReader, promoted: ClusterState | None) -> None:
         self.crm, self.promoted = crm, promoted
+
+    async def prefer_promoted(self, resource: str, node: str) -> None:
+        # A Pacemaker whose schema refuses the direct write: crm_resource is asked next.
+        await anyio.lowlevel.checkpoint()
+        raise PacemakerCommandFailed(("cibadmin",), 203, "Update does not conform to schema")
 
     async def move_promoted(self, resource: str, node: str) -> None:
         await anyio.lowlevel.checkpoint()
@@ -846,7 +874,7 @@ async def test_a_migrate_after_a_pause_decides_on_the_read_the_pause_started() -
             await world.stub.pause(PauseRequest(timeout=5, expiry=60))
             response = await world.stub.migrate(Empty())
         assert response.migrating_to == "n2"
-        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+        assert world.control.calls == [("prefer", "pgsql-ha", "n2")]
         assert world.crm.reads == 1
         # Used once: a second migrate (a retry) reads anew.
         with anyio.fail_after(5):
@@ -891,4 +919,4 @@ async def test_a_read_ahead_older_than_the_limit_is_not_used() -> None:
         with anyio.fail_after(5):
             await world.stub.migrate(Empty())
         assert world.crm.reads == 2
-        assert world.control.calls == [("move", "pgsql-ha", "n2")]
+        assert world.control.calls == [("prefer", "pgsql-ha", "n2")]
