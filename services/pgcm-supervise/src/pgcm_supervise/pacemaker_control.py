@@ -140,7 +140,13 @@ class CrmResourceControl:
             PacemakerCommandFailed: crm_resource could not run or exited non-zero.
         """
         await self._run("--resource", resource, "--move", "--promoted", "--node", node)
-        _log.info("pacemaker.resource.move", resource=resource, node=node, role="Promoted")
+        _log.info(
+            "pacemaker.resource.move",
+            resource=resource,
+            node=node,
+            role="Promoted",
+            tool="crm_resource",
+        )
 
     async def clear(self, resource: str) -> None:
         """Run ``crm_resource --resource <r> --clear``.
