@@ -20,6 +20,7 @@ from typing import Final
 import anyio
 
 from pgcm_lab.lab import Lab, Progress, lab_leftovers
+from pgcm_supervise.pacemaker_control import move_promoted_argv, prefer_promoted_argv
 
 DESCRIPTION = (
     "The move constraint written by crm_resource --move --promoted and by cibadmin, "
@@ -40,22 +41,11 @@ _TIMED: Final = (
 )
 
 
-def _argv(tool: str, node: str) -> list[str]:
+def _argv(tool: str, node: str) -> tuple[str, ...]:
+    # The very argv pgcm-supervise runs for each tool.
     if tool == "crm_resource":
-        return ["crm_resource", "--resource", CLONE, "--move", "--promoted", "--node", node]
-    element = (
-        f'<rsc_location id="cli-prefer-{CLONE}" rsc="{CLONE}" role="Promoted" '
-        f'node="{node}" score="INFINITY"/>'
-    )
-    return [
-        "cibadmin",
-        "--modify",
-        "--allow-create",
-        "--scope",
-        "constraints",
-        "--xml-text",
-        element,
-    ]
+        return move_promoted_argv(CLONE, node)
+    return prefer_promoted_argv(CLONE, node)
 
 
 async def _promoted_on(lab: Lab) -> str:

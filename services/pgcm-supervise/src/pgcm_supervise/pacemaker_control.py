@@ -41,9 +41,41 @@ __all__ = [
     "FakePacemakerControl",
     "PacemakerControl",
     "choose_target",
+    "move_promoted_argv",
+    "prefer_promoted_argv",
 ]
 
 _log = structlog.get_logger("pgcm_supervise.pacemaker_control")
+
+
+def move_promoted_argv(
+    resource: str, node: str, executable: str = "crm_resource"
+) -> tuple[str, ...]:
+    """Return the ``crm_resource`` argv that prefers ``node`` for ``resource``'s promoted role."""
+    return (executable, "--resource", resource, "--move", "--promoted", "--node", node)
+
+
+def prefer_promoted_argv(resource: str, node: str, executable: str = "cibadmin") -> tuple[str, ...]:
+    """Return the ``cibadmin`` argv writing the constraint of :func:`move_promoted_argv`.
+
+    The element is the one ``crm_resource --move --promoted`` writes, so ``--clear`` and
+    every reader of move constraints treat it alike. ``--allow-create`` makes it one
+    request whether or not a preference exists: the CIB manager applies it atomically,
+    and a schema that does not know the role refuses it whole.
+    """
+    element = (
+        f"<rsc_location id={quoteattr('cli-prefer-' + resource)} rsc={quoteattr(resource)}"
+        f' role="Promoted" node={quoteattr(node)} score="INFINITY"/>'
+    )
+    return (
+        executable,
+        "--modify",
+        "--allow-create",
+        "--scope",
+        "constraints",
+        "--xml-text",
+        element,
+    )
 
 
 class PacemakerControl(Protocol):
@@ -103,28 +135,12 @@ class CrmResourceControl:
     async def prefer_promoted(self, resource: str, node: str) -> None:
         """Write ``cli-prefer-<resource>`` for the Promoted role on ``node`` with cibadmin.
 
-        The element is the one ``crm_resource --move --promoted`` writes, so ``--clear``
-        and every reader of move constraints treat it alike. ``--allow-create`` makes it
-        one request whether or not a preference exists: the CIB manager applies it
-        atomically, and a schema that does not know the role refuses it whole.
+        See :func:`prefer_promoted_argv`.
 
         Raises:
             PacemakerCommandFailed: cibadmin could not run or exited non-zero.
         """
-        element = (
-            f"<rsc_location id={quoteattr('cli-prefer-' + resource)} rsc={quoteattr(resource)}"
-            f' role="Promoted" node={quoteattr(node)} score="INFINITY"/>'
-        )
-        await run_tool(
-            self._options,
-            self._cibadmin,
-            "--modify",
-            "--allow-create",
-            "--scope",
-            "constraints",
-            "--xml-text",
-            element,
-        )
+        await run_tool(self._options, *prefer_promoted_argv(resource, node, self._cibadmin))
         _log.info(
             "pacemaker.resource.move",
             resource=resource,
@@ -139,7 +155,7 @@ class CrmResourceControl:
         Raises:
             PacemakerCommandFailed: crm_resource could not run or exited non-zero.
         """
-        await self._run("--resource", resource, "--move", "--promoted", "--node", node)
+        await run_tool(self._options, *move_promoted_argv(resource, node, self._executable))
         _log.info(
             "pacemaker.resource.move",
             resource=resource,
