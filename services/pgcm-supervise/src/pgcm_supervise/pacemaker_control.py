@@ -140,14 +140,7 @@ class CrmResourceControl:
         Raises:
             PacemakerCommandFailed: cibadmin could not run or exited non-zero.
         """
-        await run_tool(self._options, *prefer_promoted_argv(resource, node, self._cibadmin))
-        _log.info(
-            "pacemaker.resource.move",
-            resource=resource,
-            node=node,
-            role="Promoted",
-            tool="cibadmin",
-        )
+        await self._move(prefer_promoted_argv(resource, node, self._cibadmin), resource, node)
 
     async def move_promoted(self, resource: str, node: str) -> None:
         """Run ``crm_resource --resource <r> --move --promoted --node <node>``.
@@ -155,13 +148,13 @@ class CrmResourceControl:
         Raises:
             PacemakerCommandFailed: crm_resource could not run or exited non-zero.
         """
-        await run_tool(self._options, *move_promoted_argv(resource, node, self._executable))
+        await self._move(move_promoted_argv(resource, node, self._executable), resource, node)
+
+    async def _move(self, argv: tuple[str, ...], resource: str, node: str) -> None:
+        await run_tool(self._options, *argv)
+        tool = argv[0].rsplit("/", 1)[-1]
         _log.info(
-            "pacemaker.resource.move",
-            resource=resource,
-            node=node,
-            role="Promoted",
-            tool="crm_resource",
+            "pacemaker.resource.move", resource=resource, node=node, role="Promoted", tool=tool
         )
 
     async def clear(self, resource: str) -> None:
