@@ -117,8 +117,9 @@ class EtcdSettings(BaseModel):
         default=timedelta(milliseconds=500),
         description=(
             "a read unanswered this long is also sent to the next endpoint (first answer"
-            " wins, later calls go there); a write or watch unanswered this long makes the"
-            " member prove it is alive within the same time, else the next endpoint is used"
+            " wins, later calls go there; one that failed is asked again after as long);"
+            " a write or watch unanswered this long makes the member prove it is alive"
+            " within the same time, else the next endpoint is used"
         ),
     )
     keepalive_time: Duration = Field(
