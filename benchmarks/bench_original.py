@@ -138,6 +138,17 @@ def original_paused_s(log_lines: Iterable[str]) -> float | None:
     return round(resumed - paused, 3)
 
 
+def agent_settled(crm_mon_xml: str) -> bool:
+    """Whether the legacy agent names one LATEST node and one STREAMING|SYNC standby.
+
+    The cluster can be healthy (a sync standby in ``pg_stat_replication``) a monitor
+    interval before the agent writes ``pgsql-data-status``; the original finds its
+    target by that attribute ("failed to find sync node" until then).
+    """
+    statuses = re.findall(r'name="pgsql-data-status" value="([^"]*)"', crm_mon_xml)
+    return statuses.count("LATEST") == 1 and statuses.count("STREAMING|SYNC") == 1
+
+
 def _values(runs: Sequence[dict[str, object]], key: str) -> list[float]:
     return sorted(float(v) for r in runs if isinstance(v := r.get(key), int | float))
 
@@ -174,11 +185,14 @@ async def _app_clients(lab: Lab) -> int:
 
 
 async def _whole_again(lab: Lab) -> str:
-    """Readmit the ex-primary (PGSQL.lock) until the cluster is healthy; the primary."""
+    """Readmit the ex-primary until the cluster is healthy and settled; the primary.
+
+    Settled: :func:`agent_settled`, as an operator checks before a switchover.
+    """
     while True:
         await lab.readmit_legacy_standbys()
         primary, _ = await lab.health()
-        if primary is not None:
+        if primary is not None and agent_settled(await lab.crm_mon_xml(primary)):
             return primary
         await anyio.sleep(1)
 

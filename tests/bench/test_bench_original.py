@@ -137,3 +137,26 @@ def test_run_skips_with_the_reason_when_no_checkout_is_given(
     monkeypatch.delenv("PGCM_BENCH_ORIGINAL_SRC", raising=False)
     result = bench.run()
     assert "PGCM_BENCH_ORIGINAL_SRC is not set" in str(result["skipped"])
+
+
+def _attributes(*values: str) -> str:
+    return "".join(
+        f'<node name="n{i}"><attribute name="pgsql-data-status" value="{v}"/></node>'
+        for i, v in enumerate(values, 1)
+    )
+
+
+def test_the_agent_has_settled_with_one_latest_and_one_sync_standby() -> None:
+    assert bench.agent_settled(_attributes("LATEST", "STREAMING|SYNC", "STREAMING|ASYNC"))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("LATEST", "STREAMING|ASYNC", "STREAMING|ASYNC"),  # no sync named yet
+        ("LATEST", "STREAMING|SYNC", "LATEST"),  # two claim the latest data
+        ("LATEST", "DISCONNECT", "STREAMING|SYNC", "STREAMING|SYNC"),
+    ],
+)
+def test_the_agent_has_not_settled_otherwise(values: tuple[str, ...]) -> None:
+    assert not bench.agent_settled(_attributes(*values))
