@@ -10,7 +10,7 @@ the benchmark is skipped and says why.
 
 First the original: its ``supervise`` on every Postgres node, its ``proxy`` on every
 node (the same PgBouncers, pgbouncer.ini rendered from the same template as pgcm's,
-a Go text/template with ``{{.Host}}``), then ``RUNS`` times its ``failover`` from the app
+a Go template with ``{{.Host}}``), then ``RUNS`` times its ``failover`` from the app
 node. Then its daemons are stopped, pgcm starts (supervise, proxies, alert agent) and
 runs ``RUNS`` ``pgcm-failover`` switchovers. Every switchover happens under the same
 pgbench load (``CLIENTS`` clients, ``LOAD_S`` s, through the app node's PgBouncer) once
