@@ -85,6 +85,7 @@ def unit(session: nox.Session) -> None:
         *_test_dirs("unit"),
         *_test_dirs("contract"),
         "tests/cli",
+        "tests/bench",
         "tests/deps",
         "tests/fuzz",
         "tests/consistency",
@@ -159,6 +160,9 @@ def e2e(session: nox.Session) -> None:
     """End-to-end tests of the three services in the lab."""
     if (ROOT / "tests/e2e").is_dir() and any((ROOT / "tests/e2e").glob("test_*.py")):
         session.run("pytest", "tests/e2e", *session.posargs)
+    # A lab of its own (the legacy ocf:heartbeat:pgsql agent): a pytest run of its own.
+    # Exit 5 (nothing selected, e.g. ``-k`` meant for tests/e2e) is not a failure.
+    session.run("pytest", "tests/legacy", *session.posargs, success_codes=[0, 5])
 
 
 @nox.session
@@ -265,3 +269,18 @@ def bench(session: nox.Session) -> None:
                     "golang-go", "golang-etcd-server-dev", external=True)  # fmt: skip
     env = {"PGCM_BENCH_OUT": os.environ.get("PGCM_BENCH_OUT", str(ROOT / "benchmarks"))}
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
+
+
+@nox.session
+def bench_original(session: nox.Session) -> None:
+    """The original pgsql-cluster-manager beside pgcm in one legacy-agent lab (root).
+
+    Needs a checkout of the original in ``PGCM_BENCH_ORIGINAL_SRC`` (without it the
+    benchmark says so and is skipped) and Go; writes benchmarks/results/original.json.
+    ``PGCM_BENCH_RUNS`` switchovers per tool (default 5).
+    """
+    if os.geteuid() == 0 and shutil.which("go") is None:
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "golang-go",
+                    external=True)  # fmt: skip
+    env = {"PGCM_BENCH_OUT": os.environ.get("PGCM_BENCH_OUT", str(ROOT / "benchmarks"))}
+    session.run("python", "benchmarks/run.py", "original", *session.posargs, env=env)

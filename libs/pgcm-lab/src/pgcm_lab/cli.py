@@ -8,6 +8,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pgcm_lab.fleet import Fleet
 from pgcm_lab.lab import DEFAULT_STATE_DIR, Lab, Service
 from pgcm_lab.pgcm import failover_argv, start_pgcm
 from pgcm_lab.probe import NO_ANSWER, PROBE_TIMEOUT_S
+from pgcm_lab.topology import AGENTS
 
 __all__ = ["main"]
 
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring the lab up and wait until it is healthy")
     up.add_argument("--services", type=Path, help="TOML file of [[service]] to start in nodes")
     up.add_argument("--results", type=Path, help="JSON file to record the up time in")
+    up.add_argument("--agent", choices=AGENTS,
+                    help="resource agent: pgsqlms (PAF, default) or pgsql (the legacy "
+                    "ocf:heartbeat:pgsql, clone msPostgresql, as the original "
+                    "pgsql-cluster-manager expects); without it, the agent of a "
+                    "half-built lab being replaced, else pgsqlms")  # fmt: skip
     up.add_argument("--with-pgcm", action="store_true",
                     help="also run pgcm: supervise on every Postgres node, proxy on every "
                     "node (and the Pacemaker alert agent)")  # fmt: skip
@@ -158,8 +165,11 @@ def _yes(value: object) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0911, PLR0912, PLR0915
-    lab = Lab(args.state_dir)
     command: str = args.command
+    lab = Lab(args.state_dir)
+    if command == "up" and args.agent is not None:
+        # Every other command reads the agent back from the state dir.
+        lab = Lab(args.state_dir, topology=replace(lab.topology, agent=args.agent))
     if command == "up":
         seconds = await lab.up(load_services(args.services))
         record_result(args.results or _default_results(), "up_seconds", seconds)

@@ -33,7 +33,9 @@ from pgcm_lab.labcore import (
 from pgcm_lab.labdown import lab_leftovers, node_pids
 from pgcm_lab.labfaults import LabFaults
 from pgcm_lab.labhealth import status_role
-from pgcm_lab.topology import CLONE, PG_BINDIR, PGDATA, Node
+from pgcm_lab.legacy import PGSQL_LOCK
+from pgcm_lab.render import LEGACY_TMPDIR
+from pgcm_lab.topology import PG_BINDIR, PGDATA, Node
 
 __all__ = [
     "BRIDGE_NS",
@@ -48,6 +50,7 @@ __all__ = [
     "status_role",
 ]
 
+_LOCK: Final = f"{LEGACY_TMPDIR}/{PGSQL_LOCK}"
 _REJOIN_S: Final = 75.0  # after a rebuild: back to healthy, one more cleanup included
 _REJOIN_CLEANUP_S: Final = 45.0
 
@@ -59,6 +62,32 @@ class Lab(LabFaults):
     Cancellation: every method bounds its waits with ``anyio.fail_after``; a cancelled
     ``up`` leaves a half-built lab that ``down`` (or the next ``up``) removes.
     """
+
+    async def readmit_legacy_standbys(self) -> list[str]:
+        """Legacy agent: let each ex-primary the agent keeps stopped start as a standby.
+
+        The ``ocf:heartbeat:pgsql`` agent leaves ``PGSQL.lock`` behind when a primary
+        stops (also after a clean switchover) and refuses to start that node until an
+        operator removes it. For every online node that runs no instance and has the
+        lock, this does what that operator does: remove the file and clean the instance
+        up so Pacemaker starts it again (it then follows the new primary). Returns the
+        nodes readmitted; nothing with PAF.
+        """
+        if not self.topology.legacy:
+            return []
+        view = await self.view()
+        running = {*view.promoted, *view.unpromoted}
+        readmitted: list[str] = []
+        for name in sorted(view.online - running):
+            lock = self.host_path(name, _LOCK)
+            if not lock.exists():
+                continue
+            self.progress(f"{name}: removing the legacy agent's {PGSQL_LOCK}, cleaning up")
+            lock.unlink()
+            await self.exec(name, ["crm_resource", "--cleanup", "--resource", self.clone,
+                                   "--node", name], check=False)  # fmt: skip
+            readmitted.append(name)
+        return readmitted
 
     async def rejoin(self, name: str) -> str:
         """Bring an ex-primary (crashed, partitioned or diverged) back as a standby.
@@ -133,12 +162,13 @@ class Lab(LabFaults):
         return "pg_basebackup"
 
     async def _ban(self, name: str, primary: str) -> None:
-        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--ban", "--node", name,
+        await self.exec(primary, ["crm_resource", "--resource", self.clone, "--ban", "--node", name,
                                   "--lifetime", "PT10M"])  # fmt: skip
 
     async def _unban(self, name: str, primary: str) -> None:
-        await self.exec(primary, ["crm_resource", "--resource", CLONE, "--clear", "--node", name])
-        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+        await self.exec(primary, ["crm_resource", "--resource", self.clone, "--clear", "--node",
+                                  name])  # fmt: skip
+        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", self.clone, "--node",
                                   name])  # fmt: skip
 
     def _mark_standby(self, name: str) -> None:
@@ -164,7 +194,7 @@ class Lab(LabFaults):
             await self.wait_healthy()
             return ""
         self.progress(f"{name} has not rejoined after {_REJOIN_CLEANUP_S:.0f} s: clean up again")
-        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+        await self.exec(primary, ["crm_resource", "--cleanup", "--resource", self.clone, "--node",
                                   name], check=False)  # fmt: skip
         with anyio.move_on_after(_REJOIN_S - _REJOIN_CLEANUP_S):
             await self.wait_healthy()
@@ -189,7 +219,7 @@ class Lab(LabFaults):
         Raises:
             TimeoutError: not within 120 s.
         """
-        cleanup = ["crm_resource", "--cleanup", "--resource", CLONE, "--node", name]
+        cleanup = ["crm_resource", "--cleanup", "--resource", self.clone, "--node", name]
         with anyio.fail_after(120):
             while name not in (view := await self.view(primary)).online or not view.quorum:
                 await anyio.sleep(POLL)

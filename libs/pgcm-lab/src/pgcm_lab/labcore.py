@@ -176,7 +176,11 @@ class LabCore:
         self.progress = progress or Progress()
         saved = self._read_state()
         size = saved.get("size", 3)
-        self.topology = topology or Topology(size=size if isinstance(size, int) else 3)
+        agent = saved.get("agent", "pgsqlms")
+        self.topology = topology or Topology(
+            size=size if isinstance(size, int) else 3,
+            agent=agent if isinstance(agent, str) else "pgsqlms",
+        )
         services = saved.get("services", [])
         self.services = [
             Service.from_dict(s) for s in (services if isinstance(services, list) else [])
@@ -197,8 +201,17 @@ class LabCore:
 
     def _write_state(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"size": self.topology.size, "services": [s.as_dict() for s in self.services]}
+        state = {
+            "size": self.topology.size,
+            "agent": self.topology.agent,
+            "services": [s.as_dict() for s in self.services],
+        }
         self._state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    @property
+    def clone(self) -> str:
+        """The promotable clone's id (PAF's or the legacy agent's)."""
+        return self.topology.clone
 
     def node_dir(self, name: str) -> Path:
         """The host directory holding node ``name``'s private files."""

@@ -23,7 +23,7 @@ from pgcm_lab.load import LoadReport, max_latency_ms, parse_pgbench
 from pgcm_lab.render import (
     node_files,
 )
-from pgcm_lab.topology import APP_NODE, CLONE
+from pgcm_lab.topology import APP_NODE
 
 __all__ = ["LabFaults"]
 
@@ -46,7 +46,7 @@ class LabFaults(LabStart):
             self.progress(f"{target} is already the primary")
             return SwitchoverResult(source, target, 0.0, 0.0, 0.0)
         self.progress(f"switchover {source} -> {target}: crm_resource --move --promoted")
-        await self.exec(target, ["crm_resource", "--resource", CLONE, "--move", "--promoted",
+        await self.exec(target, ["crm_resource", "--resource", self.clone, "--move", "--promoted",
                                  "--node", target])  # fmt: skip
         with anyio.fail_after(60):
             while await self.psql(target, "select pg_is_in_recovery()", check=False) != "f":
@@ -58,7 +58,7 @@ class LabFaults(LabStart):
             while not (await self.view(target)).settled_on(target):
                 await anyio.sleep(POLL)
             settled = time.monotonic() - t0
-        await self.exec(target, ["crm_resource", "--resource", CLONE, "--clear"])
+        await self.exec(target, ["crm_resource", "--resource", self.clone, "--clear"])
         self.progress(f"scores settled after {settled:.2f}s; move constraint cleared")
         with anyio.fail_after(60):
             await self.wait_healthy()

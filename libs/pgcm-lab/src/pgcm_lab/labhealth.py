@@ -17,7 +17,7 @@ from pgcm_lab.labcore import (
     LabCore,
 )
 from pgcm_lab.probe import NO_ANSWER, bounded
-from pgcm_lab.topology import APP_NODE, CLONE
+from pgcm_lab.topology import APP_NODE
 
 __all__ = ["LabHealth", "status_role"]
 
@@ -41,7 +41,7 @@ class LabHealth(LabCore):
 
     async def view(self, name: str | None = None) -> ClusterView:
         """The parsed cluster view from node ``name`` (or the first live node)."""
-        return parse_crm_mon(await self.crm_mon_xml(name))
+        return parse_crm_mon(await self.crm_mon_xml(name), self.topology.resource)
 
     async def replication(self, primary: str) -> dict[str, tuple[str, str]]:
         """``application_name -> (state, sync_state)`` from the primary's pg_stat_replication."""
@@ -72,7 +72,7 @@ class LabHealth(LabCore):
             view = await self.view(wanted[0] if self.init_pid(wanted[0]) else None)
         except LabError as exc:
             return None, f"no cluster view: {exc}"
-        primary, why = _view_health(view, wanted)
+        primary, why = _view_health(view, wanted, scores=not self.topology.legacy)
         if primary is None:
             return None, why
         why = await self._postgres_health(primary, [n for n in wanted if n != primary])
@@ -137,7 +137,7 @@ class LabHealth(LabCore):
         running = {*view.promoted, *view.unpromoted}
         for name in sorted(set(wanted) & view.online - running):
             self.progress(f"{name} runs no instance: crm_resource --cleanup on it")
-            await self.exec(name, ["crm_resource", "--cleanup", "--resource", CLONE, "--node",
+            await self.exec(name, ["crm_resource", "--cleanup", "--resource", self.clone, "--node",
                                    name], check=False)  # fmt: skip
         return True
 
@@ -257,8 +257,15 @@ def status_role(
     return "standby" if name in view.unpromoted else "stopped"
 
 
-def _view_health(view: ClusterView, wanted: Sequence[str]) -> tuple[str | None, str]:
-    """Pacemaker's part of :meth:`Lab.health`: ``(primary, "")`` or ``(None, why not)``."""
+def _view_health(
+    view: ClusterView, wanted: Sequence[str], *, scores: bool = True
+) -> tuple[str | None, str]:
+    """Pacemaker's part of :meth:`Lab.health`: ``(primary, "")`` or ``(None, why not)``.
+
+    ``scores``: require no negative promotion score (PAF). The legacy agent gives its
+    asynchronous standby ``-INFINITY`` on purpose (only the sync standby may be
+    promoted), so with it the streaming check of :meth:`Lab.health` is what counts.
+    """
     primary = view.primary
     problems = {
         "no quorum": not view.quorum,
@@ -270,9 +277,8 @@ def _view_health(view: ClusterView, wanted: Sequence[str]) -> tuple[str | None, 
         f"the promoted node {primary} is not one of {', '.join(wanted)}": primary is not None
         and primary not in wanted,
         f"negative or missing promotion scores: "
-        f"{ {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0} }": any(
-            view.scores.get(n, -1) < 0 for n in wanted
-        ),
+        f"{ {n: view.scores.get(n) for n in wanted if view.scores.get(n, -1) < 0} }": scores
+        and any(view.scores.get(n, -1) < 0 for n in wanted),
     }
     why = next((text for text, bad in problems.items() if bad), "")
     return (None, why) if why else (primary, "")

@@ -17,7 +17,7 @@ from typing import Final
 
 import anyio
 
-from pgcm_lab import provision
+from pgcm_lab import legacy, provision
 from pgcm_lab.errors import LabAlreadyUp, LabError
 from pgcm_lab.labcore import (
     BRIDGE_NS,
@@ -41,6 +41,7 @@ from pgcm_lab.topology import PGDATA, Node
 __all__ = ["LabStart"]
 
 _FENCE_BIN: Final = "fence-bin"
+_LEGACY_AGENT_DIR: Final = "ocf-heartbeat"
 _SYSTEM_PYTHON: Final = "/usr/bin/python3"
 _OWNED_DIRS: Final = (
     ("var-lib-pacemaker", "hacluster", 0o750),
@@ -136,6 +137,8 @@ class LabStart(LabTeardown):
                 (self.state_dir / marker).touch()
         self._write_state()
         self._write_fence_agent()
+        if self.topology.legacy:
+            legacy.write_patched_agent(self.state_dir / _LEGACY_AGENT_DIR)
         for node in self.topology.all_nodes:
             self._prepare_node(node)
 
@@ -197,7 +200,11 @@ class LabStart(LabTeardown):
         spec: dict[str, object] = {"hostname": node.name, "mounts": self._mount_spec(node)}
         if not node.is_app:
             # fence_pgcmlab joins the node's /usr/sbin, where Pacemaker looks for agents.
-            spec["overlays"] = [[str(self.state_dir / _FENCE_BIN), "/usr/sbin"]]
+            overlays = [[str(self.state_dir / _FENCE_BIN), "/usr/sbin"]]
+            if self.topology.legacy:
+                # The fixed legacy agent hides the installed one, in this node only.
+                overlays.append([str(self.state_dir / _LEGACY_AGENT_DIR), legacy.AGENT_DIR])
+            spec["overlays"] = overlays
         (base / "init.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
     def _write_rendered(self, name: str, files: Sequence[RenderedFile]) -> None:

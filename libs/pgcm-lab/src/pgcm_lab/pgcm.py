@@ -42,7 +42,7 @@ from pgcm_lab.pgcmconf import (
     TOKEN,
     render_pgbouncer_template,
 )
-from pgcm_lab.topology import APP_NODE, RESOURCE, Node
+from pgcm_lab.topology import APP_NODE, Node
 
 __all__ = [
     "MASTER_KEY",
@@ -135,7 +135,7 @@ def pgcm_services(lab: Lab) -> list[Service]:
 async def register_alert_agent(lab: Lab) -> None:
     """Add the pgcm alert agent to the CIB (recipient: supervise's nudge socket)."""
     agent = lab.state_dir / "pgcm-alert-agent"
-    xml = provision.alerts_xml(str(agent), NUDGE_SOCKET, RESOURCE)
+    xml = provision.alerts_xml(str(agent), NUDGE_SOCKET, lab.topology.resource)
     first = lab.topology.nodes[0].name
     replace, create = provision.register_alerts_argvs(xml)
     if (await lab.exec(first, replace, check=False)).returncode != 0:

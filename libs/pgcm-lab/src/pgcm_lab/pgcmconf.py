@@ -12,7 +12,7 @@ import json
 from typing import Final
 
 from pgcm_lab.render import render_template
-from pgcm_lab.topology import CLONE, PGBOUNCER_PORT, RESOURCE, Node, Topology
+from pgcm_lab.topology import PGBOUNCER_PORT, Node, Topology
 
 __all__ = [
     "MASTER_KEY",
@@ -87,8 +87,8 @@ def render_pgcm_toml(topology: Topology, node: Node) -> str:
             # (or a compose bridge) on one machine.
             "insecure = true",
             f"node_name = {_toml(node.name)}",
-            f"resource_id = {_toml(RESOURCE)}",
-            f"clone_id = {_toml(CLONE)}",
+            f"resource_id = {_toml(topo.resource)}",
+            f"clone_id = {_toml(topo.clone)}",
             'address_source = "static"',
             f"node_addresses = {{ {addresses} }}",
             f"nudge_socket = {_toml(NUDGE_SOCKET)}",

@@ -18,7 +18,6 @@ from string import Template
 from typing import final
 
 from pgcm_lab.topology import (
-    CLONE,
     CLUSTER_NAME,
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
@@ -26,12 +25,12 @@ from pgcm_lab.topology import (
     PG_NODE_CONF,
     PGDATA,
     POSTGRES_PORT,
-    RESOURCE,
     Node,
     Topology,
 )
 
 __all__ = [
+    "LEGACY_TMPDIR",
     "RenderedFile",
     "etcd_argv",
     "main",
@@ -47,6 +46,16 @@ __all__ = [
     "render_postgresql_conf",
     "render_template",
 ]
+
+
+# The legacy agent's state (rep_mode.conf, recovery.conf, PGSQL.lock): outside PGDATA.
+LEGACY_TMPDIR = "/var/lib/postgresql/tmp"
+# What the legacy agent appends to the ``host=... port= user= application_name=`` it
+# writes itself: the same multi-host following as :func:`primary_conninfo`.
+_LEGACY_CONNINFO_OPT = (
+    "target_session_attrs=read-write connect_timeout=2 tcp_user_timeout=3000 "
+    "keepalives_idle=5 keepalives_interval=2 keepalives_count=2"
+)
 
 
 @final
@@ -122,26 +131,36 @@ def render_pg_hba(topology: Topology) -> str:
 
 
 def render_cib_resources(topology: Topology, *, fencing: bool = False) -> str:
-    """The PAF promotable clone (the ``<clone>`` element of the CIB's resources).
+    """The promotable clone (the ``<clone>`` element of the CIB's resources).
 
+    PAF by default; with ``topology.legacy`` the legacy ``ocf:heartbeat:pgsql`` agent
+    in ``rep_mode=sync`` without a floating IP: ``master_ip`` holds every node's address
+    (the agent only writes it as ``host=`` into ``primary_conninfo``), and
+    ``target_session_attrs=read-write`` makes each standby find whichever node is primary.
     With ``fencing``, a failed monitor of the primary fences its node (see
     :func:`render_cib`).
     """
-    return render_template(
-        "cib-resources.xml",
-        {
-            "clone": CLONE,
-            "resource": RESOURCE,
-            "clone_max": topology.size,
-            "pg_bindir": PG_BINDIR,
-            "pgdata": PGDATA,
-            # One PAF monitor interval is what a switchover waits before it may clear
-            # the move (docs/lab.md): shorter than PAF's usual 15 s/16 s keeps the lab quick.
-            "monitor_promoted": topology.monitor_promoted,
-            "monitor_unpromoted": topology.monitor_unpromoted,
-            "promoted_on_fail": "fence" if fencing else "restart",
-        },
-    ).rstrip("\n")
+    values: dict[str, object] = {
+        "clone": topology.clone,
+        "resource": topology.resource,
+        "clone_max": topology.size,
+        "pg_bindir": PG_BINDIR,
+        "pgdata": PGDATA,
+        # One PAF monitor interval is what a switchover waits before it may clear
+        # the move (docs/lab.md): shorter than PAF's usual 15 s/16 s keeps the lab quick.
+        "monitor_promoted": topology.monitor_promoted,
+        "monitor_unpromoted": topology.monitor_unpromoted,
+        "promoted_on_fail": "fence" if fencing else "restart",
+    }
+    if not topology.legacy:
+        return render_template("cib-resources.xml", values).rstrip("\n")
+    values |= {
+        "node_list": " ".join(node.name for node in topology.nodes),
+        "master_ip": ",".join(str(node.address) for node in topology.nodes),
+        "primary_conninfo_opt": _LEGACY_CONNINFO_OPT,
+        "tmpdir": LEGACY_TMPDIR,
+    }
+    return render_template("cib-resources-pgsql.xml", values).rstrip("\n")
 
 
 def render_fence_device(topology: Topology, fence_socket: str) -> str:

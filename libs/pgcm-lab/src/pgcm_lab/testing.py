@@ -28,6 +28,7 @@ from pgcm_lab.pgcm import (
     failover_argv,
     start_pgcm,
 )
+from pgcm_lab.topology import Topology
 
 __all__ = [
     "FailoverRun",
@@ -48,12 +49,15 @@ async def _up(lab: Lab) -> None:
 
 
 @contextmanager
-def running_lab_with_pgcm(state_dir: Path, *, logs_dir: Callable[[], Path]) -> Iterator[Lab]:
+def running_lab_with_pgcm(
+    state_dir: Path, *, logs_dir: Callable[[], Path], topology: Topology | None = None
+) -> Iterator[Lab]:
     """Bring the lab up with pgcm; on exit copy every node's logs out, then ``down``.
 
     ``down`` runs also when start-up or the suite failed, so nothing is left behind.
+    ``topology``: another shape than the default (e.g. the legacy agent's).
     """
-    the_lab = Lab(state_dir, progress=Progress(sys.stderr))
+    the_lab = Lab(state_dir, topology=topology, progress=Progress(sys.stderr))
     try:
         anyio.run(_up, the_lab)
         yield the_lab

@@ -11,11 +11,15 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Final, final
 
 __all__ = [
+    "AGENTS",
     "APP_NODE",
     "CLONE",
     "CLUSTER_NAME",
     "ETCD_CLIENT_PORT",
     "ETCD_PEER_PORT",
+    "LEGACY_AGENT",
+    "LEGACY_CLONE",
+    "LEGACY_RESOURCE",
     "PGBOUNCER_PORT",
     "PGDATA",
     "PG_BINDIR",
@@ -32,6 +36,11 @@ PGDATA: Final = "/var/lib/postgresql/15/main"
 PG_NODE_CONF: Final = "/var/lib/postgresql/pgcm-node.conf"
 RESOURCE: Final = "pgsqld"
 CLONE: Final = "pgsql-ha"
+LEGACY_AGENT: Final = "pgsql"
+# The names the original pgsql-cluster-manager hard-codes for the legacy agent's clone.
+LEGACY_RESOURCE: Final = "pgsql"
+LEGACY_CLONE: Final = "msPostgresql"
+AGENTS: Final = ("pgsqlms", LEGACY_AGENT)
 POSTGRES_PORT: Final = 5432
 PGBOUNCER_PORT: Final = 6432
 ETCD_CLIENT_PORT: Final = 2379
@@ -70,6 +79,9 @@ class Topology:
             election does not wait the default 20 s.
         monitor_promoted: PAF monitor interval of the primary (it also sets the scores).
         monitor_unpromoted: PAF monitor interval of the standbys.
+        agent: the resource agent managing PostgreSQL: ``pgsqlms`` (PAF, the default) or
+            ``pgsql`` (the legacy ``ocf:heartbeat:pgsql``, with the clone named
+            ``msPostgresql`` as the original pgsql-cluster-manager expects).
     """
 
     size: int = 3
@@ -78,11 +90,30 @@ class Topology:
     dc_deadtime: str = "2s"
     monitor_promoted: str = "3s"
     monitor_unpromoted: str = "4s"
+    agent: str = "pgsqlms"
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= _MAX_NODES:
             msg = f"the lab has 1 to {_MAX_NODES} Postgres nodes, not {self.size}"
             raise ValueError(msg)
+        if self.agent not in AGENTS:
+            msg = f"unknown resource agent {self.agent!r}: one of {', '.join(AGENTS)}"
+            raise ValueError(msg)
+
+    @property
+    def legacy(self) -> bool:
+        """Whether PostgreSQL runs under the legacy ``ocf:heartbeat:pgsql`` agent."""
+        return self.agent == LEGACY_AGENT
+
+    @property
+    def resource(self) -> str:
+        """The PostgreSQL primitive's id."""
+        return LEGACY_RESOURCE if self.legacy else RESOURCE
+
+    @property
+    def clone(self) -> str:
+        """The promotable clone's id."""
+        return LEGACY_CLONE if self.legacy else CLONE
 
     @property
     def nodes(self) -> tuple[Node, ...]:
