@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,15 +71,31 @@ async def serving(settings: EtcdSettings, key: bytes) -> AsyncIterator[FailoverS
                 tg.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def frozen_while_serving(
+    cluster: EtcdCluster, settings: EtcdSettings, key: bytes
+) -> AsyncIterator[FailoverStub]:
+    """Serve, then freeze the first member; stop serving BEFORE the member is thawed.
+
+    grpclib's server does not close the connections it accepted when it stops; the
+    client's close reaches it a loop iteration later. Thawing (seconds, in a worker
+    thread) after the server stopped keeps the test's event loop running meanwhile, so
+    that connection is closed before the loop is; otherwise its socket was collected,
+    unclosed, during a later test and failed it with a ResourceWarning.
+    """
+    async with AsyncExitStack() as thaw_last, serving(settings, key) as stub:
+        await thaw_last.enter_async_context(cluster.frozen(cluster.members[0]))
+        yield stub
+
+
 async def test_health_check_is_healthy_within_its_deadline_when_one_etcd_member_is_frozen(
     etcd_cluster: EtcdCluster,
 ) -> None:
     key = random_key("health-frozen")
     with anyio.fail_after(60):
-        async with (
-            serving(etcd_cluster.settings(**SLOW_DETECTION), key) as stub,
-            etcd_cluster.frozen(etcd_cluster.members[0]),
-        ):
+        async with frozen_while_serving(
+            etcd_cluster, etcd_cluster.settings(**SLOW_DETECTION), key
+        ) as stub:
             with anyio.fail_after(10):
                 response = await stub.health_check(Empty(), timeout=CALLER_DEADLINE_S)
     assert response.status is HealthCheckResponseStatus.HEALTHY, response.reasons
@@ -91,10 +107,7 @@ async def test_health_check_reports_etcd_unhealthy_in_time_when_no_member_answer
     only_first = etcd_cluster.settings(endpoints=etcd_cluster.endpoints[:1], **SLOW_DETECTION)
     key = random_key("health-all-frozen")
     with anyio.fail_after(60):
-        async with (
-            serving(only_first, key) as stub,
-            etcd_cluster.frozen(etcd_cluster.members[0]),
-        ):
+        async with frozen_while_serving(etcd_cluster, only_first, key) as stub:
             with anyio.fail_after(10):
                 response = await stub.health_check(Empty(), timeout=CALLER_DEADLINE_S)
     assert response.status is HealthCheckResponseStatus.UNHEALTHY
