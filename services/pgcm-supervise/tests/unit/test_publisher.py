@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import prometheus_client  # noqa: F401 - first import outside the loop (blockbuster): metrics load it lazily
 import pytest
+from anyio.abc import TaskGroup
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -29,6 +30,7 @@ from pgcm_common.etcd import (
 from pgcm_common.pacemaker import (
     ClusterState,
     CrmMonParseError,
+    CrmMonReader,
     PacemakerCommandFailed,
     PacemakerError,
     Role,
@@ -541,23 +543,38 @@ async def test_read_observation_turns_reader_errors_into_refusals() -> None:
     assert decision.reason is RefusalReason.UNPARSEABLE
 
 
+async def start_loop(
+    tg: TaskGroup,
+    reader: CrmMonReader,
+    store: FakeEtcdStore,
+    wakeup: Wakeup,
+    *,
+    transition_interval: timedelta | None = None,
+    promote_notice: bool = False,
+) -> PublishOutcome | None:
+    """Start serve_publisher (hour-long intervals: only nudges wake it); its first outcome."""
+    outcome: PublishOutcome | None = await tg.start(
+        lambda task_status: serve_publisher(
+            reader=reader,
+            publisher=make_publisher(store),
+            wakeup=wakeup,
+            interval=timedelta(hours=1),
+            retry_interval=timedelta(hours=1),
+            transition_interval=transition_interval,
+            promote_notice=promote_notice,
+            task_status=task_status,
+        )
+    )
+    return outcome
+
+
 async def test_loop_publishes_then_follows_a_nudged_promotion() -> None:
     store = FakeEtcdStore()
     reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
     wakeup = Wakeup()
-    publisher = make_publisher(store)
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            first = await tg.start(
-                lambda task_status: serve_publisher(
-                    reader=reader,
-                    publisher=publisher,
-                    wakeup=wakeup,
-                    interval=timedelta(hours=1),
-                    retry_interval=timedelta(hours=1),
-                    task_status=task_status,
-                )
-            )
+            first = await start_loop(tg, reader, store, wakeup)
         assert first is PublishOutcome.WROTE
         reader.set_state(load("02b-during-switchover.xml"))
         wakeup.set()
@@ -574,19 +591,10 @@ async def test_after_a_promote_nudge_an_unpublishable_view_is_re_read_until_it_s
     store = FakeEtcdStore()
     reader = FakeCrmMonReader(load("01-healthy-n1-primary.xml"))
     wakeup = Wakeup()
-    publisher = make_publisher(store)
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            await tg.start(
-                lambda task_status: serve_publisher(
-                    reader=reader,
-                    publisher=publisher,
-                    wakeup=wakeup,
-                    interval=timedelta(hours=1),
-                    retry_interval=timedelta(hours=1),
-                    transition_interval=timedelta(milliseconds=10),
-                    task_status=task_status,
-                )
+            await start_loop(
+                tg, reader, store, wakeup, transition_interval=timedelta(milliseconds=10)
             )
         # The promote nudge arrives while the CIB still shows the promotion in flight ...
         reader.fail_with(CrmMonParseError("no promoted instance yet"))
@@ -623,17 +631,7 @@ async def test_an_unpublishable_view_waits_for_the_interval_unless_a_promote_was
     wakeup = Wakeup()
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            await tg.start(
-                lambda task_status: serve_publisher(
-                    reader=reader,
-                    publisher=make_publisher(store),
-                    wakeup=wakeup,
-                    interval=timedelta(hours=1),
-                    retry_interval=timedelta(hours=1),
-                    transition_interval=transition_interval,
-                    task_status=task_status,
-                )
-            )
+            await start_loop(tg, reader, store, wakeup, transition_interval=transition_interval)
         wakeup.set(promotion=promotion)
 
         async def nudged_read() -> bool:
@@ -741,17 +739,7 @@ async def _serve_until_promote_notice(
     wakeup = Wakeup()
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            await tg.start(
-                lambda task_status: serve_publisher(
-                    reader=reader,
-                    publisher=make_publisher(store),
-                    wakeup=wakeup,
-                    interval=timedelta(hours=1),
-                    retry_interval=timedelta(hours=1),
-                    promote_notice=promote_notice,
-                    task_status=task_status,
-                )
-            )
+            await start_loop(tg, reader, store, wakeup, promote_notice=promote_notice)
         reader.fake.set_state(load("02-during-switchover.xml"))
         wakeup.set()
 

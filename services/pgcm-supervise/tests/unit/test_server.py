@@ -106,6 +106,8 @@ def make_server(
     control: FakePacemakerControl,
     etcd: EtcdProbe,
     states: list[bool],
+    *,
+    migrate_read_ahead: timedelta = timedelta(0),
 ) -> FailoverServer:
     return FailoverServer(
         bouncers,
@@ -118,19 +120,24 @@ def make_server(
             health_timeout=timedelta(seconds=1),
             cleanup_timeout=timedelta(seconds=1),
             on_pause_state=states.append,
+            migrate_read_ahead=migrate_read_ahead,
         ),
     )
 
 
 @asynccontextmanager
-async def open_world() -> AsyncIterator[World]:
+async def open_world(
+    *, pgbouncers: int = 2, migrate_read_ahead: timedelta = timedelta(0)
+) -> AsyncIterator[World]:
     bouncers = [
-        FakePgBouncerAdmin(endpoint=PgBouncerEndpoint(host="127.0.0.1", port=6432)),
-        FakePgBouncerAdmin(endpoint=PgBouncerEndpoint(host="127.0.0.1", port=6433)),
+        FakePgBouncerAdmin(endpoint=PgBouncerEndpoint(host="127.0.0.1", port=6432 + i))
+        for i in range(pgbouncers)
     ]
     crm, control, etcd = FakeCrmMonReader(healthy_state()), FakePacemakerControl(), EtcdProbe()
     states: list[bool] = []
-    server = make_server(bouncers, crm, control, etcd, states)
+    server = make_server(
+        bouncers, crm, control, etcd, states, migrate_read_ahead=migrate_read_ahead
+    )
     # Not a fixture: pytest-asyncio tears fixtures down in another task, and a task group
     # must be exited by the task that entered it.
     async with server, ChannelFor([server]) as channel:
@@ -851,25 +858,8 @@ def test_choose_target_refuses_a_named_node_without_a_running_standby() -> None:
 # -- the PAUSE's read-ahead for the migrate ---------------------------------------------
 
 
-@asynccontextmanager
-async def read_ahead_world(read_ahead: timedelta) -> AsyncIterator[World]:
-    bouncers = [FakePgBouncerAdmin(endpoint=PgBouncerEndpoint(host="127.0.0.1", port=6432))]
-    crm, control, etcd = FakeCrmMonReader(healthy_state()), FakePacemakerControl(), EtcdProbe()
-    server = FailoverServer(
-        bouncers,
-        crm,
-        control,
-        addresses=StaticNodeAddresses(ADDRESSES),
-        etcd_probe=etcd,
-        clock=FixedClock(),
-        options=FailoverServerOptions(migrate_read_ahead=read_ahead),
-    )
-    async with server, ChannelFor([server]) as channel:
-        yield World(bouncers, crm, control, etcd, server, FailoverStub(channel))
-
-
 async def test_a_migrate_after_a_pause_decides_on_the_read_the_pause_started() -> None:
-    async with read_ahead_world(timedelta(seconds=30)) as world:
+    async with open_world(pgbouncers=1, migrate_read_ahead=timedelta(seconds=30)) as world:
         with anyio.fail_after(5):
             await world.stub.pause(PauseRequest(timeout=5, expiry=60))
             response = await world.stub.migrate(Empty())
@@ -883,7 +873,7 @@ async def test_a_migrate_after_a_pause_decides_on_the_read_the_pause_started() -
 
 
 async def test_without_read_ahead_a_pause_reads_nothing_and_migrate_reads() -> None:
-    async with read_ahead_world(timedelta(0)) as world:
+    async with open_world(pgbouncers=1, migrate_read_ahead=timedelta(0)) as world:
         with anyio.fail_after(5):
             await world.stub.pause(PauseRequest(timeout=5, expiry=60))
         assert world.crm.reads == 0
@@ -893,7 +883,7 @@ async def test_without_read_ahead_a_pause_reads_nothing_and_migrate_reads() -> N
 
 
 async def test_a_failed_read_ahead_makes_the_migrate_read_anew() -> None:
-    async with read_ahead_world(timedelta(seconds=30)) as world:
+    async with open_world(pgbouncers=1, migrate_read_ahead=timedelta(seconds=30)) as world:
         world.crm.fail_with(PacemakerCommandFailed(("crm_mon",), 102, "not connected"))
         with anyio.fail_after(5):
             await world.stub.pause(PauseRequest(timeout=5, expiry=60))
@@ -910,7 +900,7 @@ async def test_a_failed_read_ahead_makes_the_migrate_read_anew() -> None:
 
 
 async def test_a_read_ahead_older_than_the_limit_is_not_used() -> None:
-    async with read_ahead_world(timedelta(milliseconds=1)) as world:
+    async with open_world(pgbouncers=1, migrate_read_ahead=timedelta(milliseconds=1)) as world:
         with anyio.fail_after(5):
             await world.stub.pause(PauseRequest(timeout=5, expiry=60))
         await anyio.sleep(0.05)  # older than the 1 ms limit
